@@ -1,0 +1,1 @@
+"""Corpus format, label book, glossary, PII masking and the bundled corpus."""
