@@ -101,6 +101,7 @@ class LabelBook:
     terminology_labels: frozenset[str]
     pii_labels: frozenset[str]
     intent_domains: dict[str, str] = field(default_factory=dict)
+    languages: tuple[str, ...] = ()
     version: int | str | None = None
     path: Path | None = None
 
@@ -129,7 +130,7 @@ class LabelBook:
             terminology_labels=frozenset(n for n, e in flags.items() if e.get("terminology")),
             pii_labels=frozenset(n for n, e in flags.items() if e.get("pii")),
             intent_domains={i["name"]: i.get("domain", "") for i in raw["intents"] if isinstance(i, dict)},
-            version=raw.get("version"), path=path,
+            languages=tuple(raw.get("languages") or ()), version=raw.get("version"), path=path,
         )
 
     @cached_property

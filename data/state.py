@@ -1,0 +1,60 @@
+"""Rule-based dialogue state tracking, as the annotation guidelines define it.
+
+The state after a user turn is a flat mapping slot -> value accumulated over the
+dialogue (``data/spec/corpus-format.md``, "Annotation guidelines"):
+
+- a slot is filled from the entity label the label book names for it
+  (``LabelBook.state_slots``: slot -> label);
+- slots filled from a terminology label (``terminology: true``, e.g. PRODUCT,
+  TERM) take the mention's ``term_id``; a mention without one (an unknown
+  surface form) leaves the slot unchanged; other slots take the surface text;
+- a slot keeps its value until a later user turn mentions a new value; there is
+  no reset on a topic change, and a correction overwrites (only the standing
+  value is tagged, so "the latest mention wins" covers it);
+- when one turn mentions several values for the same slot, the last mention in
+  text order wins;
+- labels that feed no slot (PII, RATE, ...) are ignored.
+
+Nothing here names a label: the tracker is driven entirely by the label book.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from findial.data.labelbook import LabelBook
+
+
+class DialogueStateTracker:
+    def __init__(self, labelbook: LabelBook):
+        self.labelbook = labelbook
+        # label -> slots it fills (a label book may feed several slots from one label)
+        self._slots_of: dict[str, list[str]] = {}
+        for slot, label in labelbook.state_slots.items():
+            self._slots_of.setdefault(label, []).append(slot)
+        self._term_labels = frozenset(labelbook.terminology_labels)
+
+    def update(self, state: Mapping[str, str], entities: Iterable[Mapping], text: str) -> dict:
+        """The state after one user turn; ``state`` is left untouched."""
+        new = dict(state)
+        for ent in sorted(entities, key=lambda e: (e["start"], e["end"])):
+            slots = self._slots_of.get(ent["label"])
+            if not slots:
+                continue
+            if ent["label"] in self._term_labels:
+                value = ent.get("term_id")
+                if value is None:  # unknown surface form: never guess a term
+                    continue
+            else:
+                value = text[ent["start"]:ent["end"]]
+            for slot in slots:
+                new[slot] = value
+        return new
+
+    def track(self, user_turns: Iterable[tuple[str, Iterable[Mapping]]]) -> list[dict]:
+        """The state after each user turn of one dialogue, from an empty state."""
+        states: list[dict] = []
+        state: dict = {}
+        for text, entities in user_turns:
+            state = self.update(state, entities, text)
+            states.append(state)
+        return states

@@ -1,0 +1,32 @@
+"""Human-readable evaluation report (Markdown)."""
+from __future__ import annotations
+
+HEADLINE = ["terminology_f1", "multi_turn_accuracy", "intent_accuracy", "intent_macro_f1", "entity_micro_f1",
+            "joint_state_accuracy", "emotion_accuracy"]
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def render_markdown(report: dict) -> str:
+    m = report["metrics"]
+    lines = [f"# findial evaluation: {report['eval_set']}", "",
+             f"- model: `{report['model']}`" + (f" (registered {report['registered'][0]} v{report['registered'][1]})"
+                                                 if report.get("registered") else ""),
+             f"- data: `{report['data_file']}` (fingerprint `{report['data_fingerprint']}`)",
+             f"- dialogues: {m.get('n_dialogues')}, user turns: {m.get('n_user_turns')}, "
+             f"multi-turn user turns: {m.get('n_multi_turn')}",
+             f"- prediction: {report['prediction_seconds']} s ({report['turns_per_second']} turns/s)", "",
+             "## Gates", "", "| metric | value | minimum | result |", "|---|---|---|---|"]
+    for name, g in report["gates"].items():
+        result = "missing" if g["value"] is None else ("pass" if g["passed"] else "FAIL")
+        lines.append(f"| {name} | {_fmt(g['value'])} | {g['minimum']} | {result} |")
+    lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(m.get(k))} |" for k in HEADLINE]
+    lines += ["", "## Entities (strict span + label)", "", "| label | precision | recall | f1 | support |",
+              "|---|---|---|---|---|"]
+    for label, r in sorted(m.get("entities", {}).items(), key=lambda kv: (kv[0] == "micro", kv[0])):
+        lines.append(f"| {label} | {_fmt(r.get('precision'))} | {_fmt(r.get('recall'))} | {_fmt(r.get('f1'))} "
+                     f"| {r.get('support')} |")
+    return "\n".join(lines) + "\n"

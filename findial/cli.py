@@ -1,0 +1,174 @@
+"""The `findial` command.
+
+Hydra subcommands take ``key=value`` overrides (and ``-m`` for multirun):
+
+    findial run                      the main job: train intent + NER, register, evaluate, try to promote
+    findial train task=ner model=minilm trainer.max_epochs=5
+    findial eval model=models:/findial-nlu/3 data_file=my.jsonl
+    findial promote version=3 eval_set=bundled-test
+
+Plain subcommands:
+
+    findial data validate FILE...    check corpus files (errors name file, line and field)
+    findial data generate --out DIR  regenerate the bundled corpus (seeded)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("findial")
+
+
+def _data_path(rel: str) -> str:
+    import findial.data
+
+    return str(Path(findial.data.__file__).resolve().parent / rel)
+
+
+def _setup() -> None:
+    from findial.data.pii import install_log_redaction
+
+    if not OmegaConf.has_resolver("findial_data"):
+        OmegaConf.register_new_resolver("findial_data", _data_path)
+    install_log_redaction()
+
+
+def _out_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _configure_tracking(cfg: DictConfig) -> None:
+    from findial import tracking
+
+    tracking.configure(cfg.logger.tracking_uri, cfg.logger.artifact_root)
+
+
+def cmd_train(cfg: DictConfig) -> None:
+    from findial.training.train import train_task
+
+    _configure_tracking(cfg)
+    result = train_task(cfg, cfg.task, _out_dir())
+    print(f"trained {result.task}: package {result.package_dir} (MLflow run {result.run_id})")
+
+
+def cmd_run(cfg: DictConfig) -> None:
+    from findial import registry, tracking
+    from findial.evaluation.evaluate import evaluate
+    from findial.training.train import train_task
+
+    _configure_tracking(cfg)
+    out = _out_dir()
+    results = {name: train_task(cfg, cfg.tasks[name], out) for name in ("intent", "ner")}
+    info = {name: {"train_run_id": r.run_id, "metrics": r.metrics} for name, r in results.items()}
+    info["data_fingerprint"] = results["intent"].data_fingerprint
+    info["backbone"] = cfg.model.name
+    bundle = registry.make_bundle(results["intent"].package_dir, results["ner"].package_dir, out / "bundle", info)
+    name = cfg.registry.model_name
+    tags = {"findial.data_fingerprint": info["data_fingerprint"], "findial.backbone": cfg.model.name,
+            "findial.intent_run_id": results["intent"].run_id, "findial.ner_run_id": results["ner"].run_id}
+    with tracking.run("findial-registry", f"register-{name}", tags=tags) as active:
+        tracking.log_json(info, "bundle_info.json")
+        version = registry.register_bundle(bundle, name, active.info.run_id, tags=tags)
+    print(f"registered {name} v{version}")
+    ev = evaluate(f"models:/{name}/{version}", cfg.data.test_file, dict(cfg.gates), eval_set=cfg.eval_set,
+                  report_dir=out / "report")
+    print(Path(ev.report_md).read_text(encoding="utf-8"))
+    decision = registry.promote(name, version, cfg.registry.alias, cfg.eval_set, dict(cfg.gates),
+                                user=_user(), audit_log=Path(cfg.paths.home) / "audit" / "promotions.jsonl")
+    print(decision.summary())
+    print(f"reports: {ev.report_json.parent}\nMLflow: {cfg.logger.tracking_uri}")
+
+
+def cmd_eval(cfg: DictConfig) -> None:
+    from findial.evaluation.evaluate import evaluate
+
+    _configure_tracking(cfg)
+    ev = evaluate(cfg.model, cfg.data_file, dict(cfg.gates), eval_set=cfg.eval_set,
+                  report_dir=cfg.report_dir or _out_dir(), device=cfg.device)
+    print(Path(ev.report_md).read_text(encoding="utf-8"))
+    print(f"report: {ev.report_json}")
+
+
+def cmd_promote(cfg: DictConfig) -> None:
+    from findial import registry
+
+    _configure_tracking(cfg)
+    decision = registry.promote(cfg.model_name, str(cfg.version), cfg.alias, cfg.eval_set, dict(cfg.gates),
+                                user=cfg.user, audit_log=cfg.audit_log)
+    print(decision.summary())
+    if not decision.promoted:
+        print("refused:\n  " + "\n  ".join(decision.failures), file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _user() -> str:
+    import getpass
+    import os
+
+    return os.environ.get("FINDIAL_USER") or getpass.getuser()
+
+
+HYDRA_COMMANDS = {"train": ("train", cmd_train), "run": ("pipeline", cmd_run), "eval": ("eval", cmd_eval),
+                  "promote": ("promote", cmd_promote)}
+
+
+def cmd_data(argv: list[str]) -> int:
+    from findial.data.corpus import CorpusError, load_corpus
+    from findial.data.labelbook import Glossary, LabelBook
+
+    p = argparse.ArgumentParser(prog="findial data")
+    sub = p.add_subparsers(dest="action", required=True)
+    v = sub.add_parser("validate", help="validate corpus files against a label book")
+    v.add_argument("files", nargs="+")
+    v.add_argument("--ontology", default=_data_path("spec/ontology.yaml"))
+    v.add_argument("--glossary", default=_data_path("spec/glossary.yaml"))
+    g = sub.add_parser("generate", help="regenerate the bundled corpus")
+    g.add_argument("--out", default=_data_path("corpus"))
+    g.add_argument("--seed", type=int, default=13)
+    g.add_argument("--scale", type=float, default=1.0)
+    args = p.parse_args(argv)
+    if args.action == "generate":
+        from findial.data.generator.build import generate_corpus
+
+        print(generate_corpus(Path(args.out), seed=args.seed, scale=args.scale))
+        return 0
+    lb, gl = LabelBook.load(args.ontology), Glossary.load(args.glossary)
+    status = 0
+    for f in args.files:
+        try:
+            n = len(load_corpus(f, lb, gl))
+            print(f"{f}: OK ({n} dialogues)")
+        except CorpusError as exc:
+            print(str(exc), file=sys.stderr)
+            status = 1
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        raise SystemExit(0)
+    _setup()
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "data":
+        raise SystemExit(cmd_data(rest))
+    if cmd not in HYDRA_COMMANDS:
+        print(f"findial: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
+        raise SystemExit(2)
+    import hydra
+
+    config_name, fn = HYDRA_COMMANDS[cmd]
+    sys.argv = [f"findial {cmd}", *rest]
+    hydra.main(config_path="pkg://findial.configs", config_name=config_name, version_base="1.3")(fn)()
+
+
+if __name__ == "__main__":
+    main()

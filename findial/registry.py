@@ -1,0 +1,162 @@
+"""MLflow Model Registry: register NLU bundles, record evaluations, gated promotion with an audit trail.
+
+Evaluation results are stored as model-version tags ``eval.<eval_set>.<metric>``;
+promotion reads them, so a version that was never evaluated on the named set
+has no metrics and cannot be promoted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from findial import tracking
+
+BUNDLE_ARTIFACT = "model"
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str | Path, info: dict) -> Path:
+    """An NLU bundle: both task packages and the label book, as one directory (written atomically)."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(intent_package, tmp / "intent")
+    shutil.copytree(ner_package, tmp / "ner")
+    for name in ("ontology.yaml", "glossary.yaml"):
+        shutil.copyfile(Path(intent_package) / name, tmp / name)
+    tracking.atomic_write_text(tmp / "bundle.json", json.dumps(info, indent=2, ensure_ascii=False))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def register_bundle(bundle: str | Path, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
+    """Log the bundle as artifacts of ``run_id`` and register it; returns the new version."""
+    import mlflow
+
+    client = _client()
+    client.log_artifacts(run_id, str(bundle), BUNDLE_ARTIFACT)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description="findial NLU bundle: intent (+emotion) and NER models")
+    run = client.get_run(run_id)
+    mv = client.create_model_version(name, f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT}", run_id=run_id,
+                                     tags=tags or {})
+    return str(mv.version)
+
+
+def resolve_model(ref: str, download_dir: str | Path) -> tuple[Path, tuple[str, str] | None]:
+    """A bundle directory, or models:/NAME/VERSION or models:/NAME@ALIAS -> (local bundle dir, (name, version))."""
+    if not ref.startswith("models:/"):
+        path = Path(ref)
+        if not (path / "bundle.json").is_file():
+            raise FileNotFoundError(f"model={ref}: not a findial bundle directory (no bundle.json)")
+        return path, None
+    spec = ref[len("models:/"):]
+    client = _client()
+    if "@" in spec:
+        name, alias = spec.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, version = spec.rsplit("/", 1)
+        mv = client.get_model_version(name, version)
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(mv.source, dst_path=str(download_dir))
+    return Path(local), (name, str(mv.version))
+
+
+def record_evaluation(name: str, version: str, eval_set: str, metrics: dict, data_fingerprint: str,
+                      run_id: str) -> None:
+    client = _client()
+    client.set_model_version_tag(name, version, f"eval.{eval_set}.data_fingerprint", data_fingerprint)
+    client.set_model_version_tag(name, version, f"eval.{eval_set}.run_id", run_id)
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            client.set_model_version_tag(name, version, f"eval.{eval_set}.{k}", repr(float(v)))
+
+
+@dataclass
+class Decision:
+    model_name: str
+    version: str
+    alias: str
+    eval_set: str
+    promoted: bool
+    user: str
+    timestamp: str
+    gates: dict
+    metrics: dict
+    failures: list = field(default_factory=list)
+    data_fingerprint: str | None = None
+    eval_run_id: str | None = None
+    previous_version: str | None = None
+
+    def summary(self) -> str:
+        head = (f"PROMOTED {self.model_name} v{self.version} -> @{self.alias}" if self.promoted
+                else f"REFUSED {self.model_name} v{self.version} -> @{self.alias}")
+        lines = [head + f" (eval set {self.eval_set})"]
+        for metric, minimum in self.gates.items():
+            value = self.metrics.get(metric)
+            state = "missing" if value is None else ("pass" if value >= minimum else "FAIL")
+            lines.append(f"  {metric:<24} {'-' if value is None else f'{value:.4f}':>8}  >= {minimum:<6} {state}")
+        return "\n".join(lines)
+
+
+def check_gates(tags: dict[str, str], eval_set: str, gates: dict[str, float]) -> tuple[dict, list[str]]:
+    metrics, failures = {}, []
+    for metric, minimum in gates.items():
+        raw = tags.get(f"eval.{eval_set}.{metric}")
+        if raw is None:
+            failures.append(f"{metric}: missing (no evaluation of this version on {eval_set!r} reported it)")
+            continue
+        value = float(raw)
+        metrics[metric] = value
+        if not value >= minimum:
+            failures.append(f"{metric}: {value:.4f} < {minimum}")
+    return metrics, failures
+
+
+def promote(name: str, version: str, alias: str, eval_set: str, gates: dict[str, float], user: str,
+            audit_log: str | Path) -> Decision:
+    """Move ``alias`` to ``version`` only if every gate metric is present and passes. Always audited."""
+    client = _client()
+    mv = client.get_model_version(name, str(version))
+    metrics, failures = check_gates(mv.tags, eval_set, gates)
+    try:
+        previous = str(client.get_model_version_by_alias(name, alias).version)
+    except Exception:  # no such alias yet
+        previous = None
+    decision = Decision(
+        model_name=name, version=str(version), alias=alias, eval_set=eval_set, promoted=not failures,
+        user=user, timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        gates=dict(gates), metrics=metrics, failures=failures,
+        data_fingerprint=mv.tags.get(f"eval.{eval_set}.data_fingerprint"),
+        eval_run_id=mv.tags.get(f"eval.{eval_set}.run_id"), previous_version=previous)
+    _audit(decision, audit_log)  # the record exists before the alias moves
+    if decision.promoted:
+        client.set_registered_model_alias(name, alias, str(version))
+        client.set_model_version_tag(name, str(version), f"promotion.{alias}", decision.timestamp)
+    return decision
+
+
+def _audit(decision: Decision, audit_log: str | Path) -> None:
+    record = asdict(decision)
+    path = Path(audit_log)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    tracking.atomic_write_text(path, old + json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+    with tracking.run("findial-promotions", f"promote-{decision.model_name}-v{decision.version}",
+                      tags={"findial.promoted": str(decision.promoted), "findial.model": decision.model_name,
+                            "findial.version": decision.version, "findial.user": decision.user}):
+        tracking.log_json(record, "audit.json")
+        tracking.log_metrics(decision.metrics)

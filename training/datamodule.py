@@ -1,0 +1,94 @@
+"""Lightning DataModule: corpus files -> tokenised turns -> length-bucketed, dynamically padded batches."""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from findial.data.corpus import load_corpus, turn_records
+
+from .features import IGNORE
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of similar length (less padding), in a shuffled order each epoch.
+
+    Indices are shuffled, cut into pools of ``pool`` batches, sorted by length
+    inside a pool and split into batches; the batch order is then shuffled.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool = True, pool: int = 50, seed: int = 0):
+        self.lengths, self.batch_size, self.shuffle, self.pool, self.seed = lengths, batch_size, shuffle, pool, seed
+        self.epoch = 0
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        idx = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(idx)
+        size = self.batch_size * self.pool
+        batches = []
+        for i in range(0, len(idx), size):
+            chunk = sorted(idx[i:i + size], key=self.lengths.__getitem__)
+            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def collate(features: list[dict], pad_id: int) -> dict:
+    """Pad to the longest sequence of the batch (dynamic padding)."""
+    width = max(len(f["input_ids"]) for f in features)
+    batch = {
+        "input_ids": torch.tensor([f["input_ids"] + [pad_id] * (width - len(f["input_ids"])) for f in features]),
+        "attention_mask": torch.tensor([f["attention_mask"] + [0] * (width - len(f["attention_mask"]))
+                                        for f in features]),
+    }
+    if "tag_labels" in features[0]:
+        batch["tag_labels"] = torch.tensor([f["tag_labels"] + [IGNORE] * (width - len(f["tag_labels"]))
+                                            for f in features])
+    for key in ("intent_label", "emotion_label"):
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] for f in features])
+    return batch
+
+
+class TurnDataModule(L.LightningDataModule):
+    def __init__(self, train_file: str, val_file: str, encode: Callable[[dict], dict], tokenizer,
+                 labelbook, glossary, batch_size: int = 32, eval_batch_size: int = 64,
+                 context_turns: int = 3, seed: int = 0, bucket: bool = True):
+        super().__init__()
+        self.train_file, self.val_file, self.encode, self.tokenizer = train_file, val_file, encode, tokenizer
+        self.labelbook, self.glossary = labelbook, glossary
+        self.batch_size, self.eval_batch_size, self.context_turns = batch_size, eval_batch_size, context_turns
+        self.seed, self.bucket = seed, bucket
+        self.train_dialogues: list[dict] = []
+        self.val_dialogues: list[dict] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dialogues:
+            return
+        self.train_dialogues = load_corpus(self.train_file, self.labelbook, self.glossary)
+        self.val_dialogues = load_corpus(self.val_file, self.labelbook, self.glossary)
+        self.train_features = [self.encode(r) for r in turn_records(self.train_dialogues, self.context_turns)]
+        self.val_features = [self.encode(r) for r in turn_records(self.val_dialogues, self.context_turns)]
+
+    def _loader(self, features: list[dict], batch_size: int, shuffle: bool) -> DataLoader:
+        pad = self.tokenizer.pad_token_id or 0
+        lengths = [len(f["input_ids"]) for f in features]
+        sampler = LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=self.seed,
+                                      pool=50 if self.bucket else 1)
+        return DataLoader(features, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_features, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_features, self.eval_batch_size, shuffle=False)

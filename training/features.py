@@ -1,0 +1,85 @@
+"""Turn records (see ``findial.data.corpus.turn_records``) into model inputs, and back.
+
+Intent: the current turn is the first sequence, the preceding turns (newest
+first) the second, so truncation drops the oldest context. NER: the current
+turn alone, with character spans aligned to tokens through offset mappings.
+"""
+from __future__ import annotations
+
+IGNORE = -100
+
+
+def context_text(row: dict) -> str | None:
+    ctx = row.get("context") or []
+    return " | ".join(reversed(ctx)) if ctx else None
+
+
+def encode_intent(tokenizer, row: dict, max_length: int, intents: list[str], emotions: list[str]) -> dict:
+    ctx = context_text(row)
+    enc = tokenizer(row["text"], ctx, truncation="only_second" if ctx else True, max_length=max_length)
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if row.get("intent") is not None:
+        out["intent_label"] = intents.index(row["intent"])
+    if emotions:
+        out["emotion_label"] = emotions.index(row["emotion"]) if row.get("emotion") else IGNORE
+    return out
+
+
+def encode_ner(tokenizer, row: dict, max_length: int, tags: list[str]) -> dict:
+    enc = tokenizer(row["text"], truncation=True, max_length=max_length, return_offsets_mapping=True)
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+           "offsets": [tuple(o) for o in enc["offset_mapping"]]}
+    if row.get("entities") is not None:
+        out["tag_labels"] = align_labels(out["offsets"], row["entities"], tags)
+    return out
+
+
+def align_labels(offsets, entities: list[dict], tags: list[str]) -> list[int]:
+    """BIO tag ids per token: a token takes the entity its first character falls in."""
+    index = {t: i for i, t in enumerate(tags)}
+    labels = []
+    for start, end in offsets:
+        if start == end:  # special or empty token
+            labels.append(IGNORE)
+            continue
+        tag = "O"
+        for e in entities:
+            if e["start"] <= start < e["end"] or (start < e["start"] < end):
+                tag = ("B-" if start <= e["start"] else "I-") + e["label"]
+                break
+        labels.append(index[tag])
+    return labels
+
+
+def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores=None) -> list[dict]:
+    """Merge B/I tokens into character spans; a stray I- starts a new span."""
+    spans: list[dict] = []
+    cur = None
+    for k, ((start, end), tid) in enumerate(zip(offsets, tag_ids)):
+        if start == end:
+            continue
+        tag = tags[tid]
+        prefix, label = (tag.split("-", 1) + [None])[:2] if tag != "O" else ("O", None)
+        if cur is not None and prefix == "I" and label == cur["label"] and start <= cur["end"] + 1:
+            cur["end"] = end
+            cur["scores"].append(1.0 if scores is None else float(scores[k]))
+            continue
+        if cur is not None:
+            spans.append(cur)
+            cur = None
+        if label is not None:
+            cur = {"start": start, "end": end, "label": label,
+                   "scores": [1.0 if scores is None else float(scores[k])]}
+    if cur is not None:
+        spans.append(cur)
+    result = []
+    for s in spans:
+        start, end = s["start"], s["end"]
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if start < end:
+            result.append({"start": start, "end": end, "label": s["label"],
+                           "confidence": round(min(s["scores"]), 4)})
+    return result

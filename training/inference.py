@@ -1,0 +1,127 @@
+"""Inference over dialogues: intent + emotion in context, entities, linked terms, accumulated state."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from findial.data.corpus import turn_records
+from findial.data.labelbook import Glossary, LabelBook
+from findial.data.state import DialogueStateTracker
+from findial.data.term_linker import TermLinker
+
+from .features import decode_spans, encode_intent, encode_ner
+from .package import load_package
+
+
+def _batches(items: list, size: int, key):
+    order = sorted(range(len(items)), key=lambda i: key(items[i]))
+    for i in range(0, len(order), size):
+        yield order[i:i + size]
+
+
+def _pad(features: list[dict], pad_id: int, device) -> dict:
+    width = max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+        mask[i, :len(f["attention_mask"])] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+class IntentPredictor:
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64):
+        self.module, self.tokenizer, self.meta = load_package(path, device)
+        self.device, self.batch_size = device, batch_size
+
+    @torch.inference_mode()
+    def predict(self, rows: list[dict]) -> list[dict]:
+        m = self.meta
+        feats = [encode_intent(self.tokenizer, {**r, "intent": None, "emotion": None}, m["max_length"],
+                               m["intents"], []) for r in rows]
+        out: list[dict] = [{} for _ in rows]
+        for idx in _batches(feats, self.batch_size, key=lambda f: len(f["input_ids"])):
+            res = self.module(_pad([feats[i] for i in idx], self.tokenizer.pad_token_id or 0, self.device))
+            ip = res["intent_logits"].float().softmax(-1).cpu()
+            ep = res["emotion_logits"].float().softmax(-1).cpu() if "emotion_logits" in res else None
+            for k, i in enumerate(idx):
+                conf, j = ip[k].max(0)
+                out[i] = {"intent": m["intents"][j], "confidence": round(float(conf), 4)}
+                if ep is not None:
+                    ec, ej = ep[k].max(0)
+                    out[i].update(emotion=m["emotions"][ej], emotion_confidence=round(float(ec), 4))
+        return out
+
+
+class EntityPredictor:
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64):
+        self.module, self.tokenizer, self.meta = load_package(path, device)
+        self.device, self.batch_size = device, batch_size
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str]) -> list[list[dict]]:
+        tags = self.meta["tags"]
+        feats = [encode_ner(self.tokenizer, {"text": t}, self.meta["max_length"], tags) for t in texts]
+        out: list[list[dict]] = [[] for _ in texts]
+        for idx in _batches(feats, self.batch_size, key=lambda f: len(f["input_ids"])):
+            logits = self.module(_pad([feats[i] for i in idx], self.tokenizer.pad_token_id or 0,
+                                      self.device))["tag_logits"]
+            probs = logits.float().softmax(-1).cpu()
+            for k, i in enumerate(idx):
+                n = len(feats[i]["input_ids"])
+                conf, tag_ids = probs[k, :n].max(-1)
+                out[i] = decode_spans(texts[i], feats[i]["offsets"], tag_ids.tolist(), tags, conf.tolist())
+        return out
+
+
+class NLUPipeline:
+    """The understanding model that gets registered, evaluated and served: intent + NER + linker + tracker."""
+
+    def __init__(self, intent_path: str | Path, ner_path: str | Path, device: str = "cpu",
+                 labelbook: LabelBook | None = None, glossary: Glossary | None = None):
+        self.intent = IntentPredictor(intent_path, device)
+        self.ner = EntityPredictor(ner_path, device)
+        self.labelbook = labelbook or LabelBook.load(Path(intent_path) / "ontology.yaml")
+        self.glossary = glossary or Glossary.load(Path(intent_path) / "glossary.yaml")
+        self.linker = TermLinker(self.glossary)
+        self.tracker = DialogueStateTracker(self.labelbook)
+        self.context_turns = self.intent.meta.get("context_turns", 3)
+
+    def link(self, text: str, entities: list[dict]) -> tuple[list[dict], list[str]]:
+        """Attach glossary ids to terminology mentions; unknown surface forms are returned, not guessed."""
+        unknown = []
+        for e in entities:
+            if e["label"] in self.labelbook.terminology_labels:
+                res = self.linker.link(text[e["start"]:e["end"]], e["label"])
+                e["term_id"] = res.term_id
+                if res.term_id is None:
+                    unknown.append(text[e["start"]:e["end"]])
+        return entities, unknown
+
+    def predict_dialogues(self, dialogues: list[dict]) -> list[dict]:
+        """Predicted copies of the dialogues: user turns get intent, emotion, entities, state, confidences."""
+        rows = turn_records(dialogues, self.context_turns)
+        intents = self.intent.predict(rows)
+        entities = self.ner.predict([r["text"] for r in rows])
+        by_turn = {(r["dialogue_id"], r["turn_index"]): (i, e) for r, i, e in zip(rows, intents, entities)}
+        preds = []
+        for d in dialogues:
+            p = copy.deepcopy(d)
+            state: dict = {}
+            for t_idx, turn in enumerate(p["turns"]):
+                if turn["speaker"] != "user":
+                    continue
+                intent, ents = by_turn[(d["id"], t_idx)]
+                ents, unknown = self.link(turn["text"], [dict(e) for e in ents])
+                state = self.tracker.update(state, [e for e in ents if e.get("term_id") or
+                                                    e["label"] not in self.labelbook.terminology_labels],
+                                            turn["text"])
+                turn.update(intent)
+                turn["entities"] = [{k: v for k, v in e.items() if v is not None} for e in ents]
+                turn["state"] = dict(state)
+                if unknown:
+                    turn["unknown_terms"] = unknown
+            preds.append(p)
+        return preds

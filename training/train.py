@@ -1,0 +1,132 @@
+"""Train one task (intent or ner) from a composed Hydra config, tracked in MLflow."""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoTokenizer
+
+from findial import tracking
+from findial.data.corpus import fingerprint
+from findial.data.labelbook import Glossary, LabelBook
+
+from .datamodule import TurnDataModule
+from .features import encode_intent, encode_ner
+from .package import build_module, resolve_backbone, save_package
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed: never half-written."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+@dataclass
+class TrainResult:
+    task: str
+    package_dir: Path
+    run_id: str
+    data_fingerprint: str
+    metrics: dict
+
+
+def _resume_path(resume: str | None, home: str, task: str) -> str | None:
+    if not resume:
+        return None
+    if resume != "last":
+        if not Path(resume).is_file():
+            raise FileNotFoundError(f"resume={resume}: no such checkpoint")
+        return resume
+    found = sorted(glob.glob(f"{home}/runs/**/{task}/checkpoints/last.ckpt", recursive=True), key=os.path.getmtime)
+    if not found:
+        raise FileNotFoundError(f"resume=last: no last.ckpt for task {task} under {home}/runs")
+    return found[-1]
+
+
+def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context_turns: int) -> dict:
+    meta = {
+        "task": task.name, "backbone": OmegaConf.to_container(model.backbone, resolve=True),
+        "backbone_name": model.name, "max_length": task.max_length, "context_turns": context_turns,
+        "lora": OmegaConf.to_container(model.lora, resolve=True),
+        "optim": OmegaConf.to_container(model.optim, resolve=True),
+    }
+    if task.name == "intent":
+        meta.update(intents=labelbook.intents, emotions=labelbook.emotions if task.get("emotion", True) else [])
+    elif task.name == "ner":
+        meta.update(tags=labelbook.bio_tags)
+    else:
+        raise ValueError(f"task.name={task.name!r}: expected 'intent' or 'ner'")
+    return meta
+
+
+def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> TrainResult:
+    """Fit one task model, save its package and log everything to one MLflow run."""
+    L.seed_everything(cfg.seed, workers=True)
+    labelbook = LabelBook.load(cfg.labels.ontology)
+    glossary = Glossary.load(cfg.labels.glossary)
+    context_turns = cfg.data.context_turns if task.name == "intent" else 0
+    meta = task_meta(task, cfg.model, labelbook, context_turns)
+    backbone = resolve_backbone(meta["backbone"])
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    if task.name == "intent":
+        encode = partial(encode_intent, tokenizer, max_length=task.max_length, intents=meta["intents"],
+                         emotions=meta["emotions"])
+    else:
+        encode = partial(encode_ner, tokenizer, max_length=task.max_length, tags=meta["tags"])
+    dm = TurnDataModule(cfg.data.train_file, cfg.data.val_file, lambda r: encode(r), tokenizer, labelbook, glossary,
+                        batch_size=task.batch_size, context_turns=context_turns, seed=cfg.seed,
+                        bucket=cfg.data.get("length_bucketing", True))
+    dm.setup()
+    data_fp = fingerprint(dm.train_dialogues + dm.val_dialogues, cfg.labels.ontology, cfg.labels.glossary)
+    module = build_module(meta, backbone)
+    out_dir = Path(out_dir) / task.name
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tags = {"findial.task": task.name, "findial.data_fingerprint": data_fp, "findial.backbone": cfg.model.name}
+    with tracking.run(cfg.logger.experiment_prefix + task.name, f"train-{task.name}-{cfg.model.name}",
+                      tags=tags) as active:
+        tracking.log_params({"task": OmegaConf.to_container(task, resolve=True), "model": meta["lora"],
+                             "model_name": cfg.model.name, "seed": cfg.seed, "data": resolved["data"],
+                             "trainer": resolved["trainer"]})
+        tracking.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
+        tracking.log_json({"data_fingerprint": data_fp, "train_dialogues": len(dm.train_dialogues),
+                           "train_turns": len(dm.train_features), "val_turns": len(dm.val_features)},
+                          "data/summary.json")
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        logger = MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=active.info.run_id)
+        trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+        if trainer_cfg.get("max_epochs") is None:
+            trainer_cfg["max_epochs"] = task.epochs
+        trainer = instantiate(trainer_cfg, logger=logger, default_root_dir=str(out_dir),
+                              plugins=[AtomicCheckpointIO()],
+                              callbacks=[ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True,
+                                                         monitor="val_loss", save_top_k=1),
+                                         LearningRateMonitor(logging_interval="step")]
+                              + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else []))
+        trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg.get("resume"), cfg.paths.home, task.name))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        package = out_dir / "package"
+        if trainer.is_global_zero:
+            save_package(module, {**meta, "data_fingerprint": data_fp, "train_run_id": active.info.run_id},
+                         package, files={"ontology.yaml": cfg.labels.ontology, "glossary.yaml": cfg.labels.glossary})
+            import mlflow
+
+            mlflow.log_artifacts(str(package), "package")
+        log.info("trained %s: %s", task.name, metrics)
+        return TrainResult(task.name, package, active.info.run_id, data_fp, metrics)
