@@ -36,6 +36,13 @@ def _setup() -> None:
     if not OmegaConf.has_resolver("findial_data"):
         OmegaConf.register_new_resolver("findial_data", _data_path)
     install_log_redaction()
+    try:  # keep the console to what a user needs: no per-tensor load reports or weight-loading bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def _out_dir() -> Path:

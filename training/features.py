@@ -28,9 +28,19 @@ def encode_intent(tokenizer, row: dict, max_length: int, intents: list[str], emo
 def encode_ner(tokenizer, row: dict, max_length: int, tags: list[str]) -> dict:
     enc = tokenizer(row["text"], truncation=True, max_length=max_length, return_offsets_mapping=True)
     out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-           "offsets": [tuple(o) for o in enc["offset_mapping"]]}
+           "offsets": _drop_prefix_pieces([tuple(o) for o in enc["offset_mapping"]])}
     if row.get("entities") is not None:
         out["tag_labels"] = align_labels(out["offsets"], row["entities"], tags)
+    return out
+
+
+def _drop_prefix_pieces(offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Empty the offsets of a piece that overlaps the next one (a lone Metaspace "▁" before "房")."""
+    out = list(offsets)
+    for k in range(len(out) - 1):
+        (s, e), (s2, e2) = out[k], out[k + 1]
+        if s < e and s2 < e2 and s2 < e:
+            out[k] = (s, s)
     return out
 
 

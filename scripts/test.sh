@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (first time) and run the test suite. With CI=true, tests marked `slow` are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/python -m pytest -q "$@"
