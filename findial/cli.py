@@ -33,8 +33,11 @@ def _data_path(rel: str) -> str:
 def _setup() -> None:
     from findial.data.pii import install_log_redaction
 
+    import os
+
     if not OmegaConf.has_resolver("findial_data"):
         OmegaConf.register_new_resolver("findial_data", _data_path)
+        OmegaConf.register_new_resolver("findial_abspath", os.path.abspath)
     install_log_redaction()
     try:  # keep the console to what a user needs: no per-tensor load reports or weight-loading bars
         from transformers.utils import logging as hf_logging

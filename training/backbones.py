@@ -13,11 +13,7 @@ import string
 import tempfile
 from pathlib import Path
 
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    root = Path(cache_dir or os.environ.get("FINDIAL_CACHE") or Path.home() / ".cache" / "findial")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+from .e5_converter import cache_root
 
 
 def local(path: str | Path) -> Path:
@@ -60,6 +56,7 @@ def tiny(hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, interme
     spec = dict(h=hidden_size, l=num_layers, a=num_heads, i=intermediate_size, seed=seed, v=vocab)
     key = hashlib.sha256(json.dumps(spec, ensure_ascii=False).encode()).hexdigest()[:12]
     target = cache_root(cache_dir) / f"tiny-bert-{key}"
+    target.parent.mkdir(parents=True, exist_ok=True)
     if (target / "config.json").is_file():
         return target
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
