@@ -1,6 +1,8 @@
 """Human-readable evaluation report (Markdown)."""
 from __future__ import annotations
 
+from .tables import BREAKDOWN_METRICS
+
 HEADLINE = ["terminology_f1", "multi_turn_accuracy", "intent_accuracy", "intent_macro_f1", "entity_micro_f1",
             "joint_state_accuracy", "emotion_accuracy"]
 
@@ -29,4 +31,38 @@ def render_markdown(report: dict) -> str:
     for label, r in sorted(m.get("entities", {}).items(), key=lambda kv: (kv[0] == "micro", kv[0])):
         lines.append(f"| {label} | {_fmt(r.get('precision'))} | {_fmt(r.get('recall'))} | {_fmt(r.get('f1'))} "
                      f"| {r.get('support')} |")
+    lines += _intent_lines(report.get("intents")) + _breakdown_lines(report.get("breakdowns"))
+    lines += _confidence_lines(report.get("confidence"), report.get("plots") or {})
     return "\n".join(lines) + "\n"
+
+
+def _intent_lines(intents: dict | None) -> list[str]:
+    if not intents:
+        return []
+    lines = ["", "## Intents", "", "| intent | domain | precision | recall | f1 | support | predicted |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {r['domain']} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} "
+              f"| {r['support']} | {r['predicted']} |" for k, r in intents.items()]
+    return lines
+
+
+def _breakdown_lines(breakdowns: dict | None) -> list[str]:
+    lines = []
+    for key, groups in (breakdowns or {}).items():
+        lines += ["", f"## By {key}", "", "| " + " | ".join([key, *BREAKDOWN_METRICS]) + " |",
+                  "|" + "---|" * (len(BREAKDOWN_METRICS) + 1)]
+        lines += ["| " + " | ".join([group, *(_fmt(r.get(k)) for k in BREAKDOWN_METRICS)]) + " |"
+                  for group, r in groups.items()]
+    return lines
+
+
+def _confidence_lines(conf: dict | None, plots: dict) -> list[str]:
+    lines = []
+    if conf:
+        lines += ["", "## Intent confidence", "",
+                  f"- correct: {conf['n_correct']} turns, mean confidence {_fmt(conf['mean_confidence_correct'])}",
+                  f"- incorrect: {conf['n_incorrect']} turns, mean confidence "
+                  f"{_fmt(conf['mean_confidence_incorrect'])}"]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()]
+    return lines

@@ -6,11 +6,15 @@ Hydra subcommands take ``key=value`` overrides (and ``-m`` for multirun):
     findial train task=ner model=minilm trainer.max_epochs=5
     findial eval model=models:/findial-nlu/3 data_file=my.jsonl
     findial promote version=3 eval_set=bundled-test
+    findial compare a=models:/findial-nlu/4 b=models:/findial-nlu@champion data_file=my.jsonl
+    findial serve [backend=ray replicas=2] the understanding API over models:/findial-nlu@champion
+    findial robustness model=models:/findial-nlu/3 data_file=my.jsonl
 
 Plain subcommands:
 
     findial data validate FILE...    check corpus files (errors name file, line and field)
     findial data generate --out DIR  regenerate the bundled corpus (seeded)
+    findial fed simulate [overrides] federated training across branches: findial fed simulate rounds=2
 """
 from __future__ import annotations
 
@@ -63,6 +67,8 @@ def _configure_tracking(cfg: DictConfig) -> None:
 def cmd_train(cfg: DictConfig) -> None:
     from findial.training.train import train_task
 
+    if cfg.task.name == "response":  # response generation: a causal LM (model=smollm2|gemma3|local_lm|tiny_lm)
+        from findial.training.generation.train import train_response as train_task
     _configure_tracking(cfg)
     result = train_task(cfg, cfg.task, _out_dir())
     print(f"trained {result.task}: package {result.package_dir} (MLflow run {result.run_id})")
@@ -118,6 +124,34 @@ def cmd_promote(cfg: DictConfig) -> None:
         raise SystemExit(1)
 
 
+def cmd_robustness(cfg: DictConfig) -> None:
+    from findial.evaluation.robustness import robustness
+
+    _configure_tracking(cfg)
+    _, _, md, run_id = robustness(cfg.model_ref, cfg.data_file, OmegaConf.to_container(cfg.perturbations, resolve=True),
+                                  cfg.seed, cfg.adversarial_file, list(cfg.safe_intents),
+                                  cfg.report_dir or _out_dir(), cfg.device, cfg.experiment)
+    print(Path(md).read_text(encoding="utf-8"))
+    print(f"report: {md.parent} (MLflow run {run_id})")
+
+
+def cmd_serve(cfg: DictConfig) -> None:
+    from findial.serving.server import serve_from_config
+
+    serve_from_config(OmegaConf.to_container(cfg, resolve=True))
+
+
+def cmd_compare(cfg: DictConfig) -> None:
+    from findial.evaluation.compare import compare, newest_version, render_table
+
+    _configure_tracking(cfg)
+    a = cfg.a or f"models:/{cfg.model_name}/{newest_version(cfg.model_name)}"
+    result = compare(a, cfg.b, cfg.data_file, dict(cfg.gates), eval_set=cfg.eval_set,
+                     out_dir=cfg.report_dir or _out_dir(), device=cfg.device, html_errors=cfg.html_errors)
+    print(render_table(result.comparison))
+    print(f"comparison: {result.files['compare_html']} (MLflow run {result.run_id})")
+
+
 def _user() -> str:
     import getpass
     import os
@@ -126,7 +160,8 @@ def _user() -> str:
 
 
 HYDRA_COMMANDS = {"train": ("train", cmd_train), "run": ("pipeline", cmd_run), "eval": ("eval", cmd_eval),
-                  "promote": ("promote", cmd_promote)}
+                  "promote": ("promote", cmd_promote), "robustness": ("robustness", cmd_robustness),
+                  "serve": ("serve", cmd_serve), "compare": ("compare", cmd_compare)}
 
 
 def cmd_data(argv: list[str]) -> int:
@@ -170,12 +205,18 @@ def main(argv: list[str] | None = None) -> None:
     cmd, rest = argv[0], argv[1:]
     if cmd == "data":
         raise SystemExit(cmd_data(rest))
+    if cmd == "fed":
+        from findial.federated.command import main as fed_main
+
+        raise SystemExit(fed_main(rest))
     if cmd not in HYDRA_COMMANDS:
         print(f"findial: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
         raise SystemExit(2)
     import hydra
 
     config_name, fn = HYDRA_COMMANDS[cmd]
+    if cmd == "robustness":  # `model` is also the backbone config group: Hydra would not take model=<ref>
+        rest = ["model_ref=" + a[len("model="):] if a.startswith("model=") else a for a in rest]
     sys.argv = [f"findial {cmd}", *rest]
     hydra.main(config_path="pkg://findial.configs", config_name=config_name, version_base="1.3")(fn)()
 

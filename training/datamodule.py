@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from findial.data.corpus import load_corpus, turn_records
+from findial.data.corpus import load_corpus, to_dataset
 
 from .features import IGNORE
 
@@ -77,12 +77,17 @@ class TurnDataModule(L.LightningDataModule):
             return
         self.train_dialogues = load_corpus(self.train_file, self.labelbook, self.glossary)
         self.val_dialogues = load_corpus(self.val_file, self.labelbook, self.glossary)
-        self.train_features = [self.encode(r) for r in turn_records(self.train_dialogues, self.context_turns)]
-        self.val_features = [self.encode(r) for r in turn_records(self.val_dialogues, self.context_turns)]
+        self.train_features = self._features(self.train_dialogues)
+        self.val_features = self._features(self.val_dialogues)
 
-    def _loader(self, features: list[dict], batch_size: int, shuffle: bool) -> DataLoader:
+    def _features(self, dialogues: list[dict]):
+        """User turns as a Hugging Face dataset, tokenised with the task's encoder."""
+        ds = to_dataset(dialogues, self.context_turns)
+        return ds.map(self.encode, remove_columns=ds.column_names, desc="tokenising")
+
+    def _loader(self, features, batch_size: int, shuffle: bool) -> DataLoader:
         pad = self.tokenizer.pad_token_id or 0
-        lengths = [len(f["input_ids"]) for f in features]
+        lengths = [len(ids) for ids in features["input_ids"]]
         sampler = LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=self.seed,
                                       pool=50 if self.bucket else 1)
         return DataLoader(features, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad))

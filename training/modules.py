@@ -54,6 +54,9 @@ class LoRATaskModule(L.LightningModule):
         self.strict_loading = False  # checkpoints carry trainable tensors only
         hidden = self.encoder.config.hidden_size
         self.dropout = nn.Dropout(optim.get("head_dropout", 0.1))
+        # Encoder features are small (mean-pooled e5 dims have std ~0.09): normalise them so the
+        # freshly initialised heads learn at the same pace as the adapters.
+        self.norm = nn.LayerNorm(hidden)
         self.hidden_size = hidden
         self.encoder.train()  # from_pretrained leaves it in eval mode
 
@@ -95,7 +98,7 @@ class IntentModule(LoRATaskModule):
         self.emotion_weight = emotion_weight
 
     def forward(self, batch):
-        pooled = self.dropout(mean_pool(self.encode(batch), batch["attention_mask"]))
+        pooled = self.dropout(self.norm(mean_pool(self.encode(batch), batch["attention_mask"])))
         out = {"intent_logits": self.intent_head(pooled)}
         if self.emotion_head is not None:
             out["emotion_logits"] = self.emotion_head(pooled)
@@ -129,7 +132,7 @@ class NERModule(LoRATaskModule):
         self.tag_head = nn.Linear(self.hidden_size, len(tags))
 
     def forward(self, batch):
-        return {"tag_logits": self.tag_head(self.dropout(self.encode(batch)))}
+        return {"tag_logits": self.tag_head(self.dropout(self.norm(self.encode(batch))))}
 
     def _step(self, batch, stage: str):
         logits = self(batch)["tag_logits"]

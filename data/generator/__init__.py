@@ -1,1 +1,1 @@
-
+"""Seeded generator of the bundled bilingual dialogue corpus (see README.md and build.py)."""

@@ -9,6 +9,7 @@ surname / given-name lists. Lists of words live in lexicon.yaml.
 from __future__ import annotations
 
 import random
+import unicodedata
 from collections import Counter
 
 from findial.data.labelbook import Glossary
@@ -66,7 +67,7 @@ def luhn_digit(body: str) -> str:
 
 
 def luhn_ok(number: str) -> bool:
-    digits = "".join(c for c in number if c.isdigit())
+    digits = "".join(c for c in unicodedata.normalize("NFKC", number) if c.isdigit())
     return len(digits) >= 2 and luhn_digit(digits[:-1]) == digits[-1]
 
 
@@ -78,14 +79,17 @@ def id_check(body17: str) -> str:
 
 
 def id_ok(number: str) -> bool:
+    number = unicodedata.normalize("NFKC", number)
     return len(number) == 18 and number[:17].isdigit() and id_check(number[:17]) == number[17].upper()
 
 
 class Fillers:
     def __init__(self, lex: dict, glossary: Glossary, rng: random.Random):
         self.lex, self.glossary, self.rng = lex, glossary, rng
-        self.usage: Counter = Counter()  # term_id -> draws, to spread draws over the glossary
+        self.usage: Counter = Counter()  # (split, term_id) -> draws, to spread draws over the glossary
         self.form_usage: Counter = Counter()
+        self.split = "train"  # set by the builder: draws are balanced within each split
+        self.force: str | None = None  # the builder forces a rare term into a template
         self.groups = {k: list(v) for k, v in lex["groups"].items()}
         self.skip_forms = set(lex.get("no_random_forms", []))
 
@@ -116,22 +120,24 @@ class Fillers:
 
     def glossary_term(self, label: str, filt: str | None, lang: str) -> tuple[str, str]:
         ids = self.term_ids(label, filt)
-        w = [1.0 / (1 + self.usage[i]) ** 2 for i in ids]
+        if self.force in ids:
+            ids = [self.force]
+        w = [1.0 / (1 + self.usage[(self.split, i)]) ** 3 for i in ids]
         tid = self.rng.choices(ids, w)[0]
         forms = self.forms(tid, lang)
-        fw = [(2.0 if k == 0 else 1.0) / (1 + self.form_usage[(tid, f)]) for k, f in enumerate(forms)]
+        fw = [(2.0 if k == 0 else 1.0) / (1 + self.form_usage[(self.split, tid, f)]) ** 2 for k, f in enumerate(forms)]
         return self.rng.choices(forms, fw)[0], tid
 
     def commit(self, term_id: str, form: str) -> None:
-        self.usage[term_id] += 1
-        self.form_usage[(term_id, form)] += 1
+        self.usage[(self.split, term_id)] += 1
+        self.form_usage[(self.split, term_id, form)] += 1
 
     # ------------------------------------------------------------ others
     def pick(self, key: str, lang: str, filt: str | None = None) -> str:
         table = self.lex[key][lang]
         if isinstance(table, dict):
             table = table[filt] if filt in table else [x for v in table.values() for x in v]
-        return self.expand(self.rng.choice(table), lang)
+        return self.expand(str(self.rng.choice(table)), lang)
 
     def expand(self, s: str, lang: str) -> str:
         """Fill the {n}-style number placeholders of lexicon patterns."""
@@ -160,21 +166,28 @@ class Fillers:
 
     def amount(self, lang: str, filt: str | None) -> str:
         r = self.rng
-        big = filt == "large" or (filt != "small" and r.random() < 0.4)
-        base = r.choice([1, 2, 3, 5, 8]) * 10 ** r.randint(4 if big else 2, 6 if big else 3)
+        lo, hi = {"small": (1, 3), "large": (4, 6)}.get(filt or "", (2, 4))
+        base = r.choice([1, 2, 3, 5, 8]) * 10 ** r.randint(lo, hi)
         if r.random() < 0.3:
             base += r.choice([1, 2, 5]) * base // 10
+        num = f"{base:,}" if r.random() < 0.5 else str(base)
+        if filt == "small" and r.random() < 0.2:
+            num = f"{base - 1}.{r.randint(10, 99)}"
         if lang == "zh":
-            fmt = r.choice(["{n}元", "{n}块", "{cn}元", "{cn}块钱", "{cn}", "人民币{n}元", "{n}块钱", "{w}万", "{n}美元", "{n}港币"])
-            if "{w}" in fmt and base < 10000:
-                fmt = "{n}元"
-            w = base / 10000
-            return fmt.format(n=base if r.random() < 0.7 else f"{base:,}", cn=cn_number(base) + ("" if r.random() < 0.5 else "元"),
-                              w=int(w) if w == int(w) else w).replace("{cn}", "")
-        fmt = r.choice(["${n}", "{n} yuan", "RMB {n}", "HK${n}", "{n} dollars", "€{n}", "£{n}", "USD {n}", "{k}k", "{n} RMB"])
-        if fmt == "{k}k" and base % 1000:
-            fmt = "${n}"
-        return fmt.format(n=f"{base:,}" if r.random() < 0.7 else base, k=base // 1000)
+            cn = cn_number(base)
+            forms = [f"{num}元", f"{num}块", f"{cn}元", f"{cn}块钱", f"{cn}块", f"人民币{num}元", f"{num}块钱",
+                     f"{num}美元", f"{num}港币", f"{num}元人民币", f"{cn}"]
+            if base >= 10000 and base % 1000 == 0:
+                w = base / 10000
+                forms += [f"{w:g}万", f"{w:g}万元", f"{w:g}万块"]
+            return r.choice(forms)
+        forms = [f"${num}", f"{num} yuan", f"RMB {num}", f"HK${num}", f"{num} dollars", f"€{num}", f"£{num}",
+                 f"USD {num}", f"{num} RMB", f"{num} Hong Kong dollars", f"CNY {num}"]
+        if 1000 <= base < 100000 and base % 1000 == 0:
+            forms += [f"{base // 1000}k", f"${base // 1000}k"]
+        if base >= 1000000 and base % 100000 == 0:
+            forms += [f"{base / 1e6:g} million yuan", f"${base / 1e6:g} million", f"RMB {base / 1e6:g} million"]
+        return r.choice(forms)
 
     def card(self) -> str:
         r = self.rng

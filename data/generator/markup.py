@@ -80,33 +80,41 @@ def _fold_char(ch: str) -> str:
 
 
 class Matcher:
-    """Leftmost-longest finder of glossary surface forms in raw text."""
+    """Leftmost-longest finder of glossary surface forms in raw text.
+
+    Text and forms are compared folded (NFKC, casefold, hyphen = space) character by
+    character, so offsets map 1:1 back to the raw text; a form that starts or ends with
+    an ASCII letter or digit must not touch another one (word boundary)."""
 
     def __init__(self, glossary: Glossary):
         self.glossary = glossary
-        forms: dict[str, str] = {}
+        self.forms: dict[str, str] = {}
         for term in glossary.terms.values():
             for form in term.surface_forms:
-                forms[fold(form)] = term.id
-        self.forms = forms
-        alts = []
-        for f in sorted(forms, key=lambda s: (-len(s), s)):
-            pat = r"[\s\-]+".join(re.escape(w) for w in f.split(" "))
-            if re.match(r"[a-z0-9]", f):
-                pat = r"(?<![a-z0-9])" + pat
-            if re.search(r"[a-z0-9]$", f):
-                pat = pat + r"(?![a-z0-9])"
-            alts.append(f"(?:{pat})")
-        self.regex = re.compile("|".join(alts))
+                self.forms[fold(form)] = term.id
+        self.by_first: dict[str, list[str]] = {}
+        for f in sorted(self.forms, key=lambda s: (-len(s), s)):
+            self.by_first.setdefault(f[0], []).append(f)
 
     def find(self, text: str) -> list[tuple[int, int, str]]:
-        folded = "".join(_fold_char(c) for c in text)
-        out = []
-        for m in self.regex.finditer(folded):
-            tid = self.forms.get(fold(text[m.start():m.end()])) or self.forms.get(fold(m.group()))
-            if tid:
-                out.append((m.start(), m.end(), tid))
+        folded = "".join(_fold_char(c) for c in text).replace("-", " ")
+        out, i, n = [], 0, len(folded)
+        while i < n:
+            for f in self.by_first.get(folded[i], ()):
+                j = i + len(f)
+                if folded.startswith(f, i) \
+                        and not (_alnum(f[0]) and i > 0 and _alnum(folded[i - 1])) \
+                        and not (_alnum(f[-1]) and j < n and _alnum(folded[j])):
+                    out.append((i, j, self.forms[f]))
+                    i = j
+                    break
+            else:
+                i += 1
         return out
+
+
+def _alnum(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
 
 
 def seg_spans(segs: list[Seg]) -> list[tuple[int, int, Seg]]:

@@ -56,7 +56,8 @@ class Noiser:
     # -------------------------------------------------------------- shared
     def op_filler(self, segs, lang):
         word = self.rng.choice(self.cfg["fillers"][lang])
-        if lang == "en" and segs and segs[0].text[:1].isupper() and not segs[0].text.startswith("I "):
+        if lang == "en" and segs and segs[0].text[:1].isupper() and segs[0].label not in PII \
+                and not segs[0].text.startswith(("I ", "I'")):
             segs[0].text = segs[0].text[0].lower() + segs[0].text[1:]
         segs.insert(0, Seg(word))
         return True

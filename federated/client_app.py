@@ -1,0 +1,99 @@
+"""The branch side: a Flower ClientApp that trains on the branch's own dialogues and sends back numbers only.
+
+A reply holds exactly two records: ``arrays`` (an ArrayRecord of float32 LoRA adapter and head tensors,
+after the configured clipping/noise) and ``metrics`` (a MetricRecord of int/float scalars). No text,
+no token ids, no per-example values: dialogues stay in the branch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .config import resolver
+from .local import score_dialogues, train_local
+from .models import build_task_models, load_record, to_record
+from .partition import branch_dialogues, branch_of
+from .privacy import PrivacyPlan, privacy_mod
+
+# evaluate_dialogues metric -> the count it is a rate over (sent beside it as "<metric>.n" for aggregation)
+EVAL_METRICS = {
+    "intent_accuracy": "n_user_turns", "intent_macro_f1": "n_user_turns", "emotion_accuracy": "n_user_turns",
+    "entity_micro_f1": "n_user_turns", "joint_state_accuracy": "n_user_turns",
+    "multi_turn_accuracy": "n_multi_turn", "terminology_f1": "terminology_support",
+}
+
+
+class BranchDropped(RuntimeError):
+    """A configured fault (``faults: {branch: round}``): the branch fails this round, as a crash would."""
+
+
+def _user_turns(dialogues: list[dict]) -> int:
+    return sum(1 for d in dialogues for t in d["turns"] if t["speaker"] == "user")
+
+
+def handle_train(cfg, msg: Message, context: Context) -> Message:
+    branches = list(cfg.branches)
+    branch = branch_of(context.node_config, branches)
+    config = msg.content["config"]
+    rnd = int(config["server-round"])
+    if cfg.get("faults") and int(cfg.faults.get(branch, -1)) == rnd:
+        raise BranchDropped(f"branch {branch}: configured to fail in round {rnd}")
+    torch.set_num_threads(max(1, int(cfg.simulation.get("client_cpus", 1))))
+    models = build_task_models(cfg)
+    load_record(models, msg.content["arrays"])
+    dialogues = branch_dialogues(cfg, context.node_config, "train", branch)
+    if not dialogues:
+        raise ValueError(f"branch {branch}: no training dialogues")
+    epochs = int(config.get("local-epochs", cfg.local_epochs))
+    mu = float(config.get("proximal-mu", 0.0))
+    index = branches.index(branch)
+    metrics = train_local(models, cfg, dialogues, epochs, seed=int(cfg.seed) + 1000 * rnd + index, proximal_mu=mu)
+    metrics.update({"num-examples": _user_turns(dialogues), "unit-weight": 1, "branch-index": index})
+    return Message(RecordDict({"arrays": to_record(models), "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def handle_evaluate(cfg, msg: Message, context: Context) -> Message:
+    branches = list(cfg.branches)
+    branch = branch_of(context.node_config, branches)
+    models = build_task_models(cfg)
+    load_record(models, msg.content["arrays"])
+    dialogues = branch_dialogues(cfg, context.node_config, "val", branch)
+    if not dialogues:
+        raise ValueError(f"branch {branch}: no validation dialogues")
+    scores = score_dialogues(models, cfg, dialogues)
+    metrics: dict[str, float | int] = {"num-examples": _user_turns(dialogues), "unit-weight": 1,
+                                       "branch-index": branches.index(branch)}
+    for name, support in EVAL_METRICS.items():
+        value = scores.get(name)
+        ok = value is not None and not math.isnan(value)
+        metrics[name] = float(value) if ok else 0.0
+        metrics[f"{name}.n"] = int(scores.get(support, 0)) if ok else 0
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def make_client_app(bound_config: dict | None = None) -> ClientApp:
+    """A ClientApp configured by ``bound_config`` (simulation) or by the run config (deployment)."""
+    config_for = resolver(bound_config)
+
+    def plan_for(context: Context) -> PrivacyPlan:
+        cfg = config_for(context)
+        return PrivacyPlan.from_config(cfg.privacy, bool(cfg.get("secure_aggregation", False)))
+
+    app = ClientApp(mods=[privacy_mod(plan_for)])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return handle_train(config_for(context), msg, context)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return handle_evaluate(config_for(context), msg, context)
+
+    return app
+
+
+# `flwr run` (deployment): clientapp = "findial.federated.client_app:app"
+app = make_client_app()

@@ -1,0 +1,60 @@
+"""Aggregation strategies from the config: Flower's FedAvg, FedProx, FedAdam (Message API), DP-wrapped by mode."""
+from __future__ import annotations
+
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+from .privacy import PrivacyPlan, wrap_strategy
+
+NAMES = ("fedavg", "fedprox", "fedadam")
+# bookkeeping keys a client sends beside its metrics; never averaged
+BOOKKEEPING = {"num-examples", "unit-weight", "branch-index"}
+
+
+def _metrics(record: RecordDict) -> MetricRecord:
+    return next(iter(record.metric_records.values()))
+
+
+def mean_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Weighted mean of every training metric; the example count is summed."""
+    weights = [float(_metrics(r)[weight_key]) for r in records]
+    total = sum(weights) or 1.0
+    out: dict[str, float | int] = {"num-examples": int(sum(_metrics(r)["num-examples"] for r in records))}
+    for key in _metrics(records[0]).keys():
+        if key not in BOOKKEEPING:
+            out[key] = sum(float(_metrics(r)[key]) * w for r, w in zip(records, weights)) / total
+    return MetricRecord(out)
+
+
+def mean_eval_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Each metric weighted by its own support ``<metric>.n`` (a branch without support does not count)."""
+    first = _metrics(records[0])
+    out: dict[str, float | int] = {"num-examples": int(sum(_metrics(r)["num-examples"] for r in records))}
+    for key in first.keys():
+        if key in BOOKKEEPING or key.endswith(".n") or f"{key}.n" not in first:
+            continue
+        support = [float(_metrics(r)[f"{key}.n"]) for r in records]
+        if sum(support) > 0:
+            out[key] = sum(float(_metrics(r)[key]) * n for r, n in zip(records, support)) / sum(support)
+    return MetricRecord(out)
+
+
+def build_strategy(cfg, plan: PrivacyPlan):
+    agg, sampling = cfg.aggregation, cfg.sampling
+    name = str(agg.name)
+    if name not in NAMES:
+        raise ValueError(f"aggregation.name={name!r}: expected one of {', '.join(NAMES)} (configs/federated/)")
+    uniform = plan.mode == "central" or not bool(sampling.weighted)
+    common = dict(fraction_train=float(sampling.fraction_train), fraction_evaluate=1.0,
+                  min_train_nodes=int(sampling.min_train_clients), min_evaluate_nodes=1,
+                  min_available_nodes=int(sampling.min_available_clients),
+                  weighted_by_key="unit-weight" if uniform else "num-examples",
+                  train_metrics_aggr_fn=mean_train_metrics, evaluate_metrics_aggr_fn=mean_eval_metrics)
+    if name == "fedavg":
+        base = FedAvg(**common)
+    elif name == "fedprox":
+        base = FedProx(proximal_mu=float(agg.proximal_mu), **common)
+    else:
+        base = FedAdam(eta=float(agg.eta), eta_l=float(agg.eta_l), beta_1=float(agg.beta_1),
+                       beta_2=float(agg.beta_2), tau=float(agg.tau), **common)
+    return wrap_strategy(base, plan, int(sampling.min_train_clients))

@@ -1,0 +1,107 @@
+"""The FastAPI application: routes over a ``DialogueService``; the same app runs under uvicorn or Ray Serve.
+
+``create_app(settings, understander, responder)`` takes the understander that
+runs the model: ``LocalUnderstander`` (in-process batching, see ``batcher.py``)
+or ``RayUnderstander`` (model replicas behind a Ray Serve handle).
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+import findial
+
+from .errors import ApiError, error_response, install_error_handlers, request_id
+from .guard import RequestGuard
+from .metrics import CONTENT_TYPE, Metrics
+from .schemas import (ERROR_RESPONSES, AgentTurnResult, DialogueTurnRequest, ErrorResponse, RespondRequest,
+                      RespondResult, SessionView, UnderstandRequest, Understanding)
+from .service import DialogueService
+from .settings import ServeSettings
+
+DESCRIPTION = """Understanding for a bilingual (zh/en) financial contact centre: intent, emotion, entities
+(linked to the glossary) and dialogue state for each user turn, with confidences, hand-off to a human
+agent, server-side multi-turn sessions, and personal data masked before any model or log sees it.
+The model is the NLU bundle behind the registry's serving alias; a newly promoted version is picked up
+without a restart."""
+
+
+def create_app(settings: ServeSettings, understander, responder=None, metrics: Metrics | None = None) -> FastAPI:
+    metrics = metrics or Metrics()
+    service = DialogueService(settings, understander, responder, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await understander.start()
+        try:
+            yield
+        finally:
+            await understander.stop()
+
+    app = FastAPI(title="findial serving", version=getattr(findial, "__version__", "0.1.0"),
+                  description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes, router=app)
+
+    @app.post("/v1/understand", response_model=Understanding, responses=ERROR_RESPONSES,
+              summary="Understand one user turn (stateless, or within a session)")
+    async def understand(body: UnderstandRequest, request: Request):
+        return await service.user_turn(body.text, body.lang, request_id(request), "understand",
+                                       session_id=body.session_id, context=body.context)
+
+    @app.post("/v1/respond", response_model=RespondResult, responses=ERROR_RESPONSES,
+              summary="Understand a user turn and reply (needs a response model: 503 until one is promoted)")
+    async def respond(body: RespondRequest, request: Request):
+        if service.responder is None:
+            raise ApiError(503, "no_response_model", "no response model promoted: POST /v1/understand gives the "
+                           "understanding; configure responder.target to generate replies")
+        return await service.user_turn(body.text, body.lang, request_id(request), "respond",
+                                       session_id=body.session_id, context=body.context, respond=True)
+
+    @app.post("/v1/dialogue/{session_id}", response_model=Understanding | AgentTurnResult, responses=ERROR_RESPONSES,
+              summary="Add a turn to a session (started on its first turn); user turns are understood")
+    async def dialogue_turn(session_id: str, body: DialogueTurnRequest, request: Request):
+        if body.speaker == "agent":
+            return await service.agent_turn(session_id, body.text, request_id(request))
+        return await service.user_turn(body.text, body.lang, request_id(request), "dialogue", session_id=session_id)
+
+    @app.get("/v1/dialogue/{session_id}", response_model=SessionView,
+             responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+             summary="A session: its (masked) turns with their understanding, state and hand-off status")
+    async def get_dialogue(session_id: str):
+        return service.existing_session(session_id).view()
+
+    @app.delete("/v1/dialogue/{session_id}", responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+                summary="End a session and forget its history")
+    async def delete_dialogue(session_id: str, request: Request):
+        return await service.delete_session(session_id, request_id(request))
+
+    @app.get("/healthz", summary="Liveness: the process answers; says which model it serves")
+    async def healthz():
+        status = await understander.status()
+        return {"status": "ok", "ready": status["ready"], "model": status.get("model"),
+                "last_error": status.get("last_error"), "reloads": status.get("reloads"),
+                "sessions": len(service.sessions)}
+
+    @app.get("/readyz", summary="Readiness: 200 only when a model is loaded", responses={503: {"model": ErrorResponse}})
+    async def readyz(request: Request):
+        status = await understander.status()
+        if not status["ready"]:
+            return error_response(503, "model_not_ready", status.get("last_error") or "the model is still loading",
+                                  request_id(request))
+        return JSONResponse({"ready": True, "model": status.get("model")})
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def prometheus():
+        status = await understander.status()
+        model = status.get("model")
+        if model:
+            metrics.set_model(model.get("name"), model.get("version"), model.get("ref", ""))
+        metrics.reloads.update(status.get("reloads") or {})
+        metrics.set_sessions(len(service.sessions))
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,153 @@
+"""The same app under Ray Serve: ``findial serve backend=ray replicas=2``.
+
+Two deployments in one Serve application (``findial``):
+
+- ``NLUModel``: ``replicas`` replicas, each with its own ``ModelHolder`` (so each
+  polls the alias and hot-swaps on its own) and ``@serve.batch`` batching of the
+  turns routed to it;
+- ``Gateway``: the FastAPI app of ``app.py`` as the HTTP ingress (Ray's proxy on
+  ``host:port``), with a ``RayUnderstander`` that calls ``NLUModel`` through a
+  deployment handle. It runs one replica: sessions, the audit writer and the
+  request metrics live in its memory. The model replicas are what scales.
+
+Ray is imported only here, so the local backend never needs it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+
+from ray import serve
+
+from .batcher import ModelNotReady
+from .model_store import ModelHolder
+from .settings import ServeSettings
+from .understanding import TurnInput, understand_batch
+
+log = logging.getLogger("findial.serving")
+APP_NAME = "findial"
+MODEL_DEPLOYMENT = "NLUModel"
+
+
+class NLUReplica:
+    """One model replica: a holder that polls the alias, and batched understanding."""
+
+    def __init__(self, settings: ServeSettings):
+        from .server import prepare
+
+        prepare(settings)
+        if not settings.torch_threads:
+            import os
+
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.replicas))
+        self.holder = ModelHolder(settings.model, settings.download_dir, settings.device, settings.poll_interval_s)
+        self.holder.check_once()  # the replica takes traffic once this returns; the poller retries a failure
+        self.holder.start()
+        self.batched.set_max_batch_size(settings.batching.max_batch_size)
+        self.batched.set_batch_wait_timeout_s(settings.batching.max_wait_ms / 1000.0)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def batched(self, items: list[TurnInput]) -> list[tuple]:
+        model = self.holder.current
+        if model is None:
+            return [("not_ready", self.holder.last_error or "the model is still loading")] * len(items)
+        results = await asyncio.to_thread(understand_batch, model.pipeline, items)
+        info = model.info()
+        return [("ok", r, info) for r in results]
+
+    async def understand(self, item: TurnInput) -> tuple:
+        return await self.batched(item)
+
+    def status(self) -> dict:
+        return {"ready": self.holder.current is not None, **self.holder.info()}
+
+    def __del__(self):
+        holder = getattr(self, "holder", None)
+        if holder is not None:
+            holder.stop()
+
+
+class RayUnderstander:
+    """The understander of the ingress app: model replicas behind a deployment handle."""
+
+    def __init__(self):
+        self._handle = None
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            self._handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=APP_NAME)
+        return self._handle
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def status(self) -> dict:
+        return await self.handle.status.remote()
+
+    async def understand(self, item: TurnInput) -> tuple[dict, dict]:
+        answer = await self.handle.understand.remote(item)
+        if answer[0] != "ok":
+            raise ModelNotReady(answer[1])
+        return answer[1], answer[2]
+
+
+class Gateway:
+    """The ingress deployment's class; the routes come from the app builder."""
+
+    def __init__(self, model_handle=None):
+        self.model_handle = model_handle  # bound so that Serve deploys NLUModel with this app
+
+
+def build_app(settings: ServeSettings):
+    """The Serve application: Gateway (FastAPI ingress, 1 replica) -> NLUModel (``replicas`` replicas)."""
+
+    def asgi_app():
+        from .app import create_app
+        from .metrics import Metrics
+        from .responder import load_responder
+        from .server import prepare
+
+        prepare(settings)
+        return create_app(settings, RayUnderstander(), load_responder(settings.responder.target,
+                                                                        settings.responder.options), Metrics())
+
+    model = serve.deployment(NLUReplica, name=MODEL_DEPLOYMENT, num_replicas=settings.replicas,
+                             max_ongoing_requests=max(8, 2 * settings.batching.max_batch_size),
+                             ray_actor_options={"num_cpus": settings.ray.replica_num_cpus})
+    gateway = serve.deployment(serve.ingress(asgi_app)(Gateway), name="Gateway", num_replicas=1,
+                               max_ongoing_requests=1000,
+                               ray_actor_options={"num_cpus": settings.ray.ingress_num_cpus})
+    return gateway.bind(model.bind(settings))
+
+
+def serve_ray(settings: ServeSettings) -> None:
+    import ray
+
+    init = {"address": settings.ray.address, "include_dashboard": False, "log_to_driver": False}
+    if settings.ray.address is None:
+        if settings.ray.num_cpus:
+            init["num_cpus"] = settings.ray.num_cpus
+        if settings.ray.temp_dir:
+            init["_temp_dir"] = settings.ray.temp_dir
+    ray.init(**{k: v for k, v in init.items() if v is not None})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+        print(f"findial serve (ray, {settings.replicas} model replicas): http://{settings.host}:{settings.port} "
+              f"(model {settings.model}, docs at /docs, schema at /openapi.json)", flush=True)
+        stop.wait()
+    finally:
+        log.info("shutting down Ray Serve")
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,129 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI schema at /openapi.json).
+
+Unknown fields are refused (a typo such as ``txt`` is a 422, not a silently empty turn).
+Every text the API returns is masked: personal data never comes back.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LANG = r"^[a-z]{2,3}$"
+
+
+class ContextTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    speaker: Literal["user", "agent"]
+    text: str
+
+
+class UnderstandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"text": "我的信用卡昨天丢了"}, {"text": "and the annual fee?", "session_id": "call-42"}]})
+    text: str = Field(description="The user's turn. Personal data is masked before any model or log sees it.")
+    session_id: str | None = Field(None, description="Continue (or start) a server-side session: its history is "
+                                   "the intent model's context and its state accumulates.")
+    lang: str | None = Field(None, pattern=LANG, description="zh or en; detected from the text when absent.")
+    context: list[ContextTurn] = Field(default_factory=list, description="Preceding turns, oldest first, for a "
+                                       "stateless call (ignored with session_id).")
+
+
+class RespondRequest(UnderstandRequest):
+    pass
+
+
+class DialogueTurnRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"text": "I lost my credit card"}, {"speaker": "agent", "text": "I have blocked it."}]})
+    text: str
+    speaker: Literal["user", "agent"] = Field("user", description="user turns are understood; agent turns "
+                                              "are recorded (as context) and checked against the compliance rules")
+    lang: str | None = Field(None, pattern=LANG)
+
+
+class Entity(BaseModel):
+    label: str
+    start: int = Field(description="character offset into the returned (masked) text")
+    end: int
+    text: str
+    confidence: float | None = None
+    term_id: str | None = Field(None, description="glossary id of a terminology mention")
+
+
+class ModelRef(BaseModel):
+    ref: str
+    name: str | None = None
+    version: str | None = None
+
+
+class Understanding(BaseModel):
+    request_id: str
+    session_id: str | None = None
+    turn_index: int | None = Field(None, description="index of this turn in the session")
+    model: ModelRef
+    text: str = Field(description="the turn as the model saw it: personal data masked")
+    lang: str
+    pii_masked: list[str] = Field(description="labels of the personal data masked in the text")
+    intent: str
+    confidence: float
+    emotion: str | None = None
+    emotion_confidence: float | None = None
+    entities: list[Entity]
+    state: dict[str, Any]
+    unknown_terms: list[str] = []
+    handoff: bool = Field(description="true: hand this conversation to a human agent")
+    handoff_reasons: list[str] = Field(description="low_confidence, intent:<name>, emotion:<name>, "
+                                       "compliance:<rule>")
+
+
+class ResponderRef(BaseModel):
+    name: str
+    version: str
+
+
+class RespondResult(Understanding):
+    response: str | None = Field(None, description="the reply; null when the turn is handed off")
+    responder: ResponderRef
+
+
+class AgentTurnResult(BaseModel):
+    request_id: str
+    session_id: str
+    turn_index: int
+    speaker: Literal["agent"] = "agent"
+    text: str
+    pii_masked: list[str]
+    handoff: bool
+    handoff_reasons: list[str]
+
+
+class SessionView(BaseModel):
+    session_id: str
+    created: float
+    updated: float
+    lang: str | None
+    state: dict[str, Any]
+    handoff: bool
+    handoff_reasons: list[str]
+    turns: list[dict[str, Any]]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. invalid_json, text_too_long, session_not_found")
+    message: str
+    details: list[dict[str, Any]] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+    request_id: str | None = None
+
+
+ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "description": "body is not valid UTF-8 or not valid JSON"},
+    413: {"model": ErrorResponse, "description": "body or text too large"},
+    415: {"model": ErrorResponse, "description": "body is not JSON"},
+    422: {"model": ErrorResponse, "description": "missing, unknown or invalid fields; empty text"},
+    503: {"model": ErrorResponse, "description": "no model loaded yet"},
+}

@@ -1,0 +1,59 @@
+"""``findial serve``: build the app for the configured backend and run it until Ctrl-C / SIGTERM."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from findial import tracking
+from findial.data.pii import install_log_redaction
+
+from .settings import ServeSettings
+
+log = logging.getLogger("findial.serving")
+
+
+def prepare(settings: ServeSettings) -> None:
+    """What every serving process needs first: masked logging, the MLflow store, torch threads."""
+    install_log_redaction()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in the server log
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    if settings.tracking_uri:
+        tracking.configure(settings.tracking_uri, settings.artifact_root or "mlartifacts")
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
+def build_local_app(settings: ServeSettings):
+    from .app import create_app
+    from .batcher import LocalUnderstander
+    from .metrics import Metrics
+    from .model_store import ModelHolder
+    from .responder import load_responder
+
+    metrics = Metrics()
+    holder = ModelHolder(settings.model, settings.download_dir, settings.device, settings.poll_interval_s)
+    understander = LocalUnderstander(holder, settings.batching.max_batch_size, settings.batching.max_wait_ms, metrics)
+    responder = load_responder(settings.responder.target, settings.responder.options)
+    return create_app(settings, understander, responder, metrics)
+
+
+def serve(settings: ServeSettings) -> None:
+    prepare(settings)
+    if settings.backend == "ray":
+        from .ray_backend import serve_ray
+
+        return serve_ray(settings)
+    import uvicorn
+
+    app = build_local_app(settings)
+    print(f"findial serve: http://{settings.host}:{settings.port} (model {settings.model}, docs at /docs, "
+          f"schema at /openapi.json)", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
+                timeout_graceful_shutdown=settings.graceful_shutdown_s, access_log=True)
+
+
+def serve_from_config(cfg: dict) -> None:
+    serve(ServeSettings.from_mapping(cfg))

@@ -1,0 +1,160 @@
+"""What the endpoints do: mask, understand, decide on hand-off, keep sessions, audit.
+
+Order of work for a user turn: check the text (422 empty, 413 too long), mask
+its personal data, take the session's history and state (under the session's
+lock, so turns are understood in order), understand it (the understander
+batches and runs the model off the event loop), apply the hand-off policy,
+update the session, write the audit record, answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .audit import AuditLog
+from .batcher import ModelNotReady
+from .errors import ApiError
+from .handoff import HandoffPolicy
+from .metrics import Metrics
+from .sessions import Session, SessionIdError, SessionStore, check_session_id
+from .settings import ServeSettings
+from .understanding import TurnInput, detect_lang, mask_text
+
+
+class DialogueService:
+    def __init__(self, settings: ServeSettings, understander, responder=None, metrics: Metrics | None = None):
+        self.settings = settings
+        self.limits = settings.limits
+        self.understander = understander
+        self.responder = responder
+        self.metrics = metrics or Metrics()
+        self.policy = HandoffPolicy.from_settings(settings.handoff)
+        self.sessions = SessionStore(self.limits.max_sessions, self.limits.session_ttl_s)
+        self.audit = AuditLog(settings.audit.path, settings.audit.fsync)
+
+    # ------------------------------------------------------------------ checks
+    def check_text(self, text: str, field: str) -> tuple[str, list[str]]:
+        if not text.strip():
+            raise ApiError(422, "empty_text", f"{field}: must contain some text", [{"field": field}])
+        if len(text) > self.limits.max_text_chars:
+            raise ApiError(413, "text_too_long", f"{field}: {len(text)} characters, more than the limit of "
+                           f"{self.limits.max_text_chars}", [{"field": field, "limit": self.limits.max_text_chars}])
+        return mask_text(text)
+
+    @staticmethod
+    def session_id(session_id: str, field: str = "session_id") -> str:
+        try:
+            return check_session_id(session_id)
+        except SessionIdError as exc:
+            raise ApiError(422, "invalid_session_id", f"{field}: {exc}", [{"field": field}]) from None
+
+    def existing_session(self, session_id: str) -> Session:
+        s = self.sessions.get(self.session_id(session_id, "path.session_id"))
+        if s is None:
+            raise ApiError(404, "session_not_found", f"no session {session_id!r} (never started, deleted or "
+                           "expired)", [{"field": "path.session_id"}])
+        return s
+
+    # ------------------------------------------------------------------ turns
+    async def _understand(self, item: TurnInput) -> tuple[dict, dict]:
+        try:
+            return await self.understander.understand(item)
+        except ModelNotReady as exc:
+            raise ApiError(503, "model_not_ready", f"no model is loaded yet: {exc}") from None
+
+    def _context(self, turns) -> tuple[tuple[str, str], ...]:
+        if len(turns) > self.limits.max_context_turns:
+            raise ApiError(422, "context_too_long", f"context: {len(turns)} turns, more than the limit of "
+                           f"{self.limits.max_context_turns}", [{"field": "body.context"}])
+        return tuple((t.speaker, self.check_text(t.text, f"body.context.{i}.text")[0]) for i, t in enumerate(turns))
+
+    async def user_turn(self, text: str, lang: str | None, request_id: str, endpoint: str,
+                        session_id: str | None = None, context=(), respond: bool = False) -> dict:
+        started = time.perf_counter()
+        masked, pii = self.check_text(text, "body.text")
+        if session_id is None:
+            history = self._context(context)
+            return await self._run_turn(masked, pii, lang, history, {}, None, request_id, endpoint, started, respond)
+        session, _ = self.sessions.get_or_create(self.session_id(session_id, "body.session_id" if endpoint != "dialogue"
+                                                                 else "path.session_id"))
+        self.metrics.set_sessions(len(self.sessions))
+        async with session.lock:
+            return await self._run_turn(masked, pii, lang, session.history(self.limits.max_context_turns),
+                                        session.state, session, request_id, endpoint, started, respond)
+
+    async def _run_turn(self, masked: str, pii: list[str], lang: str | None, history, state: dict,
+                        session: Session | None, request_id: str, endpoint: str, started: float,
+                        respond: bool) -> dict:
+        lang = lang or (session.lang if session and session.lang else None) or detect_lang(masked)
+        result, model = await self._understand(TurnInput(masked, lang, history, dict(state)))
+        text = result.pop("text")
+        reasons = self.policy.reasons(result, text)
+        out = {"request_id": request_id, "session_id": session.id if session else None, "turn_index": None,
+               "model": {k: model.get(k) for k in ("ref", "name", "version")}, "text": text, "lang": lang,
+               "pii_masked": pii, **result,
+               "entities": [{**e, "text": text[e["start"]:e["end"]]} for e in result["entities"]]}
+        response = None
+        if respond:
+            response, reasons = await self._respond(out, history, reasons)
+        out.update(handoff=bool(reasons), handoff_reasons=reasons)
+        if session is not None:
+            out["turn_index"] = len(session.turns)
+            session.lang = session.lang or lang
+            session.state = dict(result["state"])
+            session.add_turn({"speaker": "user", **{k: out[k] for k in (
+                "text", "intent", "confidence", "emotion", "emotion_confidence", "entities", "state",
+                "handoff_reasons", "request_id")}, "model_version": model.get("version")},
+                self.limits.max_context_turns)
+            if response is not None:
+                session.add_turn({"speaker": "agent", "text": response, "responder": self.responder.name},
+                                 self.limits.max_context_turns)
+            self._mark_handoff(session, reasons)
+        if respond:
+            out.update(response=response, responder={"name": self.responder.name, "version": self.responder.version})
+        if reasons:
+            self.metrics.count_handoff(reasons)
+        record = {"event": endpoint, "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                  **{k: v for k, v in out.items() if k != "unknown_terms"}}
+        await asyncio.to_thread(self.audit.write, record)
+        return out
+
+    async def _respond(self, understanding: dict, history, reasons: list[str]) -> tuple[str | None, list[str]]:
+        if reasons:  # a human takes over: no generated reply
+            return None, reasons
+        turns = [{"speaker": s, "text": t} for s, t in history]
+        reply = await asyncio.to_thread(self.responder.respond, understanding, turns)
+        reply, _ = mask_text(str(reply))
+        hits = self.policy.compliance_hits(reply)
+        if hits:  # never send a reply that breaks a compliance rule
+            return None, [f"{h}:response" for h in hits]
+        return reply, reasons
+
+    @staticmethod
+    def _mark_handoff(session: Session, reasons: list[str]) -> None:
+        if reasons:
+            session.handoff = True
+            session.handoff_reasons = sorted(set(session.handoff_reasons) | set(reasons))
+
+    async def agent_turn(self, session_id: str, text: str, request_id: str) -> dict:
+        masked, pii = self.check_text(text, "body.text")
+        session, _ = self.sessions.get_or_create(self.session_id(session_id, "path.session_id"))
+        async with session.lock:
+            reasons = self.policy.compliance_hits(masked)
+            index = len(session.turns)
+            session.add_turn({"speaker": "agent", "text": masked, "handoff_reasons": reasons, "request_id": request_id},
+                             self.limits.max_context_turns)
+            self._mark_handoff(session, reasons)
+        if reasons:
+            self.metrics.count_handoff(reasons)
+        out = {"request_id": request_id, "session_id": session.id, "turn_index": index, "speaker": "agent",
+               "text": masked, "pii_masked": pii, "handoff": bool(reasons), "handoff_reasons": reasons}
+        await asyncio.to_thread(self.audit.write, {"event": "agent_turn", **out})
+        return out
+
+    async def delete_session(self, session_id: str, request_id: str) -> dict:
+        session = self.existing_session(session_id)
+        self.sessions.delete(session.id)
+        self.metrics.set_sessions(len(self.sessions))
+        await asyncio.to_thread(self.audit.write, {"event": "session_deleted", "request_id": request_id,
+                                                   "session_id": session.id, "turns": len(session.turns)})
+        return {"session_id": session.id, "deleted": True, "turns": len(session.turns)}

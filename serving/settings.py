@@ -1,0 +1,195 @@
+"""Serving settings: ``configs/serve.yaml`` as checked, typed, picklable dataclasses.
+
+``ServeSettings.from_mapping`` takes the resolved config (a plain dict) and names
+the field of any bad value (``serve.yaml: handoff.min_confidence: ...``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A bad value in the serving config; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ComplianceRule:
+    name: str
+    pattern: str
+    ignore_case: bool = False
+
+    def compile(self) -> re.Pattern:
+        return re.compile(self.pattern, re.IGNORECASE if self.ignore_case else 0)
+
+
+@dataclass(frozen=True)
+class HandoffSettings:
+    min_confidence: float = 0.5
+    intents: tuple[str, ...] = ("complaint", "request_human_agent")
+    emotions: tuple[str, ...] = ("angry", "dissatisfied")
+    compliance_rules: tuple[ComplianceRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    max_batch_size: int = 16
+    max_wait_ms: float = 2.0
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_text_chars: int = 2000
+    max_body_bytes: int = 262144
+    max_context_turns: int = 50
+    max_sessions: int = 10000
+    session_ttl_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    path: str = "findial-runs/serving/audit.jsonl"
+    fsync: bool = False
+
+
+@dataclass(frozen=True)
+class ResponderSettings:
+    target: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    address: str | None = None
+    temp_dir: str | None = None
+    num_cpus: int | None = None
+    replica_num_cpus: float = 0.5
+    ingress_num_cpus: float = 0.25
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model: str = "models:/findial-nlu@champion"
+    backend: str = "local"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "cpu"
+    download_dir: str = "findial-runs/serving/models"
+    poll_interval_s: float = 30.0
+    torch_threads: int | None = None
+    log_level: str = "info"
+    graceful_shutdown_s: float = 10.0
+    tracking_uri: str | None = None
+    artifact_root: str | None = None
+    replicas: int = 2
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    handoff: HandoffSettings = field(default_factory=HandoffSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    responder: ResponderSettings = field(default_factory=ResponderSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+
+    @classmethod
+    def from_mapping(cls, cfg: dict[str, Any], source: str = "serve.yaml") -> "ServeSettings":
+        """Build from the resolved config; ``logger.tracking_uri`` / ``logger.artifact_root`` are picked up."""
+        cfg = dict(cfg)
+        logger = cfg.pop("logger", None) or {}
+        cfg.setdefault("tracking_uri", logger.get("tracking_uri"))
+        cfg.setdefault("artifact_root", logger.get("artifact_root"))
+        for ignored in ("paths", "hydra"):
+            cfg.pop(ignored, None)
+        handoff = dict(cfg.get("handoff") or {})
+        rules = []
+        for i, r in enumerate(handoff.get("compliance_rules") or []):
+            where = f"{source}: handoff.compliance_rules[{i}]"
+            if not isinstance(r, dict) or not r.get("name") or not r.get("pattern"):
+                raise SettingsError(f"{where}: needs a name and a pattern, got {r!r}")
+            rule = _build(ComplianceRule, r, where)
+            try:
+                rule.compile()
+            except re.error as exc:
+                raise SettingsError(f"{where}.pattern: invalid regular expression: {exc}") from None
+            rules.append(rule)
+        handoff["compliance_rules"] = tuple(rules)
+        for key in ("intents", "emotions"):
+            if key in handoff:
+                handoff[key] = tuple(handoff[key] or ())
+        nested = {"batching": BatchingSettings, "limits": LimitSettings, "audit": AuditSettings,
+                  "responder": ResponderSettings, "ray": RaySettings}
+        built = {k: _build(t, cfg.get(k) or {}, f"{source}: {k}") for k, t in nested.items()}
+        built["handoff"] = _build(HandoffSettings, handoff, f"{source}: handoff")
+        top = {k: v for k, v in cfg.items() if k not in built}
+        settings = _build(cls, {**top, **built}, source)
+        settings.check(source)
+        return settings
+
+    def check(self, source: str = "serve.yaml") -> None:
+        def bad(name: str, why: str):
+            raise SettingsError(f"{source}: {name}: {why}")
+
+        if self.backend not in ("local", "ray"):
+            bad("backend", f"must be 'local' or 'ray', got {self.backend!r}")
+        if not 0 <= self.port <= 65535:
+            bad("port", f"must be 0..65535, got {self.port}")
+        if not 0.0 <= self.handoff.min_confidence <= 1.0:
+            bad("handoff.min_confidence", f"must be within [0, 1], got {self.handoff.min_confidence}")
+        if self.poll_interval_s < 0:
+            bad("poll_interval_s", "must be >= 0 (0 disables polling)")
+        if self.replicas < 1:
+            bad("replicas", f"must be >= 1, got {self.replicas}")
+        if self.batching.max_batch_size < 1:
+            bad("batching.max_batch_size", "must be >= 1")
+        if self.batching.max_wait_ms < 0:
+            bad("batching.max_wait_ms", "must be >= 0")
+        for name in ("max_text_chars", "max_body_bytes", "max_context_turns", "max_sessions"):
+            if getattr(self.limits, name) < 1:
+                bad(f"limits.{name}", "must be >= 1")
+        if self.limits.max_body_bytes < self.limits.max_text_chars:
+            bad("limits.max_body_bytes", "must be at least limits.max_text_chars")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            bad("device", f"must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise SettingsError(f"{where}: expected a mapping, got {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise SettingsError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    out = {}
+    for k, v in values.items():
+        kind = known[k].type
+        try:
+            out[k] = _coerce(v, kind)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where}.{k}: expected {kind}, got {v!r}") from None
+    return cls(**out)
+
+
+def _coerce(value, kind: str):
+    if not isinstance(kind, str):
+        return value
+    base = kind.replace(" | None", "")
+    if value is None:
+        if base in ("int", "float", "bool", "str") and base == kind:
+            raise ValueError(value)
+        return value
+    if base == "int":
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    if base == "float":
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(value)
+        return value
+    if base == "str":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(value)
+        return str(value)
+    return value
