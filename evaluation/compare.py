@@ -17,7 +17,7 @@ from pathlib import Path
 from findial import tracking
 from findial.data.pii import redact_json
 
-from . import html_report as H
+from .html_report import HEADERS, esc, fmt, gate_cell, page, table
 from .evaluate import build_report, predict, write_report
 from .report import HEADLINE
 from .tables import BREAKDOWN_METRICS
@@ -40,6 +40,27 @@ def newest_version(model_name: str) -> str:
     if not versions:
         raise LookupError(f"registered model {model_name!r} has no versions (register one with `findial run`)")
     return str(max(int(v.version) for v in versions))
+
+
+def check_ref(side: str, ref: str) -> None:
+    """Fail before any prediction when a model reference does not resolve (no such version, alias, bundle)."""
+    if not ref.startswith("models:/"):
+        if not (Path(ref) / "bundle.json").is_file():
+            raise ValueError(f"{side}={ref}: not a findial bundle directory (no bundle.json)")
+        return
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    spec = ref[len("models:/"):]
+    if "@" not in spec and "/" not in spec:
+        raise ValueError(f"{side}={ref}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    try:
+        if "@" in spec:
+            MlflowClient().get_model_version_by_alias(*spec.split("@", 1))
+        else:
+            MlflowClient().get_model_version(*spec.rsplit("/", 1))
+    except MlflowException as exc:
+        raise ValueError(f"{side}={ref}: no such registered model version or alias ({exc})") from exc
 
 
 def _delta(a, b):
@@ -79,6 +100,8 @@ def _side(ref: str, report: dict, report_dir: str) -> dict:
 def compare(a_ref: str, b_ref: str, data_file: str | Path, gates: dict[str, float], eval_set: str | None = None,
             out_dir: str | Path | None = None, device: str = "auto", experiment: str = "findial-compare",
             html_errors: int = 50) -> CompareResult:
+    check_ref("a", a_ref)
+    check_ref("b", b_ref)
     out = Path(out_dir or tempfile.mkdtemp(prefix="findial-compare-"))
     reports, files = {}, {}
     for side, ref in (("a", a_ref), ("b", b_ref)):
@@ -138,8 +161,8 @@ def render_table(comparison: dict) -> str:
     wa, wb = max(len(a), 16), max(len(b), 16)
     lines = [f"{'metric':<24} {'a: ' + a:<{wa + 3}} {'b: ' + b:<{wb + 3}} {'delta (a-b)':>11}  gate"]
     for r in comparison["metrics"]:
-        cell_a = f"{H.fmt(r['a'])} {_gate(r, 'a')}".strip()
-        cell_b = f"{H.fmt(r['b'])} {_gate(r, 'b')}".strip()
+        cell_a = f"{fmt(r['a'])} {_gate(r, 'a')}".strip()
+        cell_b = f"{fmt(r['b'])} {_gate(r, 'b')}".strip()
         gate = f">= {r['minimum']}" if "minimum" in r else ""
         lines.append(f"{r['metric']:<24} {cell_a:<{wa + 3}} {cell_b:<{wb + 3}} {_fmt_delta(r['delta']):>11}  {gate}")
     lines.append(f"all gates pass: a {'yes' if comparison['a']['all_gates_pass'] else 'no'}, "
@@ -151,6 +174,14 @@ def render_table(comparison: dict) -> str:
     return "\n".join(lines)
 
 
+def _pivot(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """group -> metric -> row, in row order."""
+    out: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        out.setdefault(r["group"], {})[r["metric"]] = r
+    return out
+
+
 def render_markdown(comparison: dict) -> str:
     a, b = comparison["a"], comparison["b"]
     lines = [f"# findial comparison: {comparison['eval_set']}", "",
@@ -159,43 +190,57 @@ def render_markdown(comparison: dict) -> str:
              f"- data: `{comparison['data_file']}`; delta = a - b", "",
              "| metric | a | gate a | b | gate b | delta | minimum |", "|---|---|---|---|---|---|---|"]
     for r in comparison["metrics"]:
-        lines.append(f"| {r['metric']} | {H.fmt(r['a'])} | {_gate(r, 'a')} | {H.fmt(r['b'])} | {_gate(r, 'b')} "
+        lines.append(f"| {r['metric']} | {fmt(r['a'])} | {_gate(r, 'a')} | {fmt(r['b'])} | {_gate(r, 'b')} "
                      f"| {_fmt_delta(r['delta'])} | {r.get('minimum', '')} |")
     for key, rows in comparison["breakdowns"].items():
-        lines += ["", f"## By {key}", "", f"| {key} | metric | a | b | delta |", "|---|---|---|---|---|"]
-        lines += [f"| {r['group']} | {r['metric']} | {H.fmt(r['a'])} | {H.fmt(r['b'])} | {_fmt_delta(r['delta'])} |"
-                  for r in rows]
+        groups = _pivot(rows)
+        metrics = list(next(iter(groups.values()), {}))
+        lines += ["", f"## By {key} (a / b, delta)", "", "| " + " | ".join([key, *metrics]) + " |",
+                  "|" + "---|" * (len(metrics) + 1)]
+        for g, cells in groups.items():
+            values = [f"{fmt(c['a'])} / {fmt(c['b'])} ({_fmt_delta(c['delta'])})" for c in cells.values()]
+            lines.append("| " + " | ".join([g, *values]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _delta_cell(v) -> tuple[str, str]:
-    cls = "num" + (" pass" if v is not None and v > 0 else " fail" if v is not None and v < 0 else "")
-    return H.esc(_fmt_delta(v)), cls
+def _delta_cls(v) -> str:
+    return " pass" if v is not None and v > 0 else " fail" if v is not None and v < 0 else ""
 
 
 def _value_cell(row: dict, side: str):
     if "minimum" not in row:
         return row[side]
-    raw, cls = H.gate_cell(row[side], row["minimum"])
-    return f"{H.esc(H.fmt(row[side]))} {raw}", "num " + cls
+    raw, cls = gate_cell(row[side], row["minimum"])
+    return f"{esc(fmt(row[side]))} {raw}", "num " + cls
+
+
+def _breakdown_table(key: str, rows: list[dict]) -> str:
+    groups = _pivot(rows)
+    metrics = list(next(iter(groups.values()), {}))
+    body = [[g, *((f'<span class="m">{esc(fmt(c["a"]))} / {esc(fmt(c["b"]))}</span>'
+                   f'<span class="m{_delta_cls(c["delta"])}">{esc(_fmt_delta(c["delta"]))}</span>', "num")
+                  for c in cells.values())] for g, cells in groups.items()]
+    return table([key, *(HEADERS.get(m, m) for m in metrics)], body, "breakdown", wrap_headers=True)
 
 
 def render_html(comparison: dict) -> str:
     comparison = redact_json(comparison)
     a, b = comparison["a"], comparison["b"]
-    parts = [f"<h1>findial comparison: {H.esc(comparison['eval_set'])}</h1>",
-             f'<p class="meta">a <code>{H.esc(a["model"])}</code> ({H.esc(_label(a))}, '
-             f'<a href="a/report.html">report</a>)<br>b <code>{H.esc(b["model"])}</code> ({H.esc(_label(b))}, '
-             f'<a href="b/report.html">report</a>)<br>data <code>{H.esc(comparison["data_file"])}</code>; '
-             f"delta = a &minus; b</p>"]
+    parts = [f"<h1>findial comparison: {esc(comparison['eval_set'])}</h1>",
+             f'<p class="meta">a <code>{esc(a["model"])}</code> ({esc(_label(a))}, '
+             f'<a href="a/report.html">report</a>)<br>b <code>{esc(b["model"])}</code> ({esc(_label(b))}, '
+             f'<a href="b/report.html">report</a>)<br>data <code>{esc(comparison["data_file"])}</code>; '
+             f"delta = a &minus; b</p>", '<div class="grid">']
     for side, name in ((a, "a"), (b, "b")):
-        cls = "pass" if side["all_gates_pass"] else "fail"
-        parts.append(f'<div class="banner {cls}">{name}: {"all gates pass" if side["all_gates_pass"] else "gates do not pass"}</div>')
-    rows = [[r["metric"], _value_cell(r, "a"), _value_cell(r, "b"), _delta_cell(r["delta"]),
-             r.get("minimum")] for r in comparison["metrics"]]
-    parts += ['<h2>Metrics</h2>', H.table(["metric", "a", "b", "delta (a - b)", "gate minimum"], rows)]
+        ok = side["all_gates_pass"]
+        parts.append(f'<div class="banner {"pass" if ok else "fail"}" style="flex:1">{name} ({esc(_label(side))}): '
+                     f'{"all gates pass" if ok else "gates do not pass"}</div>')
+    parts.append("</div>")
+    rows = [[r["metric"], _value_cell(r, "a"), _value_cell(r, "b"),
+             (esc(_fmt_delta(r["delta"])), "num" + _delta_cls(r["delta"])), r.get("minimum")]
+            for r in comparison["metrics"]]
+    parts += ["<h2>Metrics</h2>", table(["metric", "a", "b", "delta (a - b)", "gate minimum"], rows)]
     for key, brows in comparison["breakdowns"].items():
-        parts += [f"<h2>By {H.esc(key)}</h2>", H.table([key, "metric", "a", "b", "delta (a - b)"],
-                                                        [[r["group"], r["metric"], r["a"], r["b"],
-                                                          _delta_cell(r["delta"])] for r in brows])]
-    return H.page(f"findial comparison: {comparison['eval_set']}", "\n".join(parts))
+        parts += [f"<h2>By {esc(key)}</h2><p class=\"meta\">each cell: a / b, then the delta</p>",
+                  _breakdown_table(key, brows)]
+    return page(f"findial comparison: {comparison['eval_set']}", "\n".join(parts))

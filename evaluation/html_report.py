@@ -47,7 +47,7 @@ figure img{max-width:100%;height:auto;display:block;cursor:zoom-in}figcaption{fo
 figure input{display:none}figure input:checked+label img{max-width:none;cursor:zoom-out}figure label{display:block;overflow-x:auto}
 th.wrap{white-space:normal;min-width:64px}
 table.errors{width:100%;table-layout:fixed}
-.errors td{font-size:12px;overflow-wrap:anywhere}.errors .m{display:block}.errors q{color:#555}
+.errors td{font-size:12px;overflow-wrap:anywhere}.m{display:block}.errors q{color:#555}
 .errors .m.fail,.errors .m.missing{font-weight:400}
 .muted{color:#777}
 """
@@ -119,6 +119,14 @@ def _metric_cell(name: str, value, gates: dict) -> object:
     if name in gates and value is not None:
         return esc(fmt(value)), "num " + ("pass" if value >= gates[name]["minimum"] else "fail")
     return value
+
+
+def _confidence_table(conf: dict | None) -> str:
+    if not conf:
+        return '<p class="muted">no confidences</p>'
+    return table(["predictions", "turns", "mean confidence"],
+                 [["correct intent", conf["n_correct"], conf["mean_confidence_correct"]],
+                  ["wrong intent", conf["n_incorrect"], conf["mean_confidence_incorrect"]]])
 
 
 def _breakdown_section(title: str, rows: dict, gates: dict) -> str:
@@ -207,8 +215,10 @@ def render_html(report: dict, images: dict[str, bytes | str | Path] | None = Non
              + f"({esc(m.get('n_multi_turn'))} multi-turn); prediction {esc(report.get('prediction_seconds'))} s "
              + f"({esc(report.get('turns_per_second'))} turns/s)</p>",
              _gates_section(gates),
-             '<h2 id="metrics">Headline metrics</h2>',
-             table(["metric", "value"], [[k, _metric_cell(k, m.get(k), gates)] for k in HEADLINE])]
+             '<div class="grid"><div><h2 id="metrics">Headline metrics</h2>',
+             table(["metric", "value"], [[k, _metric_cell(k, m.get(k), gates)] for k in HEADLINE]),
+             "</div><div><h2 id=\"confidence\">Intent confidence</h2>", _confidence_table(report.get("confidence")),
+             "</div></div>"]
     breakdowns = report.get("breakdowns") or {}
     if breakdowns:
         parts.append('<h2 id="breakdowns">Breakdowns</h2>')

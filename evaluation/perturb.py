@@ -105,6 +105,11 @@ def _inside(i: int, j: int, spans: list[tuple[int, int]]) -> bool:
     return any(i < t and s < j for s, t in spans)
 
 
+def _straddles(i: int, j: int, entities: list[dict]) -> bool:
+    """Does [i, j) cross an entity boundary (part inside, part outside)?"""
+    return any(i < e["start"] < j or i < e["end"] < j for e in entities)
+
+
 def _entity_at(i: int, j: int, entities: list[dict]) -> dict | None:
     return next((e for e in entities if e["start"] <= i and j <= e["end"]), None)
 
@@ -195,7 +200,7 @@ class Typo(TurnPerturbation):
     def edits(self, text, entities, lang, rng):
         protected = _protected_spans(entities) + ([] if self.inside_terms else _term_spans(entities))
         words = [m for m in _WORD.finditer(text) if len(m.group()) >= self.min_length
-                 and not _inside(m.start(), m.end(), protected)
+                 and not _inside(m.start(), m.end(), protected) and not _straddles(m.start(), m.end(), entities)
                  and not (m.start() > 0 and text[m.start() - 1].isdigit())
                  and not (m.end() < len(text) and text[m.end()].isdigit())]
         if not words:
@@ -344,7 +349,7 @@ class Width(TurnPerturbation):
     def edits(self, text, entities, lang, rng):
         protected = _protected_spans(entities)
         runs = [m for m in re.finditer(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]", text)
-                if not _inside(m.start(), m.end(), protected)]
+                if not _inside(m.start(), m.end(), protected) and not _straddles(m.start(), m.end(), entities)]
         marks = [i for i, c in enumerate(text) if to_halfwidth(c) != c and not _inside(i, i + 1, protected)]
         cands = [(m.start(), m.end()) for m in runs] + [(i, i + 1) for i in marks]
         cands.sort()

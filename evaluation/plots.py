@@ -76,7 +76,7 @@ def confusion_png(confusion: dict, path: str | Path, title: str = "Intent confus
 
     for i, row in enumerate(norm):
         if i < len(columns) and columns[i] == labels[i]:  # frame the diagonal: the correct predictions
-            ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#2e7d32", linewidth=0.6))
+            ax.add_patch(Rectangle((i - 0.4, i - 0.4), 0.8, 0.8, fill=False, edgecolor="#2e7d32", linewidth=0.8))
         for j, v in enumerate(row):
             if matrix[i][j]:
                 ax.text(j, i, f"{round(100 * v)}", ha="center", va="center", fontsize=font - 1,

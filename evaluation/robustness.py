@@ -94,7 +94,7 @@ def _strings(obj: Any, path: str) -> Iterable[tuple[str, str]]:
     elif isinstance(obj, dict):
         for k, v in obj.items():
             yield from _strings(k, f"{path}{{key}}")
-            yield from _strings(v, f"{path}.{k}")
+            yield from _strings(v, f"{path}.{default_masker().mask(str(k))}")  # a path never shows PII
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             yield from _strings(v, f"{path}[{i}]")

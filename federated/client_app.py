@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -41,7 +40,6 @@ def handle_train(cfg, msg: Message, context: Context) -> Message:
     rnd = int(config["server-round"])
     if cfg.get("faults") and int(cfg.faults.get(branch, -1)) == rnd:
         raise BranchDropped(f"branch {branch}: configured to fail in round {rnd}")
-    torch.set_num_threads(max(1, int(cfg.simulation.get("client_cpus", 1))))
     models = build_task_models(cfg)
     load_record(models, msg.content["arrays"])
     dialogues = branch_dialogues(cfg, context.node_config, "train", branch)

@@ -11,6 +11,7 @@ sampling.*, timeouts.*, privacy.*, registry.*.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def _simulate(cfg: DictConfig) -> None:
     from .simulation import simulate
 
     _setup()
+    logging.getLogger("flwr").propagate = False  # Flower prints its own log lines; no second copy via Hydra's
     if cfg.out_dir is None:
         cfg.out_dir = str(Path(HydraConfig.get().runtime.output_dir))
     print(render(simulate(cfg)))

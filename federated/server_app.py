@@ -81,6 +81,10 @@ def serve(grid: Grid, cfg) -> dict:
         final, reports = run_rounds(grid, strategy, to_record(models), cfg, plan, accountant, global_eval, _log_round)
         load_record(models, final)
         participants = sorted({b for r in reports for b in r.participants})
+        import mlflow
+
+        mlflow.set_tags({"findial.federated.participants": ",".join(participants),
+                         "findial.federated.rounds_applied": str(sum(r.applied for r in reports))})
         summary = {
             "rounds": int(cfg.rounds), "rounds_completed": len(reports),
             "rounds_applied": sum(r.applied for r in reports), "branches": list(cfg.branches),

@@ -4,11 +4,12 @@ Hydra subcommands take ``key=value`` overrides (and ``-m`` for multirun):
 
     findial run                      the main job: train intent + NER, register, evaluate, try to promote
     findial train task=ner model=minilm trainer.max_epochs=5
-    findial eval model=models:/findial-nlu/3 data_file=my.jsonl
+    findial eval model_ref=models:/findial-nlu/3 data_file=my.jsonl
     findial promote version=3 eval_set=bundled-test
     findial compare a=models:/findial-nlu/4 b=models:/findial-nlu@champion data_file=my.jsonl
     findial serve [backend=ray replicas=2] the understanding API over models:/findial-nlu@champion
-    findial robustness model=models:/findial-nlu/3 data_file=my.jsonl
+    findial robustness model_ref=models:/findial-nlu/3 data_file=my.jsonl
+    findial sweep task=intent model=tiny sweep.num_samples=4   Ray Tune + ASHA; trials are MLflow child runs
 
 Plain subcommands:
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -82,6 +84,8 @@ def cmd_run(cfg: DictConfig) -> None:
     _configure_tracking(cfg)
     out = _out_dir()
     results = {name: train_task(cfg, cfg.tasks[name], out) for name in ("intent", "ner")}
+    if not results["intent"].run_id:  # a non-zero rank of a multi-device launch: rank 0 registers and evaluates
+        return
     info = {name: {"train_run_id": r.run_id, "metrics": r.metrics} for name, r in results.items()}
     info["data_fingerprint"] = results["intent"].data_fingerprint
     info["backbone"] = cfg.model.name
@@ -106,7 +110,12 @@ def cmd_eval(cfg: DictConfig) -> None:
     from findial.evaluation.evaluate import evaluate
 
     _configure_tracking(cfg)
-    ev = evaluate(cfg.model, cfg.data_file, dict(cfg.gates), eval_set=cfg.eval_set,
+    if cfg.get("task") and cfg.task.name == "response":  # findial eval task=response package=DIR
+        from findial.training.generation.evaluate import eval_command
+
+        eval_command(cfg, _out_dir())
+        return
+    ev = evaluate(cfg.model_ref, cfg.data_file, dict(cfg.gates), eval_set=cfg.eval_set,
                   report_dir=cfg.report_dir or _out_dir(), device=cfg.device)
     print(Path(ev.report_md).read_text(encoding="utf-8"))
     print(f"report: {ev.report_json}")
@@ -152,6 +161,20 @@ def cmd_compare(cfg: DictConfig) -> None:
     print(f"comparison: {result.files['compare_html']} (MLflow run {result.run_id})")
 
 
+def cmd_sweep(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from findial.training.sweep import run_sweep
+
+    _configure_tracking(cfg)
+    res = run_sweep(cfg, _out_dir(), overrides=list(HydraConfig.get().overrides.task))
+    search = f"hydra.searchpath=[file://{res.experiment_file.parent.parent}] experiment=sweep_best"
+    print(f"sweep {cfg.sweep.name}: {len(res.trials)} trials (MLflow parent run {res.parent_run_id})\n"
+          f"best {res.best_metrics} with {res.best_params} (MLflow run {res.best_run_id})\n"
+          f"best config: {res.experiment_file}\nretrain: {res.train_command}\n"
+          f"or:      findial train {search}\nregister: findial run {search}")
+
+
 def _user() -> str:
     import getpass
     import os
@@ -161,7 +184,8 @@ def _user() -> str:
 
 HYDRA_COMMANDS = {"train": ("train", cmd_train), "run": ("pipeline", cmd_run), "eval": ("eval", cmd_eval),
                   "promote": ("promote", cmd_promote), "robustness": ("robustness", cmd_robustness),
-                  "serve": ("serve", cmd_serve), "compare": ("compare", cmd_compare)}
+                  "serve": ("serve", cmd_serve), "compare": ("compare", cmd_compare), "sweep": ("sweep", cmd_sweep)}
+_WORKER_CMD = "FINDIAL_HYDRA_COMMAND"  # Lightning's multi-device launcher re-runs us with the overrides only
 
 
 def cmd_data(argv: list[str]) -> int:
@@ -209,15 +233,16 @@ def main(argv: list[str] | None = None) -> None:
         from findial.federated.command import main as fed_main
 
         raise SystemExit(fed_main(rest))
+    if cmd not in HYDRA_COMMANDS and "=" in cmd and os.environ.get("LOCAL_RANK") and os.environ.get(_WORKER_CMD):
+        cmd, rest = os.environ[_WORKER_CMD], argv  # a DDP worker that Lightning's launcher started
     if cmd not in HYDRA_COMMANDS:
         print(f"findial: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
         raise SystemExit(2)
     import hydra
 
     config_name, fn = HYDRA_COMMANDS[cmd]
-    if cmd == "robustness":  # `model` is also the backbone config group: Hydra would not take model=<ref>
-        rest = ["model_ref=" + a[len("model="):] if a.startswith("model=") else a for a in rest]
-    sys.argv = [f"findial {cmd}", *rest]
+    os.environ[_WORKER_CMD] = cmd
+    sys.argv = [sys.argv[0], *rest]  # argv[0]: what Lightning's launcher re-runs for the other devices
     hydra.main(config_path="pkg://findial.configs", config_name=config_name, version_base="1.3")(fn)()
 
 

@@ -44,7 +44,7 @@ class NLUReplica:
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.replicas))
-        self.holder = ModelHolder(settings.model, settings.download_dir, settings.device, settings.poll_interval_s)
+        self.holder = ModelHolder(settings.model_ref, settings.download_dir, settings.device, settings.poll_interval_s)
         self.holder.check_once()  # the replica takes traffic once this returns; the poller retries a failure
         self.holder.start()
         self.batched.set_max_batch_size(settings.batching.max_batch_size)
@@ -145,7 +145,7 @@ def serve_ray(settings: ServeSettings) -> None:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
         print(f"findial serve (ray, {settings.replicas} model replicas): http://{settings.host}:{settings.port} "
-              f"(model {settings.model}, docs at /docs, schema at /openapi.json)", flush=True)
+              f"(model {settings.model_ref}, docs at /docs, schema at /openapi.json)", flush=True)
         stop.wait()
     finally:
         log.info("shutting down Ray Serve")

@@ -34,7 +34,7 @@ def build_local_app(settings: ServeSettings):
     from .responder import load_responder
 
     metrics = Metrics()
-    holder = ModelHolder(settings.model, settings.download_dir, settings.device, settings.poll_interval_s)
+    holder = ModelHolder(settings.model_ref, settings.download_dir, settings.device, settings.poll_interval_s)
     understander = LocalUnderstander(holder, settings.batching.max_batch_size, settings.batching.max_wait_ms, metrics)
     responder = load_responder(settings.responder.target, settings.responder.options)
     return create_app(settings, understander, responder, metrics)
@@ -49,10 +49,10 @@ def serve(settings: ServeSettings) -> None:
     import uvicorn
 
     app = build_local_app(settings)
-    print(f"findial serve: http://{settings.host}:{settings.port} (model {settings.model}, docs at /docs, "
+    print(f"findial serve: http://{settings.host}:{settings.port} (model {settings.model_ref}, docs at /docs, "
           f"schema at /openapi.json)", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
-                timeout_graceful_shutdown=settings.graceful_shutdown_s, access_log=True)
+                timeout_graceful_shutdown=settings.graceful_shutdown_s, access_log=True, ws="none")
 
 
 def serve_from_config(cfg: dict) -> None:

@@ -88,7 +88,7 @@ class DialogueService:
         lang = lang or (session.lang if session and session.lang else None) or detect_lang(masked)
         result, model = await self._understand(TurnInput(masked, lang, history, dict(state)))
         text = result.pop("text")
-        reasons = self.policy.reasons(result, text)
+        reasons = self.policy.reasons(result, masked)  # rules see the text before model-found names are masked
         out = {"request_id": request_id, "session_id": session.id if session else None, "turn_index": None,
                "model": {k: model.get(k) for k in ("ref", "name", "version")}, "text": text, "lang": lang,
                "pii_masked": pii, **result,

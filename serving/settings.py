@@ -70,7 +70,7 @@ class RaySettings:
 
 @dataclass(frozen=True)
 class ServeSettings:
-    model: str = "models:/findial-nlu@champion"
+    model_ref: str = "models:/findial-nlu@champion"
     backend: str = "local"
     host: str = "127.0.0.1"
     port: int = 8000

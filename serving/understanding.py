@@ -16,9 +16,10 @@ import re
 from dataclasses import dataclass, field
 
 from findial.data.corpus import turn_records
-from findial.data.pii import default_masker, remap_span
+from findial.data.pii import PII_LABELS, default_masker, remap_span
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_PLACEHOLDER = re.compile(r"\[(?:%s)\]" % "|".join(sorted(PII_LABELS)))
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,36 @@ def predict_turns(pipeline, items: list[TurnInput]) -> list[dict]:
     return out
 
 
+def _outside_placeholders(start: int, end: int, text: str) -> tuple[int, int] | None:
+    """The longest part of [start, end) that overlaps no placeholder already in the text ("[PHONE]")."""
+    free, pos = [], start
+    for m in _PLACEHOLDER.finditer(text, max(0, start - 16), min(len(text), end + 16)):
+        if m.end() <= start or m.start() >= end:
+            continue
+        free.append((pos, max(pos, m.start())))
+        pos = max(pos, m.end())
+    free.append((pos, end))
+    best = max(free, key=lambda s: s[1] - s[0])
+    return best if best[1] > best[0] else None
+
+
 def mask_predicted_pii(text: str, result: dict, pii_labels) -> tuple[str, dict]:
-    """Mask spans the model labelled as personal data; other entity spans move to the masked text."""
-    tagged = [e for e in result["entities"] if e["label"] in pii_labels]
+    """Mask spans the model labelled as personal data; other entity spans move to the masked text.
+
+    A predicted span that overlaps a placeholder of the rules is cut back to the part outside it,
+    so placeholders stay whole (``[ID_NUMBER]`` never becomes ``[ID_NUMBER[EMAIL]``).
+    """
+    tagged = []
+    for e in result["entities"]:
+        if e["label"] in pii_labels:
+            span = _outside_placeholders(e["start"], e["end"], text)
+            if span:
+                tagged.append({**e, "start": span[0], "end": span[1]})
     masked, edits = default_masker().mask_with_spans(text, tagged)
     if not edits:
         return text, result
     entities = []
-    for e in result["entities"]:
+    for e in tagged + [e for e in result["entities"] if e["label"] not in pii_labels]:
         if e["label"] in pii_labels:
             hit = next((ed for ed in edits if ed.old_start <= e["start"] and e["end"] <= ed.old_end), None)
             span = (hit.new_start, hit.new_end) if hit else None
@@ -88,5 +111,6 @@ def mask_predicted_pii(text: str, result: dict, pii_labels) -> tuple[str, dict]:
             span = remap_span(e["start"], e["end"], edits)
         if span:
             entities.append({**e, "start": span[0], "end": span[1]})
+    entities.sort(key=lambda e: (e["start"], e["end"]))
     # predicted entities never overlap, so unknown terms and state values hold no tagged span
     return masked, {**result, "entities": entities}

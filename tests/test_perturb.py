@@ -180,3 +180,17 @@ def test_unknown_perturbation_or_parameter_is_named():
     with pytest.raises(ValueError, match="perturbations.typo"):
         build_suite({"typo": {"per_word": 3}}, GL)
     assert [p.name for p in build_suite({"typo": {}, "width": None}, GL)] == ["typo"]
+
+
+def test_a_word_or_run_crossing_an_entity_boundary_is_left_alone():
+    # "credit card" is the mention, the plural s is not: an edit over "cards" would cut the span
+    d = {"id": "x", "lang": "en", "turns": [_turn("credit cards", "card_bill_query",
+                                                  ("credit card", "PRODUCT", "credit_card"),
+                                                  state={"product": "credit_card"})]}
+    for p in build_suite({"typo": {"per_words": 1}, "width": {"share": 1.0}}, GL):
+        texts = set()
+        for seed in range(20):
+            (t,) = perturb_dialogues([d], p, seed)[0]["turns"]
+            assert t["text"].endswith(" cards") and t["text"][t["entities"][0]["end"]:] == "s"
+            texts.add(t["text"])
+        assert texts - {"credit cards"}  # "credit", inside the mention, was still edited

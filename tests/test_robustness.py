@@ -55,11 +55,20 @@ def test_adversarial_set_is_bundled_valid_and_safe_only():
         assert {"start": s.start, "end": s.end, "label": s.label} in t["entities"]
 
 
-def test_the_adversarial_builder_reproduces_the_file(tmp_path):
+def test_the_adversarial_builder_reproduces_the_file_and_catches_unannotated_terms(tmp_path):
+    import importlib.util
+
     out = tmp_path / "adversarial.jsonl"
-    builder = Path(__file__).parent.parent / "data" / "adversarial" / "build_adversarial.py"
-    subprocess.run([sys.executable, str(builder), str(out)], check=True, capture_output=True, timeout=120)
+    path = Path(__file__).parent.parent / "data" / "adversarial" / "build_adversarial.py"
+    subprocess.run([sys.executable, str(path), str(out)], check=True, capture_output=True, timeout=120)
     assert out.read_text(encoding="utf-8") == DEFAULT_ADVERSARIAL.read_text(encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("build_adversarial", path)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    patterns = builder.glossary_patterns(GL)
+    text, ents = builder.parse("print my [[credit card|credit_card]] statements and the 年费", GL)
+    assert ents == [{"start": 9, "end": 20, "label": "PRODUCT", "term_id": "credit_card"}]
+    assert sorted(builder.unannotated_terms(text, ents, patterns)) == ["statement", "年费"]
 
 
 def test_leak_check_reads_every_output_field_but_the_echoed_text():
@@ -91,7 +100,7 @@ def bundle(tmp_path_factory):
     _setup()
     home = tmp_path_factory.mktemp("home")
     overrides = [f"paths.home={home}", "data=custom", f"data.train_file={MINI}", f"data.val_file={MINI}",
-                 "model=tiny", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.max_epochs=3"]
+                 "model=tiny", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.max_epochs=1"]
     packages = {}
     for task in ("intent", "ner"):
         with initialize_config_module("findial.configs", version_base="1.3"):
@@ -133,7 +142,7 @@ def test_run_robustness_reports_a_row_per_perturbation(bundle):
 
 def test_cli_writes_reports_and_logs_to_mlflow(bundle, tmp_path):
     env = {**os.environ, "FINDIAL_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-m", "findial.cli", "robustness", f"model={bundle}", f"data_file={MINI}",
+    out = subprocess.run([sys.executable, "-m", "findial.cli", "robustness", f"model_ref={bundle}", f"data_file={MINI}",
                           f"report_dir={tmp_path / 'report'}", "device=cpu", "~perturbations.width"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

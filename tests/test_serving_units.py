@@ -25,7 +25,7 @@ def settings(compose):
 
 
 def test_shipped_config_builds_settings(settings, tmp_path):
-    assert settings.model == "models:/findial-nlu@champion" and settings.backend == "local"
+    assert settings.model_ref == "models:/findial-nlu@champion" and settings.backend == "local"
     assert settings.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
     assert settings.audit.path == f"{tmp_path}/serving/audit.jsonl"
     assert {r.name for r in settings.handoff.compliance_rules} >= {"guaranteed_return",
@@ -112,6 +112,18 @@ def test_audit_appends_are_whole_lines_and_masked(tmp_path):
     assert all(r["ts"] for r in records)
 
 
+def test_audit_masking_matches_redact_json():
+    from findial.data.pii import redact_json
+    from findial.serving.audit import mask_strings
+
+    record = {"text": f"身份证{ID_NUMBER}", "mail": "write to li.lei@example.com", "wide": "电话１３８１２３４５６７８",
+              "circled": "卡号⑥②②②⓪②①②③④⑤⑥⑦⑧⑨⓪①②⑧", "ids": ["req-1", 13812345678, 42], "ok": "card_lost_report",
+              "nested": {"x": [f"ID {ID_NUMBER}"]}}
+    masked = mask_strings(record)
+    assert masked == {**redact_json(record), "ids": ["req-1", "[PHONE]", 42]}
+    assert "[PHONE]" in masked["wide"] and "[EMAIL]" in masked["mail"] and "[ID_NUMBER]" in masked["text"]
+
+
 def test_session_ids_are_opaque():
     assert check_session_id("call-2024.11:42_a") == "call-2024.11:42_a"
     for bad in ("", "has space", "../etc", "x" * 129, "13812345678", ID_NUMBER, "6222021234567890128"):
@@ -170,6 +182,16 @@ def test_model_labelled_names_are_masked_and_offsets_follow():
     assert masked == "I am [PERSON] and need 500 USD"
     assert [(e["label"], masked[e["start"]:e["end"]]) for e in out["entities"]] == [("PERSON", "[PERSON]"),
                                                                                      ("AMOUNT", "500 USD")]
+
+
+def test_predicted_names_never_break_a_placeholder():
+    text = "身份证[ID_NUMBER]丢了，找王小明"
+    ents = [{"label": "EMAIL", "start": 13, "end": 15, "confidence": 0.2},   # "]丢": the tail of a placeholder
+            {"label": "PERSON", "start": 3, "end": 5, "confidence": 0.2},    # "[I": inside it only
+            {"label": "PERSON", "start": 18, "end": 21, "confidence": 0.9}]  # 王小明
+    masked, out = mask_predicted_pii(text, {"entities": ents, "state": {}, "unknown_terms": []}, {"EMAIL", "PERSON"})
+    assert masked == "身份证[ID_NUMBER][EMAIL]了，找[PERSON]"
+    assert [masked[e["start"]:e["end"]] for e in out["entities"]] == ["[EMAIL]", "[PERSON]"]
 
 
 class EchoResponder:

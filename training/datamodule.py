@@ -18,10 +18,15 @@ class LengthBucketSampler(Sampler[list[int]]):
 
     Indices are shuffled, cut into pools of ``pool`` batches, sorted by length
     inside a pool and split into batches; the batch order is then shuffled.
+    With ``num_replicas`` > 1 (DDP, FSDP, DeepSpeed) rank ``rank`` takes every
+    ``num_replicas``-th batch; the list is padded with its first batches so that
+    every rank runs the same number of steps.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool = True, pool: int = 50, seed: int = 0):
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool = True, pool: int = 50, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
         self.lengths, self.batch_size, self.shuffle, self.pool, self.seed = lengths, batch_size, shuffle, pool, seed
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def __iter__(self):
@@ -37,10 +42,14 @@ class LengthBucketSampler(Sampler[list[int]]):
             batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         if self.shuffle:
             rng.shuffle(batches)
+        if self.num_replicas > 1 and batches:
+            per_rank = -(-len(batches) // self.num_replicas)
+            batches = (batches * self.num_replicas)[:per_rank * self.num_replicas][self.rank::self.num_replicas]
         return iter(batches)
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        total = (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return -(-total // self.num_replicas)
 
 
 def collate(features: list[dict], pad_id: int) -> dict:
@@ -88,8 +97,10 @@ class TurnDataModule(L.LightningDataModule):
     def _loader(self, features, batch_size: int, shuffle: bool) -> DataLoader:
         pad = self.tokenizer.pad_token_id or 0
         lengths = [len(ids) for ids in features["input_ids"]]
+        trainer = self.trainer  # set while fitting; the sampler shards batches across ranks itself
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=self.seed,
-                                      pool=50 if self.bucket else 1)
+                                      pool=50 if self.bucket else 1, num_replicas=replicas, rank=rank)
         return DataLoader(features, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad))
 
     def train_dataloader(self) -> DataLoader:

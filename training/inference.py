@@ -8,6 +8,7 @@ import torch
 
 from findial.data.corpus import turn_records
 from findial.data.labelbook import Glossary, LabelBook
+from findial.data.pii import default_masker
 from findial.data.state import DialogueStateTracker
 from findial.data.term_linker import TermLinker
 
@@ -88,6 +89,7 @@ class NLUPipeline:
         self.linker = TermLinker(self.glossary)
         self.tracker = DialogueStateTracker(self.labelbook)
         self.context_turns = self.intent.meta.get("context_turns", 3)
+        self.masker = default_masker()
 
     def link(self, text: str, entities: list[dict]) -> tuple[list[dict], list[str]]:
         """Attach glossary ids to terminology mentions; unknown surface forms are returned, not guessed."""
@@ -120,8 +122,9 @@ class NLUPipeline:
                                             turn["text"])
                 turn.update(intent)
                 turn["entities"] = [{k: v for k, v in e.items() if v is not None} for e in ents]
-                turn["state"] = dict(state)
+                # surface strings leave the pipeline masked: a card number mislabelled as DURATION stays hidden
+                turn["state"] = {k: self.masker.mask(v) for k, v in state.items()}
                 if unknown:
-                    turn["unknown_terms"] = unknown
+                    turn["unknown_terms"] = [self.masker.mask(u) for u in unknown]
             preds.append(p)
         return preds

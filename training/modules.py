@@ -65,8 +65,13 @@ class LoRATaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=o.get("lr", 5e-4), weight_decay=o.get("weight_decay", 0.01))
+        lr = o.get("lr", 5e-4)
+        adapters = [p for n, p in self.named_parameters() if p.requires_grad and n.startswith("encoder.")]
+        heads = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+        # Fresh heads need a larger step than the adapters (1e-3 leaves a 45-way head near chance for
+        # hundreds of steps on e5 features; 1e-2 fits it in tens).
+        opt = torch.optim.AdamW([{"params": adapters, "lr": lr}, {"params": heads, "lr": o.get("head_lr", lr)}],
+                                weight_decay=o.get("weight_decay", 0.01))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm = int(total * o.get("warmup_ratio", 0.06))
 
@@ -83,7 +88,11 @@ class LoRATaskModule(L.LightningModule):
         return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        # Filter the state dict the strategy already built (complete under FSDP) rather than rebuild it here.
+        from .strategies import trainable_names
+
+        names = trainable_names(self)
+        checkpoint["state_dict"] = {k: v.cpu() for k, v in checkpoint["state_dict"].items() if k in names}
 
 
 class IntentModule(LoRATaskModule):
@@ -108,12 +117,13 @@ class IntentModule(LoRATaskModule):
         out = self(batch)
         loss = nn.functional.cross_entropy(out["intent_logits"], batch["intent_label"])
         acc = (out["intent_logits"].argmax(-1) == batch["intent_label"]).float().mean()
-        if self.emotion_head is not None and (batch["emotion_label"] != IGNORE).any():
+        if self.emotion_head is not None:  # the mean over labelled turns; 0 (still in the graph: DDP) if none
+            labelled = (batch["emotion_label"] != IGNORE).sum().clamp(min=1)
             loss = loss + self.emotion_weight * nn.functional.cross_entropy(
-                out["emotion_logits"], batch["emotion_label"], ignore_index=IGNORE)
+                out["emotion_logits"], batch["emotion_label"], ignore_index=IGNORE, reduction="sum") / labelled
         bs = batch["input_ids"].shape[0]
-        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=bs)
-        self.log(f"{stage}_intent_acc", acc, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
+        self.log(f"{stage}_intent_acc", acc, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -141,8 +151,8 @@ class NERModule(LoRATaskModule):
         mask = labels != IGNORE
         acc = ((logits.argmax(-1) == labels) & mask).sum() / mask.sum().clamp(min=1)
         bs = labels.shape[0]
-        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=bs)
-        self.log(f"{stage}_token_acc", acc, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
+        self.log(f"{stage}_token_acc", acc, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
         return loss
 
     def training_step(self, batch, batch_idx):

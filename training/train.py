@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ from findial.data.labelbook import Glossary, LabelBook
 from .datamodule import TurnDataModule
 from .features import encode_intent, encode_ner
 from .package import build_module, resolve_backbone, save_package
+from .strategies import consolidated_trainable_state, is_launch_rank_zero, is_sharded, rebuilt_module
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def _resume_path(resume: str | None, home: str, task: str) -> str | None:
     if not resume:
         return None
     if resume != "last":
-        if not Path(resume).is_file():
+        if not Path(resume).exists():  # a file, or a directory for DeepSpeed checkpoints
             raise FileNotFoundError(f"resume={resume}: no such checkpoint")
         return resume
     found = sorted(glob.glob(f"{home}/runs/**/{task}/checkpoints/last.ckpt", recursive=True), key=os.path.getmtime)
@@ -75,8 +77,15 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
     return meta
 
 
-def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> TrainResult:
-    """Fit one task model, save its package and log everything to one MLflow run."""
+def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dict[str, str] | None = None,
+               callbacks: list | None = None) -> TrainResult:
+    """Fit one task model, save its package and log everything to one MLflow run.
+
+    Under a multi-process launch (torchrun, SLURM, Lightning's launcher) only global
+    rank 0 starts the MLflow run and writes the package; other ranks get
+    ``run_id=""``. ``tags`` are added to the run (e.g. a sweep's parent run id),
+    ``callbacks`` to the Trainer.
+    """
     L.seed_everything(cfg.seed, workers=True)
     labelbook = LabelBook.load(cfg.labels.ontology)
     glossary = Glossary.load(cfg.labels.glossary)
@@ -97,36 +106,45 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> TrainR
     module = build_module(meta, backbone)
     out_dir = Path(out_dir) / task.name
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tags = {"findial.task": task.name, "findial.data_fingerprint": data_fp, "findial.backbone": cfg.model.name}
-    with tracking.run(cfg.logger.experiment_prefix + task.name, f"train-{task.name}-{cfg.model.name}",
-                      tags=tags) as active:
-        tracking.log_params({"task": OmegaConf.to_container(task, resolve=True), "model": meta["lora"],
-                             "model_name": cfg.model.name, "seed": cfg.seed, "data": resolved["data"],
-                             "trainer": resolved["trainer"]})
-        tracking.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
-        tracking.log_json({"data_fingerprint": data_fp, "train_dialogues": len(dm.train_dialogues),
-                           "train_turns": len(dm.train_features), "val_turns": len(dm.val_features)},
-                          "data/summary.json")
+    tags = {"findial.task": task.name, "findial.data_fingerprint": data_fp, "findial.backbone": cfg.model.name,
+            **(tags or {})}
+    lead = is_launch_rank_zero()  # one MLflow run per job, however many processes train it
+    with (tracking.run(cfg.logger.experiment_prefix + task.name, f"train-{task.name}-{cfg.model.name}",
+                       tags=tags) if lead else nullcontext()) as active:
+        run_id = active.info.run_id if lead else ""
+        if lead:
+            tracking.log_params({"task": OmegaConf.to_container(task, resolve=True), "model": meta["lora"],
+                                 "model_name": cfg.model.name, "seed": cfg.seed, "data": resolved["data"],
+                                 "trainer": resolved["trainer"]})
+            tracking.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
+            tracking.log_json({"data_fingerprint": data_fp, "train_dialogues": len(dm.train_dialogues),
+                               "train_turns": len(dm.train_features), "val_turns": len(dm.val_features)},
+                              "data/summary.json")
         from lightning.pytorch.loggers import MLFlowLogger
 
-        logger = MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=active.info.run_id)
+        # Other ranks: Lightning logs from rank 0 only, so this logger never opens a run there.
+        logger = MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=run_id or None)
         trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
         if trainer_cfg.get("max_epochs") is None:
             trainer_cfg["max_epochs"] = task.epochs
         trainer = instantiate(trainer_cfg, logger=logger, default_root_dir=str(out_dir),
-                              plugins=[AtomicCheckpointIO()],
+                              plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,  # the data module shards
                               callbacks=[ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True,
                                                          monitor="val_loss", save_top_k=1),
                                          LearningRateMonitor(logging_interval="step")]
-                              + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else []))
+                              + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [])
+                              + list(callbacks or []))
         trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg.get("resume"), cfg.paths.home, task.name))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         package = out_dir / "package"
+        sharded = is_sharded(module, trainer.strategy)
+        state = consolidated_trainable_state(module, trainer.strategy) if sharded else None  # every rank joins
         if trainer.is_global_zero:
-            save_package(module, {**meta, "data_fingerprint": data_fp, "train_run_id": active.info.run_id},
+            plain = rebuilt_module(state, lambda: build_module(meta, backbone)) if sharded else module
+            save_package(plain, {**meta, "data_fingerprint": data_fp, "train_run_id": run_id},
                          package, files={"ontology.yaml": cfg.labels.ontology, "glossary.yaml": cfg.labels.glossary})
             import mlflow
 
             mlflow.log_artifacts(str(package), "package")
         log.info("trained %s: %s", task.name, metrics)
-        return TrainResult(task.name, package, active.info.run_id, data_fp, metrics)
+        return TrainResult(task.name, package, run_id, data_fp, metrics)

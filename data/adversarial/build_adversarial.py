@@ -159,20 +159,20 @@ def parse(marked: str, glossary) -> tuple[str, list[dict]]:
     return text + marked[pos:], entities
 
 
-def unannotated_terms(text: str, entities: list[dict], glossary) -> list[str]:
+def glossary_patterns(glossary) -> list[tuple[str, re.Pattern]]:
+    """One pattern per folded glossary form: Latin forms as whole words (plural s allowed)."""
+    return [(form, re.compile(re.escape(form) if not form.isascii()
+                              else r"(?<![a-z0-9])" + re.escape(form) + r"s?(?![a-z0-9])"))
+            for form in glossary.alias_index if len(form) >= 2]
+
+
+def unannotated_terms(text: str, entities: list[dict], patterns: list[tuple[str, re.Pattern]]) -> list[str]:
     """Glossary surface forms in ``text`` that no entity covers."""
     from findial.data.labelbook import fold
 
     low = fold(text)
-    found = []
-    for form in glossary.alias_index:
-        if len(form) < 2:
-            continue
-        pattern = re.escape(form) if not form.isascii() else r"(?<![a-z0-9])" + re.escape(form) + r"s?(?![a-z0-9])"
-        for m in re.finditer(pattern, low):
-            if not any(e["start"] <= m.start() and m.end() <= e["end"] for e in entities):
-                found.append(form)
-    return found
+    return [form for form, rx in patterns for m in rx.finditer(low)
+            if not any(e["start"] <= m.start() and m.end() <= e["end"] for e in entities)]
 
 
 def build(out: Path = HERE / "adversarial.jsonl") -> Path:
@@ -181,6 +181,7 @@ def build(out: Path = HERE / "adversarial.jsonl") -> Path:
 
     glossary, labelbook = Glossary.load(), LabelBook.load()
     tracker = DialogueStateTracker(labelbook)
+    patterns = glossary_patterns(glossary)
     counters = {"en": 0, "zh": 0}
     lines, problems = [], []
     for lang, turns in DIALOGUES:
@@ -194,7 +195,7 @@ def build(out: Path = HERE / "adversarial.jsonl") -> Path:
                 continue
             marked, intent, emotion = turn
             text, entities = parse(marked, glossary)
-            problems += [f"{did}: unannotated glossary form {f!r}" for f in unannotated_terms(text, entities, glossary)]
+            problems += [f"{did}: unannotated glossary form {f!r}" for f in unannotated_terms(text, entities, patterns)]
             state = tracker.update(state, entities, text)
             record["turns"].append({"speaker": "user", "text": text, "intent": intent, "emotion": emotion,
                                     "entities": entities, "state": dict(state)})

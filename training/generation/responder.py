@@ -66,6 +66,8 @@ class Responder:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
 
     def prompt(self, history: list[dict], intent: str | None, state: dict | None, lang: str) -> list[int]:
+        """The prompt's token ids; personal data in the history is masked before the model sees it."""
+        history = [{"speaker": t["speaker"], "text": self.masker.mask(str(t["text"]))} for t in history]
         m = self.meta
         budget = m["max_length"] - int(self.decoding.get("max_new_tokens", 64))
         return prompt_ids(self.tokenizer, history, intent, state, lang, m["system_prompt"], max(budget, 16))
@@ -93,7 +95,6 @@ class Responder:
         """The reply to the last turn of ``history`` ([{"speaker", "text"}], oldest first)."""
         if not history:
             raise ValueError("history: at least the customer's turn is needed")
-        history = [{"speaker": t["speaker"], "text": self.masker.mask(str(t["text"]))} for t in history]
         lang = lang or detect_lang(next((t["text"] for t in reversed(history) if t["speaker"] == "user"), ""))
         raw, truncated = self.generate(history, intent, state or {}, lang)
         out = check_reply(raw, self.rules, self.masker)
@@ -109,9 +110,9 @@ class ServingResponder:
     language, so it can never reach a customer even if the server's own rules differ.
     """
 
-    def __init__(self, package_dir: str | Path, device: str = "cpu", **decoding):
-        self.responder = Responder(package_dir, device, **decoding)
-        meta = self.responder.meta
+    def __init__(self, responder: Responder):
+        self.responder = responder
+        meta = responder.meta
         self.name = f"findial-response-{meta.get('backbone_name', 'lm')}"
         self.version = str(meta.get("train_run_id") or meta.get("data_fingerprint") or "local")[:12]
 
@@ -127,4 +128,4 @@ class ServingResponder:
 
 def make(package_dir: str, device: str = "cpu", **decoding) -> ServingResponder:
     """Factory for ``serve`` configs: ``responder.target=findial.training.generation.responder:make``."""
-    return ServingResponder(package_dir, device, **decoding)
+    return ServingResponder(Responder(package_dir, device, **decoding))

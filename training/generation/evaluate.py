@@ -1,0 +1,194 @@
+"""Score a response package on the agent turns of a corpus file; gated like the NLU models.
+
+    evaluate_responses("runs/.../response/package", "data/corpus/test.jsonl", report_dir="out")
+
+Each agent turn is generated from its preceding turns and the gold intent and state of the last user
+turn (``intent_source="gold"``; the NLU predictions a server would feed can be scored by passing
+``predictions``: dialogues predicted by ``NLUPipeline.predict_dialogues``). Metrics are those of
+``findial.evaluation.generation_metrics``; the report (report.json, report.md, replies.jsonl, all
+masked) is written to ``report_dir``; gates (``configs/gates/response.yaml`` by default) are checked
+with ``registry.check_gates`` on the same ``eval.<eval_set>.<metric>`` tags a registered model gets.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from findial import registry, tracking
+from findial.data.corpus import fingerprint, load_corpus
+from findial.data.labelbook import Glossary, LabelBook
+from findial.data.pii import default_masker, redact_json
+from findial.evaluation import generation_metrics as gm
+
+from .data import response_records
+from .responder import Responder, check_reply
+
+DEFAULT_GATES = Path(str(importlib.resources.files("findial.configs") / "gates" / "response.yaml"))
+RESPONSE_METRICS = ("bleu", "chrf", "rouge_l", "term_recall", "term_grounding", "pii_clean_rate",
+                    "compliance_clean_rate")
+
+
+@dataclass
+class ResponseEvalResult:
+    metrics: dict
+    gates: dict
+    failures: list
+    report_json: Path | None = None
+    report_md: Path | None = None
+    files: dict = field(default_factory=dict)
+
+
+def load_gates(path: str | Path = DEFAULT_GATES) -> dict[str, float]:
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return {k: float(v) for k, v in raw.items()}
+
+
+def score_replies(rows: list[dict], glossary: Glossary, rules) -> dict:
+    """Metrics of generated replies. ``rows``: {"generated", "raw", "reference", "context", "state", "lang"}."""
+    masker = default_masker()
+    hyps, refs = [r["generated"] for r in rows], [r["reference"] for r in rows]
+    n = len(rows)
+    per_rule: dict[str, int] = {}
+    violations = ref_violations = 0
+    for r in rows:
+        hits = {h.rule for h in rules.check(r["generated"])}
+        violations += bool(hits)
+        for h in hits:
+            per_rule[h] = per_rule.get(h, 0) + 1
+        ref_violations += bool(rules.check(r["reference"]))
+    pii_generated = sum(not masker.is_clean(r["raw"]) for r in rows)
+    pii_leaked = sum(not masker.is_clean(r["generated"]) for r in rows)
+    metrics = {"replies": n, "bleu": gm.corpus_bleu(hyps, refs), "chrf": gm.corpus_chrf(hyps, refs),
+               "rouge_l": gm.mean_rouge_l(hyps, refs),
+               **gm.term_scores(rows, glossary),
+               "pii_generated": pii_generated, "pii_leaked": pii_leaked,
+               "pii_clean_rate": 1 - pii_leaked / n if n else 1.0,
+               "compliance_violations": violations, "compliance_by_rule": per_rule,
+               "compliance_clean_rate": 1 - violations / n if n else 1.0,
+               "reference_compliance_violations": ref_violations,
+               "empty_replies": sum(not h.strip() for h in hyps),
+               "mean_reply_chars": sum(len(h) for h in hyps) / n if n else 0.0}
+    for lang in sorted({r["lang"] for r in rows}):
+        sub = [r for r in rows if r["lang"] == lang]
+        h, f = [r["generated"] for r in sub], [r["reference"] for r in sub]
+        metrics[f"by_lang.{lang}"] = {"replies": len(sub), "bleu": gm.corpus_bleu(h, f), "chrf": gm.corpus_chrf(h, f),
+                                      "rouge_l": gm.mean_rouge_l(h, f)}
+    return metrics
+
+
+def generate_replies(responder: Responder, dialogues: list[dict], context_turns: int,
+                     predictions: list[dict] | None = None, limit: int | None = None) -> list[dict]:
+    records = response_records(dialogues, context_turns)
+    if predictions is not None:  # the intent and state the NLU models predicted, in place of gold
+        predicted = {(r["dialogue_id"], r["turn_index"]): r for r in response_records(predictions, context_turns)}
+        records = [{**r, "intent": predicted[(r["dialogue_id"], r["turn_index"])]["intent"],
+                    "state": predicted[(r["dialogue_id"], r["turn_index"])]["state"]} for r in records]
+    rows = []
+    for r in records[:limit]:
+        raw, truncated = responder.generate(r["history"], r["intent"], r["state"], r["lang"])
+        out = check_reply(raw, responder.rules, responder.masker)
+        rows.append({"dialogue_id": r["dialogue_id"], "turn_index": r["turn_index"], "lang": r["lang"],
+                     "context": [t["text"] for t in r["history"]], "intent": r["intent"], "state": r["state"],
+                     "reference": r["response"], "raw": raw, "generated": out["text"],
+                     "flags": out["flags"] + (["truncated"] if truncated else [])})
+    return rows
+
+
+def evaluate_responses(package: str | Path, data_file: str | Path, gates: dict[str, float] | None = None,
+                       eval_set: str | None = None, report_dir: str | Path | None = None, device: str = "cpu",
+                       limit: int | None = None, predictions: list[dict] | None = None, log_mlflow: bool = False,
+                       responder: Responder | None = None, **decoding) -> ResponseEvalResult:
+    """Generate every agent turn of ``data_file``, score, write the report, check the gates."""
+    started = time.perf_counter()
+    responder = responder or Responder(package, device, **decoding)
+    package = Path(package)
+    glossary = Glossary.load(package / "glossary.yaml") if (package / "glossary.yaml").is_file() else Glossary.load()
+    labelbook = LabelBook.load(package / "ontology.yaml") if (package / "ontology.yaml").is_file() else LabelBook.load()
+    dialogues = load_corpus(data_file, labelbook, glossary)
+    eval_set = eval_set or Path(data_file).stem
+    rows = generate_replies(responder, dialogues, int(responder.meta.get("context_turns", 6)), predictions, limit)
+    if not rows:
+        raise ValueError(f"{data_file}: no agent turns to score")
+    metrics = score_replies(rows, glossary, responder.rules)
+    metrics["seconds_per_reply"] = (time.perf_counter() - started) / len(rows)
+    gates = load_gates() if gates is None else dict(gates)
+    tags = {f"eval.{eval_set}.{k}": repr(float(v)) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    passed, failures = registry.check_gates(tags, eval_set, gates)
+    result = ResponseEvalResult(metrics, {k: {"minimum": v, "value": metrics.get(k),
+                                              "passed": not any(f.startswith(f"{k}:") for f in failures)}
+                                          for k, v in gates.items()}, failures)
+    report = {"package": str(package), "data_file": str(data_file), "eval_set": eval_set,
+              "data_fingerprint": fingerprint(dialogues), "backbone": responder.meta.get("backbone_name"),
+              "decoding": responder.decoding, "metrics": metrics, "gates": result.gates, "failures": failures}
+    if report_dir is not None:
+        result.files = _write_report(report, rows, Path(report_dir))
+        result.report_json, result.report_md = result.files["report_json"], result.files["report_md"]
+    if log_mlflow:
+        tags_run = {"findial.task": "response", "findial.eval_set": eval_set,
+                    "findial.data_fingerprint": report["data_fingerprint"]}
+        with tracking.run("findial-response-eval", f"eval-response-{eval_set}", tags=tags_run):
+            tracking.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, dict)})
+            tracking.log_json(report, "report.json")
+    return result
+
+
+def _write_report(report: dict, rows: list[dict], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    clean_rows = [{k: v for k, v in r.items() if k != "raw"} for r in rows]  # raw may hold unmasked PII
+    files = {"report_json": tracking.atomic_write_text(
+                 out / "report.json", json.dumps(redact_json(report), indent=2, ensure_ascii=False, default=str)),
+             "replies": tracking.atomic_write_text(
+                 out / "replies.jsonl", "".join(json.dumps(redact_json(r), ensure_ascii=False) + "\n"
+                                                for r in clean_rows)),
+             "report_md": tracking.atomic_write_text(out / "report.md", render_markdown(report, clean_rows))}
+    return files
+
+
+def render_markdown(report: dict, rows: list[dict], samples: int = 10) -> str:
+    m = report["metrics"]
+    lines = [f"# Response generation: {report['eval_set']}", "",
+             f"package `{report['package']}` (backbone {report['backbone']}), {m['replies']} agent turns of "
+             f"`{report['data_file']}`, decoding {report['decoding']}", "",
+             "| metric | value |", "|---|---|"]
+    for k in ("bleu", "chrf", "rouge_l", "term_recall", "term_grounding", "pii_generated", "pii_leaked",
+              "pii_clean_rate", "compliance_violations", "compliance_clean_rate", "reference_compliance_violations",
+              "empty_replies", "mean_reply_chars", "seconds_per_reply"):
+        v = m.get(k)
+        lines.append(f"| {k} | {'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)} |")
+    if m.get("compliance_by_rule"):
+        lines += ["", "Compliance hits by rule: " + ", ".join(f"{k} {v}" for k, v in m["compliance_by_rule"].items())]
+    if m.get("ungrounded_terms"):
+        lines += ["", "Ungrounded glossary terms: " + ", ".join(f"{k} {v}" for k, v in m["ungrounded_terms"].items())]
+    lines += ["", "## Gates", "", "| metric | value | minimum | |", "|---|---|---|---|"]
+    for k, g in report["gates"].items():
+        v = g["value"]
+        lines.append(f"| {k} | {'-' if v is None else f'{v:.4f}'} | {g['minimum']} | "
+                     f"{'pass' if g['passed'] else 'FAIL'} |")
+    lines += ["", "## Sample replies", ""]
+    for r in rows[:samples]:
+        lines += [f"- `{r['dialogue_id']}#{r['turn_index']}` customer: {r['context'][-1] if r['context'] else ''}",
+                  f"  - reference: {r['reference']}", f"  - generated: {r['generated']}"
+                  + (f" (flags: {', '.join(r['flags'])})" if r["flags"] else "")]
+    return redact_json("\n".join(lines) + "\n")
+
+
+def eval_command(cfg, out_dir: Path) -> ResponseEvalResult:
+    """``findial eval task=response package=PACKAGE data_file=F``: the NLU gates (``gates=default``) do not
+    apply to a response model, so unless ``gates`` names response metrics, configs/gates/response.yaml is used."""
+    gates = dict(cfg.gates)
+    if not set(gates) & set(RESPONSE_METRICS):
+        gates = load_gates()
+    device = cfg.get("device") or "cpu"
+    if not cfg.get("package"):
+        raise SystemExit("findial eval task=response: name the response package with package=DIR")
+    result = evaluate_responses(cfg.package, cfg.data_file, gates, eval_set=cfg.eval_set,
+                                report_dir=cfg.report_dir or out_dir, device=device, log_mlflow=True)
+    print(Path(result.report_md).read_text(encoding="utf-8"))
+    print(f"report: {result.report_json}")
+    return result
