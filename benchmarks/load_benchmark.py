@@ -10,7 +10,7 @@ Two servers are started on 127.0.0.1, each in its own process:
   ``transformers.pipeline("text-classification")`` once per request, loaded from the same backbone
   directory (one model, no batching, no masking, no audit).
 
-Each is driven by ``c`` concurrent closed-loop clients (asyncio + httpx) for ``--duration`` seconds
+Each is driven by ``c`` concurrent closed-loop clients (asyncio + aiohttp) for ``--duration`` seconds
 or ``--max-requests`` requests, whichever ends first, after a warm-up. It prints p50/p95/p99
 latency and throughput per server and concurrency (and writes them as JSON with ``--out``).
 The client shares the machine with the servers: on a small box its own CPU use is part of the picture.
@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -99,32 +100,35 @@ def serve_baseline(args) -> None:
 
 # ------------------------------------------------------------------------------------------- load
 async def drive(url: str, concurrency: int, duration: float, max_requests: int, warmup: int) -> dict:
-    import httpx
+    """``concurrency`` closed-loop clients (aiohttp: light on the CPU the servers need) for a bounded run."""
+    import aiohttp
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         for i in range(warmup):
-            (await client.post(url, json={"text": TEXTS[i % len(TEXTS)]})).raise_for_status()
+            async with client.post(url, json={"text": TEXTS[i % len(TEXTS)]}) as r:
+                r.raise_for_status()
+                await r.read()
         latencies: list[float] = []
-        errors = {"n": 0}
-        issued = {"n": 0}
+        counts = {"issued": 0, "errors": 0}
         start = time.perf_counter()
         deadline = start + duration
 
         async def worker(k: int):
-            while time.perf_counter() < deadline and issued["n"] < max_requests:
-                issued["n"] += 1
-                text = TEXTS[(issued["n"] + k) % len(TEXTS)]
+            while time.perf_counter() < deadline and counts["issued"] < max_requests:
+                counts["issued"] += 1
+                text = TEXTS[(counts["issued"] + k) % len(TEXTS)]
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(url, json={"text": text})
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
+                    async with client.post(url, json={"text": text}) as r:
+                        await r.read()
+                        ok = r.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError):
                     ok = False
                 if ok:
                     latencies.append(time.perf_counter() - t0)
                 else:
-                    errors["n"] += 1
+                    counts["errors"] += 1
 
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - start
@@ -133,23 +137,25 @@ async def drive(url: str, concurrency: int, duration: float, max_requests: int, 
     def pct(p):
         return latencies[min(len(latencies) - 1, int(round(p / 100 * (len(latencies) - 1))))] * 1000
 
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors["n"],
+    return {"concurrency": concurrency, "requests": len(latencies), "errors": counts["errors"],
             "seconds": round(elapsed, 2), "throughput_rps": round(len(latencies) / elapsed, 1),
             "p50_ms": round(pct(50), 1), "p95_ms": round(pct(95), 1), "p99_ms": round(pct(99), 1),
             "mean_ms": round(statistics.fmean(latencies) * 1000, 1)}
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
-    import httpx
+    import urllib.error
+    import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
     raise SystemExit(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
@@ -170,6 +176,16 @@ def stop(proc: subprocess.Popen) -> None:
 
 def run(args) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="findial-bench-"))
+    try:
+        results = _run(args, work)
+    except BaseException:
+        print(f"server logs kept in {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def _run(args, work: Path) -> list[dict]:
     bundle = resolve_bundle(args.model, args.tracking_uri, work)
     backbone = backbone_dir(bundle)
     env = {**os.environ, "FINDIAL_HOME": str(work / "home")}
@@ -177,7 +193,7 @@ def run(args) -> list[dict]:
     if "findial" in args.targets:
         port = free_port()
         cmd = [sys.executable, "-m", "findial.cli", "serve", f"port={port}", f"model_ref={bundle}",
-               "poll_interval_s=0", f"torch_threads={args.torch_threads}", "log_level=warning"]
+               "poll_interval_s=0", f"torch_threads={args.torch_threads}", "log_level=warning", *args.override]
         targets["findial"] = (cmd, f"http://127.0.0.1:{port}", "/v1/understand")
     if "baseline" in args.targets:
         port = free_port()
@@ -220,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-requests", type=int, default=2000, help="requests per concurrency level at most")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--torch-threads", type=int, default=1, help="the same for both servers")
+    p.add_argument("--override", nargs="*", default=[], help="findial serve overrides, e.g. batching.max_wait_ms=5")
     p.add_argument("--targets", nargs="+", default=["findial", "baseline"], choices=["findial", "baseline"])
     p.add_argument("--start-timeout", type=float, default=300)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")

@@ -168,11 +168,11 @@ def cmd_sweep(cfg: DictConfig) -> None:
 
     _configure_tracking(cfg)
     res = run_sweep(cfg, _out_dir(), overrides=list(HydraConfig.get().overrides.task))
-    search = f"hydra.searchpath=[file://{res.experiment_file.parent.parent}] experiment=sweep_best"
+    cmds = res.commands()
     print(f"sweep {cfg.sweep.name}: {len(res.trials)} trials (MLflow parent run {res.parent_run_id})\n"
           f"best {res.best_metrics} with {res.best_params} (MLflow run {res.best_run_id})\n"
-          f"best config: {res.experiment_file}\nretrain: {res.train_command}\n"
-          f"or:      findial train {search}\nregister: findial run {search}")
+          f"best config: {res.experiment_file}\nretrain:  {cmds['train']}\n"
+          f"or:       {cmds['train_experiment']}\nregister: {cmds['run_experiment']}")
 
 
 def _user() -> str:

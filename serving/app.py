@@ -29,7 +29,9 @@ without a restart."""
 
 
 def create_app(settings: ServeSettings, understander, responder=None, metrics: Metrics | None = None) -> FastAPI:
-    metrics = metrics or Metrics()
+    metrics = metrics or getattr(understander, "metrics", None) or Metrics()
+    if getattr(understander, "metrics", "n/a") is None:
+        understander.metrics = metrics  # the batcher reads the in-flight count the guard keeps
     service = DialogueService(settings, understander, responder, metrics)
 
     @asynccontextmanager

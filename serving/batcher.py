@@ -5,7 +5,9 @@ to ``max_batch_size``, giving the first one ``max_wait_ms`` to get company) and
 runs one ``understand_batch`` in a single worker thread, so the event loop never
 blocks on a forward pass, and the tokenizers and torch never see two batches at
 once. While a batch runs, the next one gathers: under load, batches grow by themselves.
-Each batch takes ``holder.current`` once, so a hot swap never splits a batch.
+The first request of a batch waits for company only while other HTTP requests are in flight
+that have not reached the batcher yet (so a lone request never waits). Each batch takes
+``holder.current`` once, so a hot swap never splits a batch.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class LocalUnderstander:
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="findial-infer")
+        self._outstanding = 0
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -58,8 +61,18 @@ class LocalUnderstander:
         if self.holder.current is None:
             raise ModelNotReady(self.holder.last_error or "the model is still loading")
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, fut))
-        return await fut
+        self._outstanding += 1
+        try:
+            await self._queue.put((item, fut))
+            return await fut
+        finally:
+            self._outstanding -= 1
+
+    def _arriving(self) -> int:
+        """Requests in flight over HTTP that have not reached the batcher yet (an upper bound)."""
+        if self.metrics is None:
+            return 1  # unknown: wait the full max_wait_ms
+        return self.metrics.in_flight - self._outstanding
 
     async def _gather(self) -> list:
         batch = [await self._queue.get()]
@@ -72,7 +85,7 @@ class LocalUnderstander:
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self._arriving() <= 0:  # nobody else is coming: no point waiting
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))

@@ -49,6 +49,7 @@ class RequestGuard:
         rid = rid if _RID.match(rid) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         status = [500]
+        self.metrics.in_flight += 1
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
@@ -75,6 +76,7 @@ class RequestGuard:
                 return await self.app(scope, replay, send_with_id)
             return await self.app(scope, receive, send_with_id)
         finally:
+            self.metrics.in_flight -= 1
             self.metrics.observe_request(scope["method"], _route_template(self.router, scope), status[0],
                                          time.perf_counter() - start)
 

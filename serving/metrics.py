@@ -33,6 +33,7 @@ class Metrics:
         self.batches = 0
         self.model: tuple[str, str, str] | None = None               # (name, version, ref)
         self.sessions = 0
+        self.in_flight = 0                                           # HTTP requests being served (event loop only)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -103,6 +104,8 @@ class Metrics:
                     "# HELP findial_inference_batch_items_total Turns understood by those passes.",
                     "# TYPE findial_inference_batch_items_total counter",
                     f"findial_inference_batch_items_total {self.batch_items}",
+                    "# HELP findial_http_requests_in_flight HTTP requests being served.",
+                    "# TYPE findial_http_requests_in_flight gauge", f"findial_http_requests_in_flight {self.in_flight}",
                     "# HELP findial_sessions Open dialogue sessions.", "# TYPE findial_sessions gauge",
                     f"findial_sessions {self.sessions}"]
             return "\n".join(out) + "\n"

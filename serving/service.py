@@ -75,8 +75,8 @@ class DialogueService:
         if session_id is None:
             history = self._context(context)
             return await self._run_turn(masked, pii, lang, history, {}, None, request_id, endpoint, started, respond)
-        session, _ = self.sessions.get_or_create(self.session_id(session_id, "body.session_id" if endpoint != "dialogue"
-                                                                 else "path.session_id"))
+        field = "path.session_id" if endpoint == "dialogue" else "body.session_id"
+        session, _ = self.sessions.get_or_create(self.session_id(session_id, field))
         self.metrics.set_sessions(len(self.sessions))
         async with session.lock:
             return await self._run_turn(masked, pii, lang, session.history(self.limits.max_context_turns),
@@ -113,8 +113,7 @@ class DialogueService:
             out.update(response=response, responder={"name": self.responder.name, "version": self.responder.version})
         if reasons:
             self.metrics.count_handoff(reasons)
-        record = {"event": endpoint, "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-                  **{k: v for k, v in out.items() if k != "unknown_terms"}}
+        record = {"event": endpoint, "latency_ms": round((time.perf_counter() - started) * 1000, 2), **out}
         await asyncio.to_thread(self.audit.write, record)
         return out
 

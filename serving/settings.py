@@ -35,7 +35,7 @@ class HandoffSettings:
 @dataclass(frozen=True)
 class BatchingSettings:
     max_batch_size: int = 16
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 10.0
 
 
 @dataclass(frozen=True)

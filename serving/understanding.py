@@ -67,8 +67,8 @@ def predict_turns(pipeline, items: list[TurnInput]) -> list[dict]:
     out = []
     for it, intent, ents in zip(items, intents, entities):
         ents, unknown = pipeline.link(it.text, [dict(e) for e in ents])
-        state = pipeline.tracker.update(it.state, [e for e in ents if e.get("term_id") or e["label"] not in terminology],
-                                        it.text)
+        trackable = [e for e in ents if e.get("term_id") or e["label"] not in terminology]
+        state = pipeline.tracker.update(it.state, trackable, it.text)
         out.append({**intent, "entities": [{k: v for k, v in e.items() if v is not None} for e in ents],
                     "state": dict(state), "unknown_terms": unknown})
     return out

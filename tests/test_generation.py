@@ -75,7 +75,7 @@ def test_tiny_lm_fine_tunes_and_the_loss_decreases(tiny):
     encode = lambda r: encode_example(tok, r, SYSTEM, 256, 64, tok.convert_tokens_to_ids("<|im_end|>"))  # noqa: E731
     dm = ResponseDataModule(MINI, MINI, encode, tok, LabelBook.load(), Glossary.load(), batch_size=8)
     dm.setup()
-    module = ResponseLMModule(str(path), LORA, {"lr": 2e-2, "warmup_ratio": 0.0})
+    module = ResponseLMModule(str(path), LORA, {"lr": 1e-2, "warmup_ratio": 0.0})
     before = _mean_loss(module, dm.val_dataloader())
     trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

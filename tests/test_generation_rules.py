@@ -23,6 +23,8 @@ def rules():
     ("您的贷款保证能批下来。", "approval_promise"),
     ("You will definitely be approved for the loan.", "approval_promise"),
     ("请告诉我您的银行卡密码。", "credential_request"),
+    ("麻烦提供一下验证码，我帮您操作。", "credential_request"),
+    ("这次我帮您免掉年费。", "fee_waiver"),
     ("Please tell me your PIN to continue.", "credential_request"),
     ("不用担心，保证收益。", "guaranteed_return"),  # a negation in an earlier clause does not count
     ("ＷＥ ＷＩＬＬ ＷＡＩＶＥ ＴＨＥ ＦＥＥ", "fee_waiver"),  # full-width and upper case
@@ -43,6 +45,8 @@ def test_forbidden_promises_are_flagged(rules, text, rule):
     "您的信用卡已临时挂失，请问需要补办新卡吗？",
     "I have frozen the card. Do you want a replacement?",
     "Never share your PIN with anyone, including us.",
+    "该卡首年免年费，当年刷卡满六次即可免次年年费。",  # the product's terms, not a waiver granted
+    "银行不会通过电话或短信要求您提供验证码，请提供可疑号码，我为您登记。",
 ])
 def test_compliant_replies_are_not_flagged(rules, text):
     assert rules.check(text) == []

@@ -78,20 +78,29 @@ def max_epochs(cfg: DictConfig) -> int:
 
 
 class ReportToTune(Callback):
-    """After each validation epoch: the logged metrics (and the trial's MLflow run id) to ``ray.tune.report``."""
+    """After each validation epoch but the last: the logged metrics (and the MLflow run id) to ``ray.tune.report``.
+
+    When ASHA stops the trial, ``tune.report`` ends the training thread
+    (``SystemExit``). The last epoch is reported by the trial once its package is
+    saved and its MLflow run closed, so a trial that runs to the end always keeps
+    both, whatever the scheduler decides then.
+    """
 
     def __init__(self, package_dir: str):
         self.package_dir = package_dir
+        self.last: dict = {}
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        from ray import tune
-
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        epoch = trainer.current_epoch + 1
         run_id = getattr(trainer.logger, "run_id", None) or ""
-        tune.report({**metrics, "epoch": trainer.current_epoch + 1, "mlflow_run_id": run_id,
-                     "package_dir": self.package_dir})
+        self.last = {**{k: float(v) for k, v in trainer.callback_metrics.items()}, "epoch": epoch,
+                     "mlflow_run_id": run_id, "package_dir": self.package_dir}
+        if trainer.max_epochs is None or epoch < trainer.max_epochs:
+            from ray import tune
+
+            tune.report(self.last)
 
 
 def _trial(params: dict, base: dict, sweep_dir: str, parent_run_id: str) -> None:
@@ -117,7 +126,10 @@ def _trial(params: dict, base: dict, sweep_dir: str, parent_run_id: str) -> None
     trial_id = tune.get_context().get_trial_id()
     out = Path(sweep_dir) / "trials" / trial_id
     tags = {"mlflow.parentRunId": parent_run_id, "findial.sweep": cfg.sweep.name, "findial.sweep.trial": trial_id}
-    train_task(cfg, cfg.task, out, tags=tags, callbacks=[ReportToTune(str(out / cfg.task.name / "package"))])
+    reporter = ReportToTune(str(out / cfg.task.name / "package"))
+    result = train_task(cfg, cfg.task, out, tags=tags, callbacks=[reporter])
+    tune.report({**reporter.last, **result.metrics, "mlflow_run_id": result.run_id,
+                 "package_dir": str(result.package_dir)})
 
 
 @dataclass
@@ -128,8 +140,20 @@ class SweepResult:
     best_run_id: str
     best_package: str
     experiment_file: Path
-    train_command: str
+    overrides: list[str]          # the sweep's command-line overrides a retrain needs (task, data, ...)
+    best_overrides: list[str]     # the best values, e.g. model.lora.r=8
     trials: list[dict]
+
+    def commands(self) -> dict[str, str]:
+        """Shell commands that retrain the best configuration (and, with `findial run`, register it)."""
+        import shlex
+
+        search = [f"hydra.searchpath=[file://{self.experiment_file.parent.parent}]", "experiment=sweep_best"]
+        quote = lambda args: " ".join(shlex.quote(a) for a in args)  # noqa: E731
+        return {"train": "findial train " + quote([*self.overrides, *self.best_overrides]),
+                "train_experiment": "findial train " + quote([*self.overrides, *search]),
+                "run_experiment": "findial run " + quote([*[o for o in self.overrides
+                                                             if not o.startswith("task=")], *search])}
 
 
 def _ray_init(cfg: DictConfig) -> bool:
@@ -143,14 +167,14 @@ def _ray_init(cfg: DictConfig) -> bool:
         if str(cfg.logger.tracking_uri).startswith("sqlite:"):
             log.warning("sweep.ray_address=%s with a sqlite MLflow store: trials on other machines cannot reach "
                         "it; set logger.tracking_uri to an MLflow server (http://...)", address)
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=int(cfg.sweep.num_cpus), include_dashboard=False, log_to_driver=True)
     return True
 
 
 def _close_stopped_runs(trials: list[dict]) -> None:
-    """ASHA ends a stopped trial's process mid-epoch: mark its MLflow run KILLED (early stop), not RUNNING."""
+    """ASHA ends a stopped trial mid-training (its run is left RUNNING or FAILED): mark the run KILLED, early stop."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -159,7 +183,8 @@ def _close_stopped_runs(trials: list[dict]) -> None:
             continue
         run = client.get_run(t["mlflow_run_id"])
         t["mlflow_status"] = run.info.status
-        if run.info.status == "RUNNING":
+        t["stopped_early"] = run.info.status != "FINISHED" and t["error"] is None
+        if t["stopped_early"]:
             client.set_tag(t["mlflow_run_id"], "findial.sweep.stopped_early", "true")
             client.set_terminated(t["mlflow_run_id"], status="KILLED")
             t["mlflow_status"] = "KILLED"
@@ -169,8 +194,13 @@ def _quote(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def write_best(cfg: DictConfig, params: dict, out_dir: Path, overrides: list[str], note: str) -> tuple[Path, str]:
-    """Write the best values as experiment ``sweep_best`` and return (file, train command)."""
+def write_best(cfg: DictConfig, params: dict, out_dir: Path, overrides: list[str],
+               note: str) -> tuple[Path, list[str], list[str]]:
+    """Write the best values as experiment ``sweep_best``.
+
+    Returns (the file, the sweep's own command-line overrides that a retrain needs
+    (data, task, ...), the best values as explicit overrides).
+    """
     nested: dict = {}
     for path, value in params.items():
         node = nested
@@ -185,15 +215,66 @@ def write_best(cfg: DictConfig, params: dict, out_dir: Path, overrides: list[str
     keep = [o for o in overrides if not o.lstrip("~+").startswith(("sweep.", "hydra.")) and o.split("=")[0]
             not in params]
     explicit = [f"{k}={_quote(v)}" for k, v in params.items()]
-    command = "findial train " + " ".join([*keep, *explicit])
-    return path, command
+    return path, keep, explicit
 
 
-def run_sweep(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> SweepResult:
-    """Run the sweep described by ``cfg.sweep`` (a composed ``configs/sweep.yaml``); MLflow must be configured."""
+def _tune(cfg: DictConfig, base: dict, space: dict, max_t: int, out_dir: Path, parent_run_id: str):
+    """Run the trials on Ray Tune; returns Tune's ResultGrid. Starts (and stops) a local Ray unless connected."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
+
+    started = _ray_init(cfg)
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, base=base, sweep_dir=str(out_dir), parent_run_id=parent_run_id),
+            dict(cfg.sweep.resources_per_trial))
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                  grace_period=min(int(cfg.sweep.asha.grace_period), max_t),
+                                  reduction_factor=float(cfg.sweep.asha.reduction_factor))
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(metric=cfg.sweep.metric, mode=cfg.sweep.mode, scheduler=scheduler,
+                                        num_samples=int(cfg.sweep.num_samples),
+                                        max_concurrent_trials=cfg.sweep.max_concurrent_trials,
+                                        search_alg=BasicVariantGenerator(random_state=int(cfg.sweep.seed))),
+            run_config=tune.RunConfig(name=f"sweep-{cfg.sweep.name}", verbose=1,
+                                      storage_path=cfg.sweep.get("storage_path") or str(out_dir / "ray")))
+        return tuner.fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _trials(grid, space: dict, metric: str) -> list[dict]:
+    trials = []
+    for r in grid:
+        m = r.metrics or {}
+        trials.append({"trial_id": m.get("trial_id", ""), "params": {k: r.config[k] for k in space},
+                       "epochs": m.get("training_iteration", 0), metric: m.get(metric),
+                       "mlflow_run_id": m.get("mlflow_run_id", ""), "package_dir": m.get("package_dir", ""),
+                       "error": str(r.error)[:500] if r.error else None})
+    return trials
+
+
+def _best(trials: list[dict], metric: str, mode: str, name: str) -> dict:
+    """The best trial that ran to the end (ASHA judged the stopped ones worse), else the best scored one."""
+    scored = [t for t in trials if isinstance(t[metric], (int, float)) and not math.isnan(t[metric])]
+    if not scored:
+        errors = "; ".join(t["error"] for t in trials if t["error"]) or "no metrics reported"
+        raise RuntimeError(f"sweep {name}: no trial reported {metric!r} ({errors})")
+    finished = [t for t in scored if t.get("mlflow_status") == "FINISHED"]
+    return (min if mode == "min" else max)(finished or scored, key=lambda t: t[metric])
+
+
+def run_sweep(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> SweepResult:
+    """Run the sweep described by ``cfg.sweep`` (a composed ``configs/sweep.yaml``); MLflow must be configured.
+
+    ``overrides`` are the command line's, repeated in the printed retrain commands.
+    """
+    import mlflow
 
     out_dir = Path(out_dir).resolve()
     space = search_space(cfg.sweep.search_space)
@@ -203,60 +284,24 @@ def run_sweep(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None 
     max_t = max_epochs(cfg)
     if base["trainer"].get("max_epochs") is None:
         base["trainer"]["max_epochs"] = max_t
-    name = cfg.sweep.name
+    name, metric = cfg.sweep.name, cfg.sweep.metric
     tags = {"findial.sweep": name, "findial.task": cfg.task.name, "findial.backbone": cfg.model.name}
     with tracking.run(cfg.logger.experiment_prefix + cfg.task.name, f"sweep-{name}", tags=tags) as parent:
         tracking.log_params({"sweep": {k: v for k, v in base["sweep"].items() if k != "search_space"},
                              "model_name": cfg.model.name, "seed": cfg.seed})
         tracking.log_json(base["sweep"]["search_space"], "sweep/search_space.json")
-        started = _ray_init(cfg)
-        try:
-            trainable = tune.with_resources(
-                tune.with_parameters(_trial, base=base, sweep_dir=str(out_dir), parent_run_id=parent.info.run_id),
-                dict(cfg.sweep.resources_per_trial))
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                      grace_period=min(int(cfg.sweep.asha.grace_period), max_t),
-                                      reduction_factor=float(cfg.sweep.asha.reduction_factor))
-            tuner = tune.Tuner(
-                trainable, param_space=space,
-                tune_config=tune.TuneConfig(metric=cfg.sweep.metric, mode=cfg.sweep.mode, scheduler=scheduler,
-                                            num_samples=int(cfg.sweep.num_samples),
-                                            max_concurrent_trials=cfg.sweep.max_concurrent_trials,
-                                            search_alg=BasicVariantGenerator(random_state=int(cfg.sweep.seed))),
-                run_config=tune.RunConfig(name=f"sweep-{name}", storage_path=str(out_dir / "ray"), verbose=1))
-            grid = tuner.fit()
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
-        trials = []
-        for r in grid:
-            m = r.metrics or {}
-            trials.append({"trial_id": m.get("trial_id", ""), "params": {k: r.config[k] for k in space},
-                           "epochs": m.get("training_iteration", 0), cfg.sweep.metric: m.get(cfg.sweep.metric),
-                           "mlflow_run_id": m.get("mlflow_run_id", ""), "package_dir": m.get("package_dir", ""),
-                           "error": str(r.error)[:500] if r.error else None})
+        trials = _trials(_tune(cfg, base, space, max_t, out_dir, parent.info.run_id), space, metric)
         _close_stopped_runs(trials)
-        scored = [t for t in trials if isinstance(t[cfg.sweep.metric], (int, float))
-                  and not math.isnan(t[cfg.sweep.metric])]
-        if not scored:
-            errors = "; ".join(t["error"] for t in trials if t["error"]) or "no metrics reported"
-            raise RuntimeError(f"sweep {name}: no trial reported {cfg.sweep.metric!r} ({errors})")
-        pick = min if cfg.sweep.mode == "min" else max
-        finished = [t for t in scored if t.get("mlflow_status") == "FINISHED"]  # ASHA judged the others worse
-        best = pick(finished or scored, key=lambda t: t[cfg.sweep.metric])
-        note = (f"best of sweep {name}: {cfg.sweep.metric}={best[cfg.sweep.metric]:.4f} "
+        best = _best(trials, metric, cfg.sweep.mode, name)
+        note = (f"best of sweep {name}: {metric}={best[metric]:.4f} "
                 f"(trial {best['trial_id']}, MLflow run {best['mlflow_run_id']}, parent {parent.info.run_id})")
-        exp_file, command = write_best(cfg, best["params"], out_dir, list(overrides or []), note)
+        exp_file, keep, explicit = write_best(cfg, best["params"], out_dir, list(overrides or []), note)
         tracking.log_json(trials, "sweep/trials.json")
         tracking.log_text(exp_file.read_text(encoding="utf-8"), "sweep/sweep_best.yaml")
-        tracking.log_metrics({f"best_{cfg.sweep.metric}": best[cfg.sweep.metric], "trials": len(trials),
-                              "trials_stopped_early": sum(t.get("mlflow_status") == "KILLED" for t in trials)})
-        import mlflow
-
+        tracking.log_metrics({f"best_{metric}": best[metric], "trials": len(trials),
+                              "trials_stopped_early": sum(bool(t.get("stopped_early")) for t in trials)})
         mlflow.set_tags({"findial.sweep.best_run_id": best["mlflow_run_id"],
                          **{f"findial.sweep.best.{k}": str(v) for k, v in best["params"].items()}})
         tracking.atomic_write_text(out_dir / "trials.json", json.dumps(trials, indent=2, default=str))
-        return SweepResult(parent.info.run_id, best["params"], {cfg.sweep.metric: best[cfg.sweep.metric]},
-                           best["mlflow_run_id"], best["package_dir"], exp_file, command, trials)
+        return SweepResult(parent.info.run_id, best["params"], {metric: best[metric]}, best["mlflow_run_id"],
+                           best["package_dir"], exp_file, keep, explicit, trials)

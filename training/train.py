@@ -122,16 +122,16 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
                               "data/summary.json")
         from lightning.pytorch.loggers import MLFlowLogger
 
-        # Other ranks: Lightning logs from rank 0 only, so this logger never opens a run there.
-        logger = MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=run_id or None)
+        # Other ranks never touch the MLflow store (no logger, no LR monitor, which needs one).
+        logger = MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=run_id) if lead else False
         trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
         if trainer_cfg.get("max_epochs") is None:
             trainer_cfg["max_epochs"] = task.epochs
         trainer = instantiate(trainer_cfg, logger=logger, default_root_dir=str(out_dir),
                               plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,  # the data module shards
                               callbacks=[ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True,
-                                                         monitor="val_loss", save_top_k=1),
-                                         LearningRateMonitor(logging_interval="step")]
+                                                         monitor="val_loss", save_top_k=1)]
+                              + ([LearningRateMonitor(logging_interval="step")] if lead else [])
                               + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [])
                               + list(callbacks or []))
         trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg.get("resume"), cfg.paths.home, task.name))

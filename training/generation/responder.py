@@ -50,15 +50,15 @@ class Responder:
 
     def __init__(self, package_dir: str | Path, device: str = "cpu", rules: str | Path | None = None,
                  **decoding):
+        unknown = set(decoding) - set(DECODING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown decoding setting(s) {sorted(unknown)}; expected some of {DECODING_KEYS}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.package_dir = Path(package_dir)
         self.module, self.tokenizer, self.meta = load_response_model(self.package_dir, self.device)
         self.model = self.module.model
-        unknown = set(decoding) - set(DECODING_KEYS)
-        if unknown:
-            raise ValueError(f"unknown decoding setting(s) {sorted(unknown)}; expected some of {DECODING_KEYS}")
         self.decoding = {**self.meta.get("generation", {}), **decoding}
         self.rules = RuleSet.load(rules or self.package_dir / "rules.yaml")
         self.masker = default_masker()
