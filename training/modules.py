@@ -87,6 +87,12 @@ class LoRATaskModule(L.LightningModule):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
 
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Filter the state dict the strategy already built (complete under FSDP) rather than rebuild it here.
         from .strategies import trainable_names
@@ -126,12 +132,6 @@ class IntentModule(LoRATaskModule):
         self.log(f"{stage}_intent_acc", acc, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
 
 class NERModule(LoRATaskModule):
     """Token classification over the label book's BIO tags."""
@@ -155,8 +155,3 @@ class NERModule(LoRATaskModule):
         self.log(f"{stage}_token_acc", acc, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
