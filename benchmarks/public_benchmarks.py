@@ -17,8 +17,9 @@ protocols: ``findial.data.benchmarks``; settings: ``configs/benchmark/public.yam
 the test split before the final evaluation; ``validation`` figures are printed for any choice you make.
 
 Throughput: train samples/s = training examples x epochs / wall time of the whole training call (backbone
-load and the per-epoch validation pass included); inference samples/s = test examples / prediction time
-(package load excluded, reported apart).
+load and the per-epoch validation pass included); train step samples/s counts the training steps only
+(forward, backward, optimiser); inference samples/s = test examples / prediction time (package load
+excluded, reported apart).
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-SETTINGS = Path(__file__).resolve().parent.parent / "configs" / "benchmark" / "public.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = REPO_ROOT / "configs" / "benchmark" / "public.yaml"
 WHICH = ("banking77", "nlupp")
 MODELS = ("e5_small", "minilm", "tiny")
 
@@ -92,6 +94,22 @@ def compose_train(task: str, files: dict, args, home: Path, seed: int):
     return cfg
 
 
+def _step_timer():
+    """A Lightning callback adding up the time spent in training steps (forward, backward, optimiser)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StepTimer(Callback):
+        seconds = 0.0
+
+        def on_train_batch_start(self, *_):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, *_):
+            self.seconds += time.perf_counter() - self._t
+
+    return StepTimer()
+
+
 def train(bench, files: dict, args, home: Path, seed: int) -> tuple[dict, object]:
     from findial import tracking
     from findial.training.train import train_task
@@ -99,12 +117,15 @@ def train(bench, files: dict, args, home: Path, seed: int) -> tuple[dict, object
     cfg = compose_train(bench.task, files, args, home, seed)
     tracking.configure(cfg.logger.tracking_uri, cfg.logger.artifact_root)
     epochs = cfg.trainer.max_epochs or cfg.task.epochs
+    timer = _step_timer()
     start = time.perf_counter()
-    result = train_task(cfg, cfg.task, home / "runs" / bench.name)
+    result = train_task(cfg, cfg.task, home / "runs" / bench.name, callbacks=[timer])
     wall = time.perf_counter() - start
     n = len(bench.splits["train"])
     return {"epochs": int(epochs), "batch_size": int(cfg.task.batch_size), "train_wall_s": round(wall, 2),
-            "train_samples_per_s": round(n * epochs / wall, 2), "train_run_id": result.run_id,
+            "train_samples_per_s": round(n * epochs / wall, 2), "train_steps_s": round(timer.seconds, 2),
+            "train_step_samples_per_s": round(n * epochs / timer.seconds, 2) if timer.seconds else None,
+            "train_run_id": result.run_id,
             "data_fingerprint": result.data_fingerprint,
             "train_metrics": {k: round(v, 6) for k, v in result.metrics.items()}}, result
 
@@ -229,7 +250,8 @@ def report(results: dict) -> str:
     for r in results["benchmarks"].values():
         val = r["validation"].get("accuracy", r["validation"].get("slot_f1"))
         lines.append(f"  {r['dataset']}: {r['model']}, {r['epochs']} epoch(s), train {r['examples']['train']} ex "
-                     f"in {r['train_wall_s']:.1f} s ({r['train_samples_per_s']:.1f} samples/s); inference "
+                     f"in {r['train_wall_s']:.1f} s ({r['train_samples_per_s']:.1f} samples/s; "
+                     f"{_fmt(r['train_step_samples_per_s'])} in training steps); inference "
                      f"{r['examples']['test']} ex in {r['inference_wall_s']:.2f} s "
                      f"({r['inference_samples_per_s']:.1f} samples/s); validation {_fmt(None if val is None else 100 * val)}"
                      + ("; SUBSET (--max-train/--max-eval): not comparable" if r["subset"] else ""))
@@ -259,8 +281,13 @@ def main(argv: list[str] | None = None) -> dict:
                "benchmarks": {}}
     with tempfile.TemporaryDirectory(prefix="findial-bench-") as tmp:
         home = Path(args.home).resolve() if args.home else Path(tmp) / "home"
-        for which in args.which:
-            results["benchmarks"][which] = run_one(which, root, settings, args, home, Path(tmp) / "data", seed)
+        home.mkdir(parents=True, exist_ok=True)
+        # The corpus files live until the packages are saved: beside the runs (a directory this run owns),
+        # unless that is inside the repository, where the datasets must never be written.
+        inside_repo = home == REPO_ROOT or REPO_ROOT in home.parents
+        with tempfile.TemporaryDirectory(prefix=".bench-data-", dir=tmp if inside_repo else home) as data:
+            for which in args.which:
+                results["benchmarks"][which] = run_one(which, root, settings, args, home, Path(data), seed)
     results["wall_s"] = round(time.perf_counter() - start, 2)
     atomic_write_text(args.out, json.dumps(redact_json(results), indent=2, ensure_ascii=False) + "\n")
     print(report(results))

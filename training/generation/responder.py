@@ -88,7 +88,8 @@ class Responder:
         new = out[0, len(ids):].tolist()
         ended = any(t in self.stop_ids for t in new)
         new = new[:next((i for i, t in enumerate(new) if t in self.stop_ids), len(new))]
-        return self.tokenizer.decode(new, skip_special_tokens=True), (not ended and len(new) >= max_new)
+        text = self.tokenizer.decode(new, skip_special_tokens=True).rstrip("\ufffd")  # a character cut by the limit
+        return text, (not ended and len(new) >= max_new)
 
     def respond(self, history: list[dict], intent: str | None = None, state: dict | None = None,
                 lang: str | None = None) -> dict:
