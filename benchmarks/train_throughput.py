@@ -81,7 +81,7 @@ def prepare(cfg, data_file: str, max_samples: int, emotion: bool):
     backbone = resolve_backbone(meta["backbone"])
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     encode = partial(encode_intent, tokenizer, max_length=cfg.task.max_length, intents=meta["intents"],
-                     emotions=meta["emotions"])
+                     emotions=meta["emotions"], previous_intent=meta.get("previous_intent", False))
     dm = TurnDataModule(data_file, data_file, encode, tokenizer, labelbook, glossary, batch_size=cfg.task.batch_size,
                         context_turns=cfg.data.context_turns, seed=cfg.seed,
                         bucket=cfg.data.get("length_bucketing", True))

@@ -196,6 +196,7 @@ def turn_records(dialogues: list[dict], context_turns: int = 3) -> list[dict]:
     rows = []
     for d in dialogues:
         history: list[tuple[str, str]] = []
+        previous_intent = None
         for i, t in enumerate(d["turns"]):
             if t["speaker"] == "user":
                 rows.append({
@@ -206,7 +207,9 @@ def turn_records(dialogues: list[dict], context_turns: int = 3) -> list[dict]:
                     "entities": [{"start": e["start"], "end": e["end"], "label": e["label"],
                                   "term_id": e.get("term_id")} for e in t.get("entities") or []],
                     "state": dict(t.get("state") or {}),
+                    "previous_intent": previous_intent,  # the last user turn's intent (gold, when annotated)
                 })
+                previous_intent = t.get("intent")
             history.append((t["speaker"], t["text"]))
     return rows
 

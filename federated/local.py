@@ -52,7 +52,7 @@ def _features(models: TaskModels, task: str, cfg: DictConfig, dialogues: list[di
     rows = turn_records(dialogues, meta["context_turns"])
     if task == "intent":
         encode = partial(encode_intent, models.tokenizer, max_length=meta["max_length"], intents=meta["intents"],
-                         emotions=meta["emotions"])
+                         emotions=meta["emotions"], previous_intent=meta.get("previous_intent", False))
     else:
         encode = partial(encode_ner, models.tokenizer, max_length=meta["max_length"], tags=meta["tags"])
     return [encode(r) for r in rows]

@@ -86,7 +86,9 @@ class DialogueService:
                         session: Session | None, request_id: str, endpoint: str, started: float,
                         respond: bool) -> dict:
         lang = lang or (session.lang if session and session.lang else None) or detect_lang(masked)
-        result, model = await self._understand(TurnInput(masked, lang, history, dict(state)))
+        previous = next((t.get("intent") for t in reversed(session.turns) if t["speaker"] == "user"), None) \
+            if session else None
+        result, model = await self._understand(TurnInput(masked, lang, history, dict(state), previous))
         text = result.pop("text")
         reasons = self.policy.reasons(result, masked)  # rules see the text before model-found names are masked
         out = {"request_id": request_id, "session_id": session.id if session else None, "turn_index": None,

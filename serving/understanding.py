@@ -28,6 +28,7 @@ class TurnInput:
     lang: str = "en"
     history: tuple[tuple[str, str], ...] = ()         # (speaker, masked text) of the preceding turns
     state: dict = field(default_factory=dict)         # the dialogue state before this turn
+    previous_intent: str | None = None                # predicted for the session's previous user turn
 
 
 def detect_lang(text: str) -> str:
@@ -60,15 +61,14 @@ def predict_turns(pipeline, items: list[TurnInput]) -> list[dict]:
     for i, it in enumerate(items):
         turns = [{"speaker": s, "text": t} for s, t in (it.history[-window:] if window else ())]
         turns.append({"speaker": "user", "text": it.text})
-        rows.append(turn_records([{"id": str(i), "lang": it.lang, "turns": turns}], window)[-1])
+        row = turn_records([{"id": str(i), "lang": it.lang, "turns": turns}], window)[-1]
+        rows.append({**row, "previous_intent": it.previous_intent})
     intents = pipeline.intent.predict(rows)
     entities = pipeline.ner.predict([it.text for it in items])
-    terminology = pipeline.labelbook.terminology_labels
     out = []
     for it, intent, ents in zip(items, intents, entities):
         ents, unknown = pipeline.link(it.text, [dict(e) for e in ents])
-        trackable = [e for e in ents if e.get("term_id") or e["label"] not in terminology]
-        state = pipeline.tracker.update(it.state, trackable, it.text)
+        state = pipeline.tracker.update(it.state, ents, it.text)
         out.append({**intent, "entities": [{k: v for k, v in e.items() if v is not None} for e in ents],
                     "state": dict(state), "unknown_terms": unknown})
     return out

@@ -23,6 +23,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_state():
+    """Each test starts with MLflow's process-wide URIs unset: an in-process run points them (and
+    MLFLOW_TRACKING_URI) at its own store, which would otherwise leak into later tests and subprocesses."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    try:
+        import mlflow
+        from mlflow.tracking import _tracking_service, _model_registry
+
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        _tracking_service.utils._tracking_uri = None
+        _model_registry.utils._registry_uri = None
+    except ImportError:
+        pass
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture()
 def compose(tmp_path):
     """Compose a findial Hydra config in-process with overrides, writing under tmp_path."""

@@ -192,6 +192,6 @@ def test_script_end_to_end_on_a_tiny_subset(root, tmp_path):
         assert r["epochs"] == 1 and r["inference_samples_per_s"] > 0
         assert 0 < r["train_samples_per_s"] < r["train_step_samples_per_s"]  # the steps are part of the wall time
     assert not list(home.glob(".bench-data-*"))  # the written corpora are removed at the end
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db", registry_uri=f"sqlite:///{home}/mlflow.db")
     assert client.get_run(b77["train_run_id"]).data.tags["findial.task"] == "intent"
     assert client.get_run(nlu["train_run_id"]).data.tags["findial.task"] == "ner"

@@ -61,7 +61,7 @@ def test_simulation_of_three_branches_survives_a_dropped_branch(tmp_path):
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db", registry_uri=f"sqlite:///{home}/mlflow.db")
     version = summary["registered_version"]
     tags = client.get_model_version("findial-nlu", version).tags
     assert tags["findial.federated.rounds"] == "2" and tags["findial.federated.strategy"] == "fedprox"

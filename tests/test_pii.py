@@ -152,6 +152,20 @@ def test_masked_numbers_amounts_dates_rates_untouched(m, text):
     assert m.mask(text) == text and m.is_clean(text)
 
 
+@pytest.mark.parametrize("text", [
+    "val_loss: 3.4111111111111111", "lr=0.13812345678", f"score 0.{ID_FIXED}", "x=2.4111111111111111e-05",
+])
+def test_fractional_digits_of_logged_floats_untouched(m, text):
+    assert m.mask(text.split(".", 1)[1].split("e")[0]) != text.split(".", 1)[1].split("e")[0]  # alone: masked
+    assert m.mask(text) == text
+
+
+def test_numbers_after_a_full_stop_still_masked(m):
+    assert m.mask("Loss 1.5. 4111111111111111 is my card") == "Loss 1.5. [CARD_NUMBER] is my card"
+    assert m.mask("card.4111111111111111") == "card.[CARD_NUMBER]"
+    assert m.mask("号码。13812345678") == "号码。[PHONE]"
+
+
 def test_person_only_when_tagged(m):
     text = "我叫张伟，my name is John Smith"
     assert m.mask(text) == text

@@ -156,7 +156,8 @@ def test_cli_writes_reports_and_logs_to_mlflow(bundle, tmp_path):
         assert not any(pii in text for pii in _adversarial_pii())
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("findial-robustness")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.metrics["typo.user_turns"] == 17.0

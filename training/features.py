@@ -9,13 +9,18 @@ from __future__ import annotations
 IGNORE = -100
 
 
-def context_text(row: dict) -> str | None:
-    ctx = row.get("context") or []
-    return " | ".join(reversed(ctx)) if ctx else None
+def context_text(row: dict, previous_intent: bool = False) -> str | None:
+    """The preceding turns, newest first; with ``previous_intent`` the last user turn's intent leads
+    ("intent: card lost report | agent: ... | user: ...")."""
+    ctx = list(reversed(row.get("context") or []))
+    if previous_intent and row.get("previous_intent"):
+        ctx.insert(0, "intent: " + row["previous_intent"].replace("_", " "))
+    return " | ".join(ctx) if ctx else None
 
 
-def encode_intent(tokenizer, row: dict, max_length: int, intents: list[str], emotions: list[str]) -> dict:
-    ctx = context_text(row)
+def encode_intent(tokenizer, row: dict, max_length: int, intents: list[str], emotions: list[str],
+                  previous_intent: bool = False) -> dict:
+    ctx = context_text(row, previous_intent)
     enc = tokenizer(row["text"], ctx, truncation="only_second" if ctx else True, max_length=max_length)
     out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     if row.get("intent") is not None:

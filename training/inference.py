@@ -11,6 +11,7 @@ from findial.data.labelbook import Glossary, LabelBook
 from findial.data.pii import default_masker
 from findial.data.state import DialogueStateTracker
 from findial.data.term_linker import TermLinker
+from findial.data.term_matcher import GlossaryMatcher, merge_terms
 
 from .features import decode_spans, encode_intent, encode_ner
 from .package import load_package
@@ -39,9 +40,12 @@ class IntentPredictor:
 
     @torch.inference_mode()
     def predict(self, rows: list[dict]) -> list[dict]:
+        """Intent (+ emotion) per turn record. A model that reads the previous intent takes the row's
+        ``previous_intent``: the caller's prediction for the turn before (see ``predict_dialogues``)."""
         m = self.meta
+        use_previous = bool(m.get("previous_intent"))
         feats = [encode_intent(self.tokenizer, {**r, "intent": None, "emotion": None}, m["max_length"],
-                               m["intents"], []) for r in rows]
+                               m["intents"], [], use_previous) for r in rows]
         out: list[dict] = [{} for _ in rows]
         for idx in _batches(feats, self.batch_size, key=lambda f: len(f["input_ids"])):
             res = self.module(_pad([feats[i] for i in idx], self.tokenizer.pad_token_id or 0, self.device))
@@ -53,6 +57,27 @@ class IntentPredictor:
                 if ep is not None:
                     ec, ej = ep[k].max(0)
                     out[i].update(emotion=m["emotions"][ej], emotion_confidence=round(float(ec), 4))
+        return out
+
+    def predict_in_order(self, rows: list[dict]) -> list[dict]:
+        """``predict`` over whole dialogues: each turn reads the intent predicted for the one before
+        (never the gold one), so turns go in waves by position, each wave one batched call."""
+        if not self.meta.get("previous_intent"):
+            return self.predict(rows)
+        out: list[dict] = [{} for _ in rows]
+        last: dict[str, str | None] = {}
+        position: dict[str, int] = {}
+        waves: list[list[int]] = []
+        for i, r in enumerate(rows):
+            k = position[r["dialogue_id"]] = position.get(r["dialogue_id"], -1) + 1
+            if k == len(waves):
+                waves.append([])
+            waves[k].append(i)
+        for wave in waves:
+            batch = [{**rows[i], "previous_intent": last.get(rows[i]["dialogue_id"])} for i in wave]
+            for i, res in zip(wave, self.predict(batch)):
+                out[i] = res
+                last[rows[i]["dialogue_id"]] = res["intent"]
         return out
 
 
@@ -81,31 +106,38 @@ class NLUPipeline:
     """The understanding model that gets registered, evaluated and served: intent + NER + linker + tracker."""
 
     def __init__(self, intent_path: str | Path, ner_path: str | Path, device: str = "cpu",
-                 labelbook: LabelBook | None = None, glossary: Glossary | None = None):
+                 labelbook: LabelBook | None = None, glossary: Glossary | None = None,
+                 term_matching: str | None = None):
         self.intent = IntentPredictor(intent_path, device)
         self.ner = EntityPredictor(ner_path, device)
         self.labelbook = labelbook or LabelBook.load(Path(intent_path) / "ontology.yaml")
         self.glossary = glossary or Glossary.load(Path(intent_path) / "glossary.yaml")
         self.linker = TermLinker(self.glossary)
+        self.matcher = GlossaryMatcher(self.glossary)
+        self.term_matching = term_matching or self.ner.meta.get("term_matching", "glossary")
         self.tracker = DialogueStateTracker(self.labelbook)
         self.context_turns = self.intent.meta.get("context_turns", 3)
         self.masker = default_masker()
 
     def link(self, text: str, entities: list[dict]) -> tuple[list[dict], list[str]]:
-        """Attach glossary ids to terminology mentions; unknown surface forms are returned, not guessed."""
-        unknown = []
-        for e in entities:
-            if e["label"] in self.labelbook.terminology_labels:
-                res = self.linker.link(text[e["start"]:e["end"]], e["label"])
-                e["term_id"] = res.term_id
-                if res.term_id is None:
+        """Listed glossary forms as mentions (``term_matching``), then glossary ids for the model's other
+        terminology spans. A span no glossary term fits is not a mention: it is returned as an unknown
+        surface form (reported, never guessed)."""
+        linked, unknown = [], []
+        for e in merge_terms(text, entities, self.matcher.find(text), self.labelbook.terminology_labels,
+                             self.term_matching):
+            if e["label"] in self.labelbook.terminology_labels and e.pop("source", None) != "glossary":
+                e["term_id"] = self.linker.link(text[e["start"]:e["end"]], e["label"]).term_id
+                if e["term_id"] is None:
                     unknown.append(text[e["start"]:e["end"]])
-        return entities, unknown
+                    continue
+            linked.append(e)
+        return linked, unknown
 
     def predict_dialogues(self, dialogues: list[dict]) -> list[dict]:
         """Predicted copies of the dialogues: user turns get intent, emotion, entities, state, confidences."""
         rows = turn_records(dialogues, self.context_turns)
-        intents = self.intent.predict(rows)
+        intents = self.intent.predict_in_order(rows)
         entities = self.ner.predict([r["text"] for r in rows])
         by_turn = {(r["dialogue_id"], r["turn_index"]): (i, e) for r, i, e in zip(rows, intents, entities)}
         preds = []
@@ -117,9 +149,7 @@ class NLUPipeline:
                     continue
                 intent, ents = by_turn[(d["id"], t_idx)]
                 ents, unknown = self.link(turn["text"], [dict(e) for e in ents])
-                state = self.tracker.update(state, [e for e in ents if e.get("term_id") or
-                                                    e["label"] not in self.labelbook.terminology_labels],
-                                            turn["text"])
+                state = self.tracker.update(state, ents, turn["text"])
                 turn.update(intent)
                 turn["entities"] = [{k: v for k, v in e.items() if v is not None} for e in ents]
                 # surface strings leave the pipeline masked: a card number mislabelled as DURATION stays hidden

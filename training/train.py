@@ -69,9 +69,10 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
         "optim": OmegaConf.to_container(model.optim, resolve=True),
     }
     if task.name == "intent":
-        meta.update(intents=labelbook.intents, emotions=labelbook.emotions if task.get("emotion", True) else [])
+        meta.update(intents=labelbook.intents, emotions=labelbook.emotions if task.get("emotion", True) else [],
+                    previous_intent=bool(task.get("previous_intent", False)))
     elif task.name == "ner":
-        meta.update(tags=labelbook.bio_tags)
+        meta.update(tags=labelbook.bio_tags, term_matching=str(task.get("term_matching", "glossary")))
     else:
         raise ValueError(f"task.name={task.name!r}: expected 'intent' or 'ner'")
     return meta
@@ -95,7 +96,7 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     if task.name == "intent":
         encode = partial(encode_intent, tokenizer, max_length=task.max_length, intents=meta["intents"],
-                         emotions=meta["emotions"])
+                         emotions=meta["emotions"], previous_intent=meta.get("previous_intent", False))
     else:
         encode = partial(encode_ner, tokenizer, max_length=task.max_length, tags=meta["tags"])
     dm = TurnDataModule(cfg.data.train_file, cfg.data.val_file, lambda r: encode(r), tokenizer, labelbook, glossary,
