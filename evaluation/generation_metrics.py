@@ -33,7 +33,8 @@ import re
 from collections import Counter
 from typing import Iterable
 
-from findial.data.labelbook import Glossary, fold
+from findial.data.labelbook import Glossary
+from findial.data.term_matcher import GlossaryMatcher
 
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3040-\u30ff]|[A-Za-z0-9]+(?:[.,'][A-Za-z0-9]+)*|\S")
 
@@ -151,40 +152,17 @@ def _same_length(hyps: list, refs: list) -> None:
 
 
 # ------------------------------------------------------------------------------------------ glossary
-_PATTERNS: dict[int, tuple[Glossary, re.Pattern, dict[str, str]]] = {}
-
-
-def _term_pattern(glossary: Glossary) -> tuple[re.Pattern, dict[str, str]]:
-    cached = _PATTERNS.get(id(glossary))
-    if cached and cached[0] is glossary:
-        return cached[1], cached[2]
-    forms: dict[str, str] = {}
-    for term in glossary.terms.values():
-        for form in term.surface_forms:
-            key = fold(form)
-            if key:
-                forms.setdefault(key, term.id)
-
-    def alt(form: str) -> str:  # Latin forms match whole words (plural -s/-es allowed); CJK forms anywhere
-        esc = re.escape(form)
-        return rf"(?<![a-z0-9]){esc}(?:e?s)?(?![a-z0-9])" if re.search(r"[a-z0-9]$", form) else esc
-
-    ordered = sorted(forms, key=len, reverse=True)  # the longest listed form is the mention
-    pattern = re.compile("|".join(alt(f) for f in ordered))
-    _PATTERNS[id(glossary)] = (glossary, pattern, forms)
-    return pattern, forms
+_MATCHERS: dict[int, tuple[Glossary, GlossaryMatcher]] = {}
 
 
 def glossary_mentions(text: str, glossary: Glossary) -> set[str]:
-    """Term ids mentioned in ``text`` (leftmost-longest surface forms, folded like the glossary)."""
+    """Term ids mentioned in ``text`` (the longest listed surface forms, folded like the glossary)."""
     if not text:
         return set()
-    pattern, forms = _term_pattern(glossary)
-    found = set()
-    for m in pattern.finditer(fold(text)):
-        surface = m.group(0)
-        found.add(forms.get(surface) or forms.get(surface[:-1]) or forms[surface[:-2]])  # without -s / -es
-    return found
+    cached = _MATCHERS.get(id(glossary))
+    if cached is None or cached[0] is not glossary:
+        cached = _MATCHERS[id(glossary)] = (glossary, GlossaryMatcher(glossary))
+    return {m.term_id for m in cached[1].find(text)}
 
 
 def term_scores(items: Iterable[dict], glossary: Glossary) -> dict:

@@ -28,7 +28,7 @@ def _train(compose, tmp_path, task, epochs, extra=()):
 def test_intent_model_learns_the_training_set(compose, tmp_path):
     _, result = _train(compose, tmp_path, "intent", 60, ["model.optim.lr=3e-2"])
     rows = turn_records(load_corpus(MINI, LabelBook.load(), Glossary.load()), 3)
-    preds = IntentPredictor(result.package_dir).predict(rows)
+    preds = IntentPredictor(result.package_dir).predict_in_order(rows)
     acc = sum(p["intent"] == r["intent"] for p, r in zip(preds, rows)) / len(rows)
     majority = max(sum(r["intent"] == i for r in rows) for i in {r["intent"] for r in rows}) / len(rows)
     assert majority < 0.25 and acc >= 0.6, (acc, majority)  # a random tiny backbone: well above the majority class
@@ -73,3 +73,42 @@ def test_resume_from_last_checkpoint(compose, tmp_path):
 def test_resume_with_missing_checkpoint_fails_clearly(compose, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         _train(compose, tmp_path, "ner", 1, [f"resume={tmp_path}/nope.ckpt"])
+
+
+def test_first_segment_mask_is_the_current_turn():
+    from findial.training.modules import first_segment_mask
+
+    ids = torch.tensor([[0, 5, 6, 2, 2, 7, 8, 2, 1, 1],        # XLM-R pair: <s> a </s></s> b </s> <pad>
+                        [0, 5, 6, 7, 2, 1, 1, 1, 1, 1],        # one sequence
+                        [101, 9, 102, 11, 12, 102, 0, 0, 0, 0]])  # BERT pair
+    mask = (torch.arange(10) < torch.tensor([[8], [5], [6]])).long()
+    assert first_segment_mask(ids, mask).sum(1).tolist() == [4, 5, 3]
+
+
+def test_context_reads_the_previous_intent_only_when_asked():
+    from findial.training.features import context_text
+
+    row = {"context": ["user: 我的卡丢了", "agent: 请提供手机号"], "previous_intent": "card_lost_report"}
+    assert context_text(row) == "agent: 请提供手机号 | user: 我的卡丢了"
+    assert context_text(row, True) == "intent: card lost report | agent: 请提供手机号 | user: 我的卡丢了"
+    assert context_text({"context": [], "previous_intent": None}, True) is None
+
+
+def test_inference_feeds_predicted_never_gold_previous_intents(monkeypatch):
+    rows = turn_records(load_corpus(MINI, LabelBook.load(), Glossary.load()), 3)
+    assert any(r["previous_intent"] for r in rows)  # the gold one is there to be ignored
+    predictor = IntentPredictor.__new__(IntentPredictor)
+    predictor.meta = {"previous_intent": True}
+    seen = []
+
+    def fake_predict(batch):
+        seen.extend((r["dialogue_id"], r["turn_index"], r["previous_intent"]) for r in batch)
+        return [{"intent": f"p{r['turn_index']}"} for r in batch]
+
+    monkeypatch.setattr(predictor, "predict", fake_predict)
+    out = predictor.predict_in_order(rows)
+    assert [o["intent"] for o in out] == [f"p{r['turn_index']}" for r in rows]
+    last = {}
+    for dialogue, index, previous in sorted(seen, key=lambda s: (s[0], s[1])):
+        assert previous == last.get(dialogue)
+        last[dialogue] = f"p{index}"

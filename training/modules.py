@@ -44,6 +44,20 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def first_segment_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The first sequence of a pair (the current turn), up to and including its separator.
+
+    A sequence ends with the separator token ([SEP], </s>) that also closes the first segment, so the
+    first position holding the sequence's last real token marks the end of the turn.
+    """
+    last = attention_mask.sum(1).clamp(min=1) - 1
+    sep = input_ids.gather(1, last.unsqueeze(1))
+    hits = (input_ids == sep) & attention_mask.bool()
+    end = hits.float().argmax(1)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    return (positions <= end.unsqueeze(1)).long() * attention_mask
+
+
 class LoRATaskModule(L.LightningModule):
     """Shared plumbing: encoder + LoRA, optimiser, lean checkpoints."""
 
@@ -102,18 +116,32 @@ class LoRATaskModule(L.LightningModule):
 
 
 class IntentModule(LoRATaskModule):
-    """Intent (with dialogue context) and, when the label book has emotions, an emotion head."""
+    """Intent (with dialogue context) and, when the label book has emotions, an emotion head.
+
+    pooling ``mean``: the mean over all tokens (turn and context); ``turn_and_all``: the mean over the
+    current turn beside the mean over everything, so a long context does not drown the turn itself.
+    """
 
     def __init__(self, backbone_path: str, intents: list[str], emotions: list[str], lora: dict, optim: dict,
-                 emotion_weight: float = 0.5):
+                 emotion_weight: float = 0.5, pooling: str = "mean"):
         super().__init__(backbone_path, lora, optim)
+        if pooling not in ("mean", "turn_and_all"):
+            raise ValueError(f"task.pooling={pooling!r}: expected 'mean' or 'turn_and_all'")
+        self.pooling = pooling
+        width = self.hidden_size * (2 if pooling == "turn_and_all" else 1)
+        self.norm = nn.LayerNorm(width)
         self.intents, self.emotions = list(intents), list(emotions)
-        self.intent_head = nn.Linear(self.hidden_size, len(intents))
-        self.emotion_head = nn.Linear(self.hidden_size, len(emotions)) if emotions else None
+        self.intent_head = nn.Linear(width, len(intents))
+        self.emotion_head = nn.Linear(width, len(emotions)) if emotions else None
         self.emotion_weight = emotion_weight
 
     def forward(self, batch):
-        pooled = self.dropout(self.norm(mean_pool(self.encode(batch), batch["attention_mask"])))
+        hidden, mask = self.encode(batch), batch["attention_mask"]
+        features = mean_pool(hidden, mask)
+        if self.pooling == "turn_and_all":
+            turn = mean_pool(hidden, first_segment_mask(batch["input_ids"], mask))
+            features = torch.cat([turn, features], dim=-1)
+        pooled = self.dropout(self.norm(features))
         out = {"intent_logits": self.intent_head(pooled)}
         if self.emotion_head is not None:
             out["emotion_logits"] = self.emotion_head(pooled)

@@ -37,7 +37,8 @@ def resolve_backbone(spec: dict | str) -> Path:
 
 def build_module(meta: dict, backbone_path: Path):
     if meta["task"] == "intent":
-        return IntentModule(str(backbone_path), meta["intents"], meta.get("emotions", []), meta["lora"], meta["optim"])
+        return IntentModule(str(backbone_path), meta["intents"], meta.get("emotions", []), meta["lora"], meta["optim"],
+                            pooling=meta.get("pooling", "mean"))
     return NERModule(str(backbone_path), meta["tags"], meta["lora"], meta["optim"])
 
 

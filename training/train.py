@@ -70,7 +70,8 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
     }
     if task.name == "intent":
         meta.update(intents=labelbook.intents, emotions=labelbook.emotions if task.get("emotion", True) else [],
-                    previous_intent=bool(task.get("previous_intent", False)))
+                    previous_intent=bool(task.get("previous_intent", False)),
+                    pooling=str(task.get("pooling", "mean")))
     elif task.name == "ner":
         meta.update(tags=labelbook.bio_tags, term_matching=str(task.get("term_matching", "glossary")))
     else:
