@@ -161,7 +161,6 @@ def _findial(args, home, timeout=900):
                           env=env, timeout=timeout)
 
 
-@pytest.mark.slow
 def test_ddp_two_cpu_processes_one_run_one_package(tmp_path):
     """`findial train strategy=ddp trainer.devices=2`: Lightning re-launches the command; only rank 0 tracks."""
     import mlflow
