@@ -70,7 +70,6 @@ def test_best_config_retrains_through_the_experiment_group(compose, tmp_path):
         assert again.model.lora.r == 8 and again.model.lora.alpha == 16 and again.trainer.max_epochs == 3
 
 
-@pytest.mark.slow
 def test_two_trial_sweep_stops_the_bad_trial_and_nests_child_runs(tmp_path):
     """A real local Ray sweep: lr 0.05 vs 1e-7 on the tiny model; ASHA stops the second after one epoch."""
     import mlflow
