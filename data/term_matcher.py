@@ -20,7 +20,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from findial.data.labelbook import Glossary, fold
+from findial.data.labelbook import Glossary
 
 _WORD = re.compile(r"[0-9a-z]")
 
@@ -32,10 +32,6 @@ class TermMatch:
     label: str
     term_id: str
     common: bool = False
-
-    def as_entity(self, text: str) -> dict:
-        return {"start": self.start, "end": self.end, "label": self.label, "term_id": self.term_id,
-                "text": text[self.start:self.end]}
 
 
 def folded_view(text: str) -> tuple[str, list[int]]:
@@ -59,14 +55,9 @@ def folded_view(text: str) -> tuple[str, list[int]]:
 
 class GlossaryMatcher:
     def __init__(self, glossary: Glossary):
-        forms: dict[str, str] = {}
-        for term in glossary.terms.values():
-            for form in term.surface_forms:
-                key = fold(form)
-                if key:
-                    forms.setdefault(key, term.id)
-        self._forms = sorted(forms.items(), key=lambda kv: -len(kv[0]))  # longest first
-        self._label = {t.id: t.label for t in glossary.terms.values()}
+        self._glossary = glossary
+        # the glossary's own folded index; longest form first, ties in glossary order
+        self._forms = sorted(((k, v) for k, v in glossary.alias_index.items() if k), key=lambda kv: -len(kv[0]))
 
     def find(self, text: str) -> list[TermMatch]:
         view, index = folded_view(text)
@@ -75,30 +66,26 @@ class GlossaryMatcher:
         for key, term_id in self._forms:
             start = view.find(key)
             while start >= 0:
-                end = start + len(key)
-                if self._bounded(view, start, end) and not any(taken[start:end]):
-                    end = self._plural_end(view, end, key)
-                    for k in range(start, end):
-                        taken[k] = True
+                end = _match_end(view, start, start + len(key))
+                if end is not None and not any(taken[start:end]):
+                    taken[start:end] = [True] * (end - start)
                     found.append((start, end, term_id))
                 start = view.find(key, start + 1)
         out = []
         for s, e, t in sorted(found):
             start, end = index[s], index[e - 1] + 1
-            out.append(TermMatch(start, end, self._label[t], t, _common_word(text[start:end])))
+            out.append(TermMatch(start, end, self._glossary.label_of(t), t, _common_word(text[start:end])))
         return out
 
-    @staticmethod
-    def _bounded(view: str, start: int, end: int) -> bool:
-        if _WORD.match(view[start]) and start > 0 and _WORD.match(view[start - 1]):
-            return False
-        if _WORD.match(view[end - 1]) and end < len(view) and _WORD.match(view[end]):
-            return _plural_suffix(view, end, view[start:end]) > 0
-        return True
 
-    @staticmethod
-    def _plural_end(view: str, end: int, key: str) -> int:
-        return end + _plural_suffix(view, end, key)
+def _match_end(view: str, start: int, end: int) -> int | None:
+    """Where a form found at view[start:end] ends, its plural included; None when it is inside a word."""
+    if _WORD.match(view[start]) and start > 0 and _WORD.match(view[start - 1]):
+        return None
+    plural = _plural_suffix(view, end, view[start:end])
+    if not plural and _WORD.match(view[end - 1]) and end < len(view) and _WORD.match(view[end]):
+        return None
+    return end + plural
 
 
 def _common_word(surface: str) -> bool:
@@ -116,8 +103,12 @@ def _plural_suffix(view: str, end: int, key: str) -> int:
     return 0
 
 
-def _overlaps(a: dict, b) -> bool:
-    return a["start"] < b.end and b.start < a["end"]
+def _span(x: dict) -> tuple[int, int]:
+    return x["start"], x["end"]
+
+
+def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
 
 
 def merge_terms(text: str, model_entities: list[dict], matches: list[TermMatch], terminology_labels,
@@ -136,12 +127,11 @@ def merge_terms(text: str, model_entities: list[dict], matches: list[TermMatch],
         raise ValueError(f"term matching mode {mode!r}: expected glossary, confirmed or model")
     accepted = []
     for m in matches:
-        over = [e for e in model_entities if _overlaps(e, m)]
+        over = [e for e in model_entities if _overlaps(_span(e), (m.start, m.end))]
         if (mode == "confirmed" or m.common) and not any(e["label"] in terminology_labels for e in over):
             continue
-        conf = min((e.get("confidence", 1.0) for e in over), default=1.0)
-        accepted.append({**m.as_entity(text), "confidence": conf, "source": "glossary"})
-        accepted[-1].pop("text")
-    kept = [dict(e) for e in model_entities if not any(_overlaps(e, TermMatch(a["start"], a["end"], "", ""))
-                                                       for a in accepted)]
+        accepted.append({"start": m.start, "end": m.end, "label": m.label, "term_id": m.term_id,
+                         "confidence": min((e.get("confidence", 1.0) for e in over), default=1.0),
+                         "source": "glossary"})
+    kept = [dict(e) for e in model_entities if not any(_overlaps(_span(e), _span(a)) for a in accepted)]
     return sorted(kept + accepted, key=lambda e: (e["start"], e["end"]))
