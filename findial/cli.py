@@ -4,10 +4,13 @@ Hydra subcommands take ``key=value`` overrides (and ``-m`` for multirun):
 
     findial run                      the main job: train intent + NER, register, evaluate, try to promote
     findial train task=ner model=minilm trainer.max_epochs=5
+    findial train task=response model=smollm2   response generation; registers the package as findial-response vN
     findial eval model_ref=models:/findial-nlu/3 data_file=my.jsonl
+    findial eval task=response model_ref=models:/findial-response/1 eval_set=bundled-test
     findial promote version=3 eval_set=bundled-test
+    findial promote model_name=findial-response version=1 eval_set=bundled-test   (response gates)
     findial compare a=models:/findial-nlu/4 b=models:/findial-nlu@champion data_file=my.jsonl
-    findial serve [backend=ray replicas=2] the understanding API over models:/findial-nlu@champion
+    findial serve [backend=ray replicas=2] the API over models:/findial-nlu@champion (+ findial-response@champion)
     findial robustness model_ref=models:/findial-nlu/3 data_file=my.jsonl
     findial sweep task=intent model=tiny sweep.num_samples=4   Ray Tune + ASHA; trials are MLflow child runs
 
@@ -39,12 +42,11 @@ def _data_path(rel: str) -> str:
 def _setup() -> None:
     from findial.data.pii import install_log_redaction
 
-    import os
-
     if not OmegaConf.has_resolver("findial_data"):
         OmegaConf.register_new_resolver("findial_data", _data_path)
         OmegaConf.register_new_resolver("findial_abspath", os.path.abspath)
     install_log_redaction()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars per model load
     try:  # keep the console to what a user needs: no per-tensor load reports or weight-loading bars
         from transformers.utils import logging as hf_logging
 
@@ -74,10 +76,18 @@ def cmd_train(cfg: DictConfig) -> None:
     _configure_tracking(cfg)
     result = train_task(cfg, cfg.task, _out_dir())
     print(f"trained {result.task}: package {result.package_dir} (MLflow run {result.run_id})")
+    name = cfg.registry.response_model_name
+    if cfg.task.name == "response" and result.run_id and name:  # rank 0 only (run_id "" on the others)
+        from findial import registry
+
+        tags = {"findial.task": "response", "findial.data_fingerprint": result.data_fingerprint,
+                "findial.backbone": cfg.model.name, "findial.train_run_id": result.run_id}
+        version = registry.register(result.package_dir, name, tags)
+        print(f"registered {name} v{version}")
 
 
 def cmd_run(cfg: DictConfig) -> None:
-    from findial import registry, tracking
+    from findial import registry
     from findial.evaluation.evaluate import evaluate
     from findial.training.train import train_task
 
@@ -93,9 +103,7 @@ def cmd_run(cfg: DictConfig) -> None:
     name = cfg.registry.model_name
     tags = {"findial.data_fingerprint": info["data_fingerprint"], "findial.backbone": cfg.model.name,
             "findial.intent_run_id": results["intent"].run_id, "findial.ner_run_id": results["ner"].run_id}
-    with tracking.run("findial-registry", f"register-{name}", tags=tags) as active:
-        tracking.log_json(info, "bundle_info.json")
-        version = registry.register_bundle(bundle, name, active.info.run_id, tags=tags)
+    version = registry.register(bundle, name, tags, info)
     print(f"registered {name} v{version}")
     ev = evaluate(f"models:/{name}/{version}", cfg.data.test_file, dict(cfg.gates), eval_set=cfg.eval_set,
                   report_dir=out / "report")
@@ -110,7 +118,7 @@ def cmd_eval(cfg: DictConfig) -> None:
     from findial.evaluation.evaluate import evaluate
 
     _configure_tracking(cfg)
-    if cfg.get("task") and cfg.task.name == "response":  # findial eval task=response package=DIR
+    if cfg.get("task") and cfg.task.name == "response":  # findial eval task=response model_ref=...|package=DIR
         from findial.training.generation.evaluate import eval_command
 
         eval_command(cfg, _out_dir())

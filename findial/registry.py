@@ -1,21 +1,32 @@
-"""MLflow Model Registry: register NLU bundles, record evaluations, gated promotion with an audit trail.
+"""MLflow Model Registry: register models, record evaluations, gated promotion with an audit trail.
 
-Evaluation results are stored as model-version tags ``eval.<eval_set>.<metric>``;
-promotion reads them, so a version that was never evaluated on the named set
-has no metrics and cannot be promoted.
+Two kinds of model go through the registry the same way: an NLU bundle (``bundle.json``: intent +
+NER packages, ``findial-nlu``) and a response-generation package (``findial_model.json`` of task
+``response``, ``findial-response``). Evaluation results are stored as model-version tags
+``eval.<eval_set>.<metric>``; promotion reads them, so a version that was never evaluated on the
+named set has no metrics and cannot be promoted. A version tagged ``findial.task=response`` is
+gated by ``configs/gates/response.yaml`` unless the gates given name response metrics.
 """
 from __future__ import annotations
 
 import datetime as dt
+import importlib.resources
 import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from findial import tracking
 
 BUNDLE_ARTIFACT = "model"
+DESCRIPTIONS = {"nlu": "findial NLU bundle: intent (+emotion) and NER models",
+                "response": "findial response model: LoRA adapters of a causal LM that write the agent's reply"}
+RESPONSE_GATES = Path(str(importlib.resources.files("findial.configs") / "gates" / "response.yaml"))
+RESPONSE_METRICS = ("bleu", "chrf", "rouge_l", "term_recall", "term_grounding", "pii_clean_rate",
+                    "compliance_clean_rate")
 
 
 def _client():
@@ -39,8 +50,20 @@ def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str
     return target
 
 
+def model_kind(path: str | Path) -> str | None:
+    """``"nlu"`` for an NLU bundle, ``"response"`` for a response package, None for anything else."""
+    path = Path(path)
+    if (path / "bundle.json").is_file():
+        return "nlu"
+    meta = path / "findial_model.json"
+    if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("task") == "response":
+        return "response"
+    return None
+
+
 def register_bundle(bundle: str | Path, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
-    """Log the bundle as artifacts of ``run_id`` and register it; returns the new version."""
+    """Log a model directory (an NLU bundle or a response package) as artifacts of ``run_id`` and
+    register it as a new version of ``name``; returns the version."""
     import mlflow
 
     client = _client()
@@ -48,19 +71,36 @@ def register_bundle(bundle: str | Path, name: str, run_id: str, tags: dict[str, 
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description="findial NLU bundle: intent (+emotion) and NER models")
+        client.create_registered_model(name, description=DESCRIPTIONS.get(model_kind(bundle), "findial model"))
     run = client.get_run(run_id)
     mv = client.create_model_version(name, f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT}", run_id=run_id,
                                      tags=tags or {})
     return str(mv.version)
 
 
-def resolve_model(ref: str, download_dir: str | Path) -> tuple[Path, tuple[str, str] | None]:
-    """A bundle directory, or models:/NAME/VERSION or models:/NAME@ALIAS -> (local bundle dir, (name, version))."""
+def register(path: str | Path, name: str, tags: dict[str, str], info: dict | None = None) -> str:
+    """Register ``path`` from a run of the ``findial-registry`` experiment carrying ``tags`` (and ``info``
+    as ``bundle_info.json``); returns the new version."""
+    with tracking.run("findial-registry", f"register-{name}", tags=tags) as active:
+        if info is not None:
+            tracking.log_json(info, "bundle_info.json")
+        return register_bundle(path, name, active.info.run_id, tags=tags)
+
+
+def resolve_model(ref: str, download_dir: str | Path, expect: str | None = None
+                  ) -> tuple[Path, tuple[str, str] | None]:
+    """A model directory, or models:/NAME/VERSION or models:/NAME@ALIAS -> (local directory, (name, version)).
+
+    A directory must be an NLU bundle (``bundle.json``) or a response package (``findial_model.json``).
+    ``expect`` ("nlu" or "response"): refuse another kind of model (a registered version's kind is its
+    ``findial.task`` tag, checked before anything is downloaded)."""
     if not ref.startswith("models:/"):
         path = Path(ref)
-        if not (path / "bundle.json").is_file():
-            raise FileNotFoundError(f"model={ref}: not a findial bundle directory (no bundle.json)")
+        kind = model_kind(path)
+        if kind is None:
+            raise FileNotFoundError(f"model={ref}: neither a findial NLU bundle (no bundle.json) nor a response "
+                                    "package (no findial_model.json of task response)")
+        _expect(ref, kind, expect)
         return path, None
     spec = ref[len("models:/"):]
     client = _client()
@@ -70,10 +110,21 @@ def resolve_model(ref: str, download_dir: str | Path) -> tuple[Path, tuple[str, 
     else:
         name, version = spec.rsplit("/", 1)
         mv = client.get_model_version(name, version)
+    _expect(ref, "response" if mv.tags.get("findial.task") == "response" else "nlu", expect)
     import mlflow
 
     local = mlflow.artifacts.download_artifacts(mv.source, dst_path=str(download_dir))
     return Path(local), (name, str(mv.version))
+
+
+class WrongModelKind(ValueError):
+    """``resolve_model(..., expect=KIND)`` was given another kind of model."""
+
+
+def _expect(ref: str, kind: str, expect: str | None) -> None:
+    if expect is not None and kind != expect:
+        names = {"nlu": "an NLU bundle", "response": "a response model"}
+        raise WrongModelKind(f"model={ref}: {names[kind]}, not {names.get(expect, expect)}")
 
 
 def record_evaluation(name: str, version: str, eval_set: str, metrics: dict, data_fingerprint: str,
@@ -113,6 +164,19 @@ class Decision:
         return "\n".join(lines)
 
 
+def load_gates(path: str | Path = RESPONSE_GATES) -> dict[str, float]:
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return {k: float(v) for k, v in raw.items()}
+
+
+def gates_for(task: str | None, gates: dict[str, float]) -> dict[str, float]:
+    """The gates that apply to a model of ``task``: the NLU gates (``gates=default``) mean nothing to a
+    response model, so unless ``gates`` names a response metric, configs/gates/response.yaml applies."""
+    if task == "response" and not set(gates) & set(RESPONSE_METRICS):
+        return load_gates()
+    return dict(gates)
+
+
 def check_gates(tags: dict[str, str], eval_set: str, gates: dict[str, float]) -> tuple[dict, list[str]]:
     metrics, failures = {}, []
     for metric, minimum in gates.items():
@@ -129,9 +193,12 @@ def check_gates(tags: dict[str, str], eval_set: str, gates: dict[str, float]) ->
 
 def promote(name: str, version: str, alias: str, eval_set: str, gates: dict[str, float], user: str,
             audit_log: str | Path) -> Decision:
-    """Move ``alias`` to ``version`` only if every gate metric is present and passes. Always audited."""
+    """Move ``alias`` to ``version`` only if every gate metric is present and passes. Always audited.
+
+    A response model (tag ``findial.task=response``) is held to ``gates_for("response", gates)``."""
     client = _client()
     mv = client.get_model_version(name, str(version))
+    gates = gates_for(mv.tags.get("findial.task"), gates)
     metrics, failures = check_gates(mv.tags, eval_set, gates)
     try:
         previous = str(client.get_model_version_by_alias(name, alias).version)

@@ -2,7 +2,10 @@
 
 ``create_app(settings, understander, responder)`` takes the understander that
 runs the model: ``LocalUnderstander`` (in-process batching, see ``batcher.py``)
-or ``RayUnderstander`` (model replicas behind a Ray Serve handle).
+or ``RayUnderstander`` (model replicas behind a Ray Serve handle), and the
+responder of ``/v1/respond`` (``responder.build_responder``): a plugged-in
+``Responder``, the ``PromotedResponder`` that polls the response model's alias
+(started and stopped with the app), or None.
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 import findial
 
-from .errors import ApiError, error_response, install_error_handlers, request_id
+from .errors import error_response, install_error_handlers, request_id
 from .guard import RequestGuard
 from .metrics import CONTENT_TYPE, Metrics
+from .responder import PromotedResponder
 from .schemas import (ERROR_RESPONSES, AgentTurnResult, DialogueTurnRequest, ErrorResponse, RespondRequest,
                       RespondResult, SessionView, UnderstandRequest, Understanding)
 from .service import DialogueService
@@ -24,8 +28,8 @@ from .settings import ServeSettings
 DESCRIPTION = """Understanding for a bilingual (zh/en) financial contact centre: intent, emotion, entities
 (linked to the glossary) and dialogue state for each user turn, with confidences, hand-off to a human
 agent, server-side multi-turn sessions, and personal data masked before any model or log sees it.
-The model is the NLU bundle behind the registry's serving alias; a newly promoted version is picked up
-without a restart."""
+The models are the NLU bundle and the response model behind the registry's serving aliases; a newly
+promoted version is picked up without a restart."""
 
 
 def create_app(settings: ServeSettings, understander, responder=None, metrics: Metrics | None = None) -> FastAPI:
@@ -36,10 +40,15 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        promoted = responder if isinstance(responder, PromotedResponder) else None
         await understander.start()
+        if promoted:
+            await promoted.start()
         try:
             yield
         finally:
+            if promoted:
+                await promoted.stop()
             await understander.stop()
 
     app = FastAPI(title="findial serving", version=getattr(findial, "__version__", "0.1.0"),
@@ -57,11 +66,11 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
     @app.post("/v1/respond", response_model=RespondResult, responses=ERROR_RESPONSES,
               summary="Understand a user turn and reply (needs a response model: 503 until one is promoted)")
     async def respond(body: RespondRequest, request: Request):
-        if service.responder is None:
-            raise ApiError(503, "no_response_model", "no response model promoted: POST /v1/understand gives the "
-                           "understanding; configure responder.target to generate replies")
+        responder_now = service.current_responder()
+        if responder_now is None:
+            raise service.no_responder()
         return await service.user_turn(body.text, body.lang, request_id(request), "respond",
-                                       session_id=body.session_id, context=body.context, respond=True)
+                                       session_id=body.session_id, context=body.context, responder=responder_now)
 
     @app.post("/v1/dialogue/{session_id}", response_model=Understanding | AgentTurnResult, responses=ERROR_RESPONSES,
               summary="Add a turn to a session (started on its first turn); user turns are understood")
@@ -81,14 +90,15 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
     async def delete_dialogue(session_id: str, request: Request):
         return await service.delete_session(session_id, request_id(request))
 
-    @app.get("/healthz", summary="Liveness: the process answers; says which model it serves")
+    @app.get("/healthz", summary="Liveness: the process answers; says which models it serves")
     async def healthz():
         status = await understander.status()
         return {"status": "ok", "ready": status["ready"], "model": status.get("model"),
                 "last_error": status.get("last_error"), "reloads": status.get("reloads"),
-                "sessions": len(service.sessions)}
+                "response_model": service.responder_info(), "sessions": len(service.sessions)}
 
-    @app.get("/readyz", summary="Readiness: 200 only when a model is loaded", responses={503: {"model": ErrorResponse}})
+    @app.get("/readyz", summary="Readiness: 200 only when the NLU model is loaded (the response model is optional)",
+             responses={503: {"model": ErrorResponse}})
     async def readyz(request: Request):
         status = await understander.status()
         if not status["ready"]:

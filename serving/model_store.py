@@ -1,6 +1,8 @@
 """The model being served, and how a newly promoted version replaces it without a restart.
 
-``ModelHolder.current`` is the ``LoadedModel`` in use. A background thread checks
+``ModelHolder.current`` is the ``LoadedModel`` in use. What is loaded is the holder's ``loader``'s
+business: the NLU pipeline by default (``load_nlu``), the response model for ``/v1/respond``
+(``serving.responder.load_response``, ``kind="response"``). A background thread checks
 the registry alias every ``poll_interval_s`` seconds; when it points at another
 version, that version is downloaded and loaded beside the old one, and only then
 is ``current`` rebound (one reference assignment, atomic in Python). Work that
@@ -23,11 +25,22 @@ from typing import Callable
 log = logging.getLogger("findial.serving")
 
 
+# (local model directory, device, (registered name, version) or None) -> the model to serve
+Loader = Callable[[Path, str, "tuple[str, str] | None"], object]
+
+
+def load_nlu(model_dir: Path, device: str, ident: tuple[str, str] | None = None):
+    """The default loader: the NLU pipeline of a bundle."""
+    from findial.training.inference import NLUPipeline
+
+    return NLUPipeline(model_dir / "intent", model_dir / "ner", device=device)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    pipeline: object                 # findial.training.inference.NLUPipeline
+    pipeline: object                 # what the loader returned: an NLUPipeline, or a response model
     ref: str                         # what was asked for, e.g. models:/findial-nlu@champion
-    name: str | None                 # registered model name (None for a bundle directory)
+    name: str | None                 # registered model name (None for a model directory)
     version: str | None
     bundle_dir: Path
     loaded_at: str
@@ -53,9 +66,14 @@ def resolve_device(device: str) -> str:
 
 
 class ModelHolder:
+    """``kind`` ("nlu" or "response"): the kind of model ``ref`` must name (``registry.resolve_model``);
+    ``loader`` builds the served object from the downloaded directory."""
+
     def __init__(self, ref: str, download_dir: str | Path, device: str = "cpu", poll_interval_s: float = 30.0,
-                 on_change: Callable[["ModelHolder"], None] | None = None):
+                 on_change: Callable[["ModelHolder"], None] | None = None, loader: Loader = load_nlu,
+                 kind: str = "nlu"):
         self.ref = ref
+        self.loader, self.kind = loader, kind
         self.download_dir = Path(download_dir)
         self.device = resolve_device(device)
         self.poll_interval_s = poll_interval_s
@@ -67,6 +85,11 @@ class ModelHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._check_lock = threading.Lock()
+
+    @classmethod
+    def for_nlu(cls, settings) -> "ModelHolder":
+        """The NLU model of a ``ServeSettings`` (both backends)."""
+        return cls(settings.model_ref, settings.download_dir, settings.device, settings.poll_interval_s)
 
     # ------------------------------------------------------------------ registry
     def _target_version(self) -> tuple[str, str] | None:
@@ -81,22 +104,18 @@ class ModelHolder:
 
     def _load(self, ref: str) -> LoadedModel:
         from findial.registry import resolve_model
-        from findial.training.inference import NLUPipeline
 
         self.download_dir.mkdir(parents=True, exist_ok=True)
-        if ref.startswith("models:/"):
-            tmp = Path(tempfile.mkdtemp(dir=self.download_dir, prefix="bundle-"))
-            try:
-                bundle, ident = resolve_model(ref, tmp)
-                pipeline = NLUPipeline(bundle / "intent", bundle / "ner", device=self.device)
-            except BaseException:
+        tmp = Path(tempfile.mkdtemp(dir=self.download_dir, prefix="bundle-")) if ref.startswith("models:/") else None
+        try:
+            local, ident = resolve_model(ref, tmp or self.download_dir, expect=self.kind)
+            model = self.loader(Path(local), self.device, ident)
+        except BaseException:
+            if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        else:
-            bundle, ident = resolve_model(ref, self.download_dir)
-            pipeline = NLUPipeline(bundle / "intent", bundle / "ner", device=self.device)
+            raise
         name, version = ident if ident else (None, None)
-        return LoadedModel(pipeline, self.ref, name, version, Path(bundle),
+        return LoadedModel(model, self.ref, name, version, Path(local),
                            dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
     # ------------------------------------------------------------------ checking
@@ -162,7 +181,7 @@ class ModelHolder:
         """Load now (in the background) and then poll the alias every ``poll_interval_s`` seconds."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="findial-model-poller", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"findial-{self.kind}-poller", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

@@ -8,7 +8,9 @@ Two deployments in one Serve application (``findial``):
 - ``Gateway``: the FastAPI app of ``app.py`` as the HTTP ingress (Ray's proxy on
   ``host:port``), with a ``RayUnderstander`` that calls ``NLUModel`` through a
   deployment handle. It runs one replica: sessions, the audit writer and the
-  request metrics live in its memory. The model replicas are what scales.
+  request metrics live in its memory. The model replicas are what scales. Its
+  responder (``/v1/respond``) comes from ``responder.build_responder``, as the
+  local backend's: the response model behind its alias, polled in this replica.
 
 Ray is imported only here, so the local backend never needs it.
 """
@@ -44,7 +46,7 @@ class NLUReplica:
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.replicas))
-        self.holder = ModelHolder(settings.model_ref, settings.download_dir, settings.device, settings.poll_interval_s)
+        self.holder = ModelHolder.for_nlu(settings)
         self.holder.check_once()  # the replica takes traffic once this returns; the poller retries a failure
         self.holder.start()
         self.batched.set_max_batch_size(settings.batching.max_batch_size)
@@ -112,12 +114,11 @@ def build_app(settings: ServeSettings):
     def asgi_app():
         from .app import create_app
         from .metrics import Metrics
-        from .responder import load_responder
+        from .responder import build_responder
         from .server import prepare
 
         prepare(settings)
-        return create_app(settings, RayUnderstander(), load_responder(settings.responder.target,
-                                                                        settings.responder.options), Metrics())
+        return create_app(settings, RayUnderstander(), build_responder(settings), Metrics())
 
     model = serve.deployment(NLUReplica, name=MODEL_DEPLOYMENT, num_replicas=settings.replicas,
                              max_ongoing_requests=max(8, 2 * settings.batching.max_batch_size),
@@ -144,8 +145,11 @@ def serve_ray(settings: ServeSettings) -> None:
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+        from .server import describe_responder
+
         print(f"findial serve (ray, {settings.replicas} model replicas): http://{settings.host}:{settings.port} "
-              f"(model {settings.model_ref}, docs at /docs, schema at /openapi.json)", flush=True)
+              f"(model {settings.model_ref}, responder {describe_responder(settings)}, docs at /docs, "
+              "schema at /openapi.json)", flush=True)
         stop.wait()
     finally:
         log.info("shutting down Ray Serve")

@@ -1,10 +1,18 @@
-"""Response generation is pluggable: ``POST /v1/respond`` calls a ``Responder``.
+"""Response generation: ``POST /v1/respond`` calls a ``Responder``.
 
-No response model ships with findial yet, so by default there is none and
-``/v1/respond`` answers ``503 no_response_model`` ("no response model promoted").
-To plug one in, name a callable in the config (``responder.target=pkg.module:make``);
-it is called with ``responder.options`` as keyword arguments and returns an
-object with ``name``, ``version`` and ``respond(understanding, history) -> str``.
+By default it is the response model behind the registry's serving alias,
+``responder.model_ref: models:/findial-response@champion`` (``findial train
+task=response`` registers a version, ``findial eval task=response`` scores it,
+``findial promote model_name=findial-response`` moves the alias). A
+``PromotedResponder`` polls that alias like the NLU model (a ``ModelHolder``
+with the response loader) and swaps a newly promoted version in without a
+restart; the reply names the registered model and version. While no version
+holds the alias, ``/v1/respond`` answers ``503 no_response_model``;
+``responder.model_ref: null`` turns response generation off.
+
+A custom responder takes precedence: ``responder.target=pkg.module:make`` is
+called with ``responder.options`` as keyword arguments and returns an object
+with ``name``, ``version`` and ``respond(understanding, history) -> str``.
 ``understanding`` is the masked understanding of the user's turn (what
 ``/v1/understand`` returns) and ``history`` the masked preceding turns
 (``[{"speaker", "text"}]``). A response that trips a compliance rule is withheld
@@ -12,7 +20,10 @@ and the turn handed off.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
+from functools import partial
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
@@ -43,3 +54,58 @@ def load_responder(target: str | None, options: dict | None = None) -> Responder
         raise ResponderError(f"responder.target: {target!r} returned {type(responder).__name__}, which lacks "
                              "name, version or respond(understanding, history)")
     return responder
+
+
+def load_response(model_dir: Path, device: str, ident: tuple[str, str] | None = None, **decoding) -> Responder:
+    """The ``ModelHolder`` loader of a response package: named by its registered name and version."""
+    from findial.training.generation.responder import make
+
+    name, version = ident or (None, None)
+    return make(str(model_dir), device, name=name, version=version, **decoding)
+
+
+class PromotedResponder:
+    """The response model behind ``ref`` (a registry alias, polled; a fixed version or a package directory)."""
+
+    def __init__(self, holder):
+        self.holder = holder
+
+    def current(self) -> Responder | None:
+        """The responder in use now (take it once per turn: a swap may follow), None while none is loaded."""
+        model = self.holder.current
+        return model.pipeline if model is not None else None
+
+    async def start(self) -> None:
+        self.holder.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.holder.stop)
+
+    def info(self) -> dict:
+        model = self.holder.current
+        return {"ref": self.holder.ref, "name": model.name if model else None,
+                "version": model.version if model else None, "last_error": self.holder.last_error}
+
+    def unavailable(self) -> str:
+        """Why there is nothing to answer with, and how to promote a response model."""
+        from .model_store import parse_alias
+
+        name = (parse_alias(self.holder.ref) or ("findial-response",))[0]
+        return (f"no response model promoted behind {self.holder.ref}: evaluate a version "
+                f"(findial eval task=response model_ref=models:/{name}/N eval_set=SET) and promote it "
+                f"(findial promote model_name={name} version=N eval_set=SET); it is picked up without a restart")
+
+
+def build_responder(settings) -> Responder | PromotedResponder | None:
+    """The responder of a ``ServeSettings`` (both backends): ``responder.target`` (a custom "module:callable")
+    wins; else the model behind ``responder.model_ref``; else none (``/v1/respond`` answers 503)."""
+    cfg = settings.responder
+    if cfg.target:
+        return load_responder(cfg.target, cfg.options)
+    if not cfg.model_ref:
+        return None
+    from .model_store import ModelHolder
+
+    return PromotedResponder(ModelHolder(cfg.model_ref, settings.download_dir, settings.device,
+                                         settings.poll_interval_s, loader=partial(load_response, **cfg.options),
+                                         kind="response"))

@@ -78,8 +78,8 @@ class Understanding(BaseModel):
 
 
 class ResponderRef(BaseModel):
-    name: str
-    version: str
+    name: str = Field(description="the registered response model (e.g. findial-response), or a custom responder's")
+    version: str = Field(description="its registered version")
 
 
 class RespondResult(Understanding):
@@ -125,5 +125,5 @@ ERROR_RESPONSES = {
     413: {"model": ErrorResponse, "description": "body or text too large"},
     415: {"model": ErrorResponse, "description": "body is not JSON"},
     422: {"model": ErrorResponse, "description": "missing, unknown or invalid fields; empty text"},
-    503: {"model": ErrorResponse, "description": "no model loaded yet"},
+    503: {"model": ErrorResponse, "description": "no model loaded yet (/v1/respond: no response model promoted)"},
 }

@@ -31,13 +31,12 @@ def build_local_app(settings: ServeSettings):
     from .batcher import LocalUnderstander
     from .metrics import Metrics
     from .model_store import ModelHolder
-    from .responder import load_responder
+    from .responder import build_responder
 
     metrics = Metrics()
-    holder = ModelHolder(settings.model_ref, settings.download_dir, settings.device, settings.poll_interval_s)
+    holder = ModelHolder.for_nlu(settings)
     understander = LocalUnderstander(holder, settings.batching.max_batch_size, settings.batching.max_wait_ms, metrics)
-    responder = load_responder(settings.responder.target, settings.responder.options)
-    return create_app(settings, understander, responder, metrics)
+    return create_app(settings, understander, build_responder(settings), metrics)
 
 
 def serve(settings: ServeSettings) -> None:
@@ -49,10 +48,14 @@ def serve(settings: ServeSettings) -> None:
     import uvicorn
 
     app = build_local_app(settings)
-    print(f"findial serve: http://{settings.host}:{settings.port} (model {settings.model_ref}, docs at /docs, "
-          f"schema at /openapi.json)", flush=True)
+    print(f"findial serve: http://{settings.host}:{settings.port} (model {settings.model_ref}, responder "
+          f"{describe_responder(settings)}, docs at /docs, schema at /openapi.json)", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
                 timeout_graceful_shutdown=settings.graceful_shutdown_s, access_log=True, ws="none")
+
+
+def describe_responder(settings: ServeSettings) -> str:
+    return settings.responder.target or settings.responder.model_ref or "none"
 
 
 def serve_from_config(cfg: dict) -> None:

@@ -16,6 +16,7 @@ from .batcher import ModelNotReady
 from .errors import ApiError
 from .handoff import HandoffPolicy
 from .metrics import Metrics
+from .responder import PromotedResponder
 from .sessions import Session, SessionIdError, SessionStore, check_session_id
 from .settings import ServeSettings
 from .understanding import TurnInput, detect_lang, mask_text
@@ -26,7 +27,7 @@ class DialogueService:
         self.settings = settings
         self.limits = settings.limits
         self.understander = understander
-        self.responder = responder
+        self.responder = responder  # a Responder, a PromotedResponder (the registry's alias) or None
         self.metrics = metrics or Metrics()
         self.policy = HandoffPolicy.from_settings(settings.handoff)
         self.sessions = SessionStore(self.limits.max_sessions, self.limits.session_ttl_s)
@@ -55,6 +56,24 @@ class DialogueService:
                            "expired)", [{"field": "path.session_id"}])
         return s
 
+    # ------------------------------------------------------------------ responder
+    def current_responder(self):
+        """The responder to answer with now (taken once per turn), None when there is none."""
+        r = self.responder
+        return r.current() if isinstance(r, PromotedResponder) else r
+
+    def no_responder(self) -> ApiError:
+        why = self.responder.unavailable() if isinstance(self.responder, PromotedResponder) else (
+            "no response model promoted: none is configured (responder.model_ref, a registry alias such as "
+            "models:/findial-response@champion, or responder.target)")
+        return ApiError(503, "no_response_model", why + "; POST /v1/understand gives the understanding")
+
+    def responder_info(self) -> dict | None:
+        r = self.responder
+        if isinstance(r, PromotedResponder):
+            return r.info()
+        return None if r is None else {"ref": None, "name": r.name, "version": r.version, "last_error": None}
+
     # ------------------------------------------------------------------ turns
     async def _understand(self, item: TurnInput) -> tuple[dict, dict]:
         try:
@@ -69,22 +88,24 @@ class DialogueService:
         return tuple((t.speaker, self.check_text(t.text, f"body.context.{i}.text")[0]) for i, t in enumerate(turns))
 
     async def user_turn(self, text: str, lang: str | None, request_id: str, endpoint: str,
-                        session_id: str | None = None, context=(), respond: bool = False) -> dict:
+                        session_id: str | None = None, context=(), responder=None) -> dict:
+        """Understand the turn; with ``responder`` (``current_responder()``), reply too."""
         started = time.perf_counter()
         masked, pii = self.check_text(text, "body.text")
         if session_id is None:
             history = self._context(context)
-            return await self._run_turn(masked, pii, lang, history, {}, None, request_id, endpoint, started, respond)
+            return await self._run_turn(masked, pii, lang, history, {}, None, request_id, endpoint, started,
+                                        responder)
         field = "path.session_id" if endpoint == "dialogue" else "body.session_id"
         session, _ = self.sessions.get_or_create(self.session_id(session_id, field))
         self.metrics.set_sessions(len(self.sessions))
         async with session.lock:
             return await self._run_turn(masked, pii, lang, session.history(self.limits.max_context_turns),
-                                        session.state, session, request_id, endpoint, started, respond)
+                                        session.state, session, request_id, endpoint, started, responder)
 
     async def _run_turn(self, masked: str, pii: list[str], lang: str | None, history, state: dict,
                         session: Session | None, request_id: str, endpoint: str, started: float,
-                        respond: bool) -> dict:
+                        responder) -> dict:
         lang = lang or (session.lang if session and session.lang else None) or detect_lang(masked)
         previous = next((t.get("intent") for t in reversed(session.turns) if t["speaker"] == "user"), None) \
             if session else None
@@ -96,8 +117,8 @@ class DialogueService:
                "pii_masked": pii, **result,
                "entities": [{**e, "text": text[e["start"]:e["end"]]} for e in result["entities"]]}
         response = None
-        if respond:
-            response, reasons = await self._respond(out, history, reasons)
+        if responder is not None:
+            response, reasons = await self._respond(responder, out, history, reasons)
         out.update(handoff=bool(reasons), handoff_reasons=reasons)
         if session is not None:
             out["turn_index"] = len(session.turns)
@@ -108,22 +129,23 @@ class DialogueService:
                 "handoff_reasons", "request_id")}, "model_version": model.get("version")},
                 self.limits.max_context_turns)
             if response is not None:
-                session.add_turn({"speaker": "agent", "text": response, "responder": self.responder.name},
+                session.add_turn({"speaker": "agent", "text": response, "responder": responder.name},
                                  self.limits.max_context_turns)
             self._mark_handoff(session, reasons)
-        if respond:
-            out.update(response=response, responder={"name": self.responder.name, "version": self.responder.version})
+        if responder is not None:
+            out.update(response=response, responder={"name": responder.name, "version": responder.version})
         if reasons:
             self.metrics.count_handoff(reasons)
         record = {"event": endpoint, "latency_ms": round((time.perf_counter() - started) * 1000, 2), **out}
         await asyncio.to_thread(self.audit.write, record)
         return out
 
-    async def _respond(self, understanding: dict, history, reasons: list[str]) -> tuple[str | None, list[str]]:
+    async def _respond(self, responder, understanding: dict, history,
+                       reasons: list[str]) -> tuple[str | None, list[str]]:
         if reasons:  # a human takes over: no generated reply
             return None, reasons
         turns = [{"speaker": s, "text": t} for s, t in history]
-        reply = await asyncio.to_thread(self.responder.respond, understanding, turns)
+        reply = await asyncio.to_thread(responder.respond, understanding, turns)
         reply, _ = mask_text(str(reply))
         hits = self.policy.compliance_hits(reply)
         if hits:  # never send a reply that breaks a compliance rule

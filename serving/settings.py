@@ -55,7 +55,8 @@ class AuditSettings:
 
 @dataclass(frozen=True)
 class ResponderSettings:
-    target: str | None = None
+    model_ref: str | None = "models:/findial-response@champion"  # null: no response model
+    target: str | None = None                                     # a custom "module:callable"; wins when set
     options: dict = field(default_factory=dict)
 
 

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,19 @@ def compose(tmp_path):
                                  return_hydra_config=False)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def response_model(tmp_path_factory):
+    """`findial train task=response` on the tiny random causal LM, as a user runs it (seconds):
+    (FINDIAL_HOME, the package directory, the command's stdout). The command registers the package
+    as findial-response v1 in that home's MLflow store."""
+    home = tmp_path_factory.mktemp("response-home")
+    mini = FIXTURES / "mini.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "findial.cli", "train", "task=response", "model=tiny_lm", "data=custom",
+         f"data.train_file={mini}", f"data.val_file={mini}", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+         "trainer.enable_progress_bar=false", "task.log_samples=0", "task.generation.max_new_tokens=8"],
+        capture_output=True, text=True, env={**os.environ, "FINDIAL_HOME": str(home)}, cwd=home, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return home, next(home.glob("runs/*-response/response/package")), proc.stdout

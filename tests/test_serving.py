@@ -197,10 +197,15 @@ def test_agent_turn_breaking_a_compliance_rule_hands_the_session_off(server):
 
 
 def test_respond_without_a_response_model_is_503(server):
+    # the default responder.model_ref, models:/findial-response@champion: no such registered model here
     r = post(server, "/v1/respond", {"text": "hello"})
     assert r.status_code == 503
     assert r.json()["error"] == {"code": "no_response_model", "details": [], "message": r.json()["error"]["message"]}
-    assert "no response model promoted" in r.json()["error"]["message"]
+    message = r.json()["error"]["message"]
+    assert "no response model promoted" in message and "findial promote model_name=findial-response" in message
+    assert server.http.get("/readyz").status_code == 200  # readiness is the NLU model's alone
+    response_model = server.http.get("/healthz").json()["response_model"]
+    assert response_model["ref"] == "models:/findial-response@champion" and response_model["version"] is None
 
 
 BAD_INPUTS = [  # (method, path, raw body or JSON, headers, status, error code)
@@ -330,7 +335,7 @@ def test_turn_by_turn_understanding_matches_the_offline_pipeline(pipeline):
 
 
 class ScriptedResponder:
-    """A stand-in response model (none exists yet): it names the intent; from its third reply on it
+    """A plugged-in stand-in for a response model: it names the intent; from its third reply on it
     promises what a compliance rule forbids."""
     name, version = "scripted", "1"
 
@@ -478,6 +483,67 @@ def test_new_version_is_picked_up_without_restart_or_failed_requests(server, hom
     assert 'findial_model_reloads_total{result="failure"} 1' in metrics
     assert 'findial_model_reloads_total{result="success"} 2' in metrics
     client.set_registered_model_alias(NAME, "champion", v2)  # TEST-ONLY: back to a loadable version
+
+
+# ------------------------------------------------------------------------------- the promoted response model
+@pytest.fixture(scope="module")
+def response_home(home, tmp_path_factory):
+    """A FINDIAL_HOME whose MLflow store is a copy of the NLU one: the response versions registered and
+    promoted here stay out of the other tests' servers."""
+    import sqlite3
+
+    copy = tmp_path_factory.mktemp("respond-home")
+    src, dst = sqlite3.connect(home / "mlflow.db"), sqlite3.connect(copy / "mlflow.db")
+    with dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return copy
+
+
+def test_respond_answers_with_the_promoted_response_model_and_picks_up_a_new_one(response_home, response_model):
+    from findial import registry, tracking
+    from findial.training.generation.evaluate import evaluate_response_model
+
+    home, (_, package, _) = response_home, response_model
+    tracking.configure(f"sqlite:///{home}/mlflow.db", home / "mlartifacts")
+    low_gates = {"pii_clean_rate": 1.0, "compliance_clean_rate": 0.0, "term_grounding": 0.0, "chrf": 0.0}
+
+    def evaluate_and_promote(version: str) -> None:  # the gated path, with gates a tiny random model passes
+        evaluate_response_model(f"models:/findial-response/{version}", MINI, eval_set="mini", limit=2)
+        decision = registry.promote("findial-response", version, "champion", "mini", low_gates, "test",
+                                    home / "audit" / "promotions.jsonl")
+        assert decision.promoted, decision.summary()
+
+    def wait_for_responder(srv, version: str) -> dict:
+        deadline, r = time.monotonic() + 180, None
+        while time.monotonic() < deadline:
+            r = post(srv, "/v1/respond", {"text": "I lost my card", "session_id": f"resp-v{version}"})
+            if r.status_code == 200 and r.json()["responder"]["version"] == version:
+                return r.json()
+            time.sleep(0.5)
+        raise AssertionError(f"version {version} not served: {r.text if r else None}")
+
+    v1 = registry.register(package, "findial-response", {"findial.task": "response"})  # registered, not promoted
+    srv = Server(home, "poll_interval_s=1", "handoff.min_confidence=0", "handoff.intents=[]", "handoff.emotions=[]")
+    try:
+        srv.wait_ready()
+        r = post(srv, "/v1/respond", {"text": "hello"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_response_model"
+        evaluate_and_promote(v1)
+        first = wait_for_responder(srv, v1)
+        assert first["responder"] == {"name": "findial-response", "version": v1}
+        assert isinstance(first["response"], str) and first["handoff"] is False
+        turns = srv.http.get(f"/v1/dialogue/resp-v{v1}").json()["turns"]
+        assert [t["speaker"] for t in turns] == ["user", "agent"] and turns[1]["text"] == first["response"]
+        v2 = registry.register(package, "findial-response", {"findial.task": "response"})
+        evaluate_and_promote(v2)  # a newly promoted version, picked up without a restart
+        assert wait_for_responder(srv, v2)["responder"] == {"name": "findial-response", "version": v2}
+        health = srv.http.get("/healthz").json()["response_model"]
+        assert health["name"] == "findial-response" and health["version"] == v2 and health["last_error"] is None
+        assert health["ref"] == "models:/findial-response@champion"
+    finally:
+        srv.stop()
 
 
 # --------------------------------------------------------------------------------------------- Ray Serve

@@ -26,6 +26,7 @@ def settings(compose):
 
 def test_shipped_config_builds_settings(settings, tmp_path):
     assert settings.model_ref == "models:/findial-nlu@champion" and settings.backend == "local"
+    assert settings.responder.model_ref == "models:/findial-response@champion" and settings.responder.target is None
     assert settings.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
     assert settings.audit.path == f"{tmp_path}/serving/audit.jsonl"
     assert {r.name for r in settings.handoff.compliance_rules} >= {"guaranteed_return",
@@ -214,3 +215,37 @@ def test_responder_is_pluggable():
         load_responder("test_serving_units:nothing_here")
     with pytest.raises(ResponderError, match="lacks name, version or respond"):
         load_responder("builtins:dict")
+
+
+def test_the_promoted_response_model_is_the_default_responder_and_a_target_wins(settings):
+    from dataclasses import replace
+
+    from findial.serving.responder import PromotedResponder, build_responder
+
+    promoted = build_responder(settings)  # nothing is started: no registry is asked yet
+    assert isinstance(promoted, PromotedResponder) and promoted.holder.kind == "response"
+    assert promoted.current() is None and promoted.info() == {"ref": "models:/findial-response@champion",
+                                                              "name": None, "version": None, "last_error": None}
+    assert "findial promote model_name=findial-response version=N" in promoted.unavailable()
+    custom = replace(settings.responder, target="test_serving_units:make_echo")
+    assert isinstance(build_responder(replace(settings, responder=custom)), EchoResponder)
+    assert build_responder(replace(settings, responder=replace(settings.responder, model_ref=None))) is None
+
+
+def test_model_holder_loads_with_the_loader_it_is_given(tmp_path):
+    from findial.serving.model_store import ModelHolder
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text("{}")
+    calls = []
+
+    def loader(path, device, ident):
+        calls.append((path, device, ident))
+        return "the model"
+
+    holder = ModelHolder(str(bundle), tmp_path / "dl", loader=loader)
+    assert holder.check_once() and holder.current.pipeline == "the model" and calls == [(bundle, "cpu", None)]
+    wrong = ModelHolder(str(bundle), tmp_path / "dl", loader=loader, kind="response")
+    assert not wrong.check_once() and wrong.current is None
+    assert "an NLU bundle, not a response model" in wrong.last_error and len(calls) == 1

@@ -2,11 +2,20 @@
 
 Intent: the current turn is the first sequence, the preceding turns (newest
 first) the second, so truncation drops the oldest context. NER: the current
-turn alone, with character spans aligned to tokens through offset mappings.
+turn alone, with character spans aligned to tokens through offset mappings;
+decoding reads a word's tag from its first token (``june`` = ``▁ju`` + ``ne``
+is one DATE word, never a DATE ``ju`` beside a DATE ``ne``). A word is a run of
+letters and digits, one CJK character or one other symbol: the annotation
+guidelines' span boundaries always fall between words.
 """
 from __future__ import annotations
 
+import re
+
 IGNORE = -100
+_CJK_CHARS = ("\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
+              "\uf900-\ufaff\uff66-\uff9f")
+_CJK = re.compile(f"[{_CJK_CHARS}]")
 
 
 def context_text(row: dict, previous_intent: bool = False) -> str | None:
@@ -39,6 +48,34 @@ def encode_ner(tokenizer, row: dict, max_length: int, tags: list[str]) -> dict:
     return out
 
 
+def _inside_word(text: str, i: int) -> bool:
+    """Whether character position ``i`` cuts a word (it lies between two non-CJK letters/digits)."""
+    if i <= 0 or i >= len(text):
+        return False
+    a, b = text[i - 1], text[i]
+    return a.isalnum() and b.isalnum() and not _CJK.match(a) and not _CJK.match(b)
+
+
+def word_units(text: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token offsets -> the offsets NER tags: a token that starts a word gets the span up to the end of
+    the last token of that word (leading spaces dropped); a token inside a word, and special tokens,
+    get an empty span (untagged, skipped when decoding)."""
+    out: list[tuple[int, int]] = []
+    lead = None
+    for start, end in offsets:
+        while start < end and text[start].isspace():
+            start += 1
+        if start == end:
+            out.append((start, start))
+        elif lead is not None and _inside_word(text, start) and out[lead][1] == start:
+            out[lead] = (out[lead][0], end)
+            out.append((start, start))
+        else:
+            lead = len(out)
+            out.append((start, end))
+    return out
+
+
 def _drop_prefix_pieces(offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Empty the offsets of a piece that overlaps the next one (a lone Metaspace "▁" before "房")."""
     out = list(offsets)
@@ -67,10 +104,11 @@ def align_labels(offsets, entities: list[dict], tags: list[str]) -> list[int]:
 
 
 def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores=None) -> list[dict]:
-    """Merge B/I tokens into character spans; a stray I- starts a new span."""
+    """Merge B/I words into character spans; a stray I- starts a new span. A word's tag is its first
+    token's (``word_units``), so a span never starts or ends inside a word."""
     spans: list[dict] = []
     cur = None
-    for k, ((start, end), tid) in enumerate(zip(offsets, tag_ids)):
+    for k, ((start, end), tid) in enumerate(zip(word_units(text, offsets), tag_ids)):
         if start == end:
             continue
         tag = tags[tid]

@@ -17,6 +17,15 @@ from .features import decode_spans, encode_intent, encode_ner
 from .package import load_package
 
 
+def for_inference(module):
+    """The module as inference runs it: the LoRA adapters folded into the encoder's weights, so an
+    adapted projection is one matmul instead of three. (Dynamic int8 quantisation was measured too:
+    2.3x faster on CPU, but entity F1 fell from 0.93 to 0.82 on validation, so it is not offered.)"""
+    if hasattr(module.encoder, "merge_and_unload"):
+        module.encoder = module.encoder.merge_and_unload()
+    return module
+
+
 def _batches(items: list, size: int, key):
     order = sorted(range(len(items)), key=lambda i: key(items[i]))
     for i in range(0, len(order), size):
@@ -36,6 +45,7 @@ def _pad(features: list[dict], pad_id: int, device) -> dict:
 class IntentPredictor:
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64):
         self.module, self.tokenizer, self.meta = load_package(path, device)
+        self.module = for_inference(self.module)
         self.device, self.batch_size = device, batch_size
 
     @torch.inference_mode()
@@ -84,6 +94,7 @@ class IntentPredictor:
 class EntityPredictor:
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64):
         self.module, self.tokenizer, self.meta = load_package(path, device)
+        self.module = for_inference(self.module)
         self.device, self.batch_size = device, batch_size
 
     @torch.inference_mode()

@@ -8,5 +8,6 @@
 - ``package``    response-model packages
 - ``rules``      compliance rules (forbidden promises) checked on every reply
 - ``responder``  ``Responder(package_dir, device).respond(history, intent, state)``
-- ``evaluate``   ``evaluate_responses(package, data_file)`` (``findial eval task=response``)
+- ``evaluate``   ``evaluate_responses(package, data_file)``; ``evaluate_response_model(model_ref, data_file)``
+                 records the metrics on a registered version (``findial eval task=response``)
 """

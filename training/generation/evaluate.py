@@ -8,16 +8,16 @@ turn (``intent_source="gold"``; the NLU predictions a server would feed can be s
 ``findial.evaluation.generation_metrics``; the report (report.json, report.md, replies.jsonl, all
 masked) is written to ``report_dir``; gates (``configs/gates/response.yaml`` by default) are checked
 with ``registry.check_gates`` on the same ``eval.<eval_set>.<metric>`` tags a registered model gets.
+``evaluate_response_model("models:/findial-response/3", ...)`` scores a registered version and records
+its metrics on it (``registry.record_evaluation``), as ``findial eval`` does for an NLU bundle.
 """
 from __future__ import annotations
 
-import importlib.resources
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from findial import registry, tracking
 from findial.data.corpus import fingerprint, load_corpus
@@ -28,9 +28,9 @@ from findial.evaluation import generation_metrics as gm
 from .data import response_records
 from .responder import Responder, check_reply
 
-DEFAULT_GATES = Path(str(importlib.resources.files("findial.configs") / "gates" / "response.yaml"))
-RESPONSE_METRICS = ("bleu", "chrf", "rouge_l", "term_recall", "term_grounding", "pii_clean_rate",
-                    "compliance_clean_rate")
+DEFAULT_GATES = registry.RESPONSE_GATES
+RESPONSE_METRICS = registry.RESPONSE_METRICS
+load_gates = registry.load_gates
 
 
 @dataclass
@@ -41,11 +41,8 @@ class ResponseEvalResult:
     report_json: Path | None = None
     report_md: Path | None = None
     files: dict = field(default_factory=dict)
-
-
-def load_gates(path: str | Path = DEFAULT_GATES) -> dict[str, float]:
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return {k: float(v) for k, v in raw.items()}
+    run_id: str | None = None
+    data_fingerprint: str | None = None
 
 
 def score_replies(rows: list[dict], glossary: Glossary, rules) -> dict:
@@ -102,8 +99,12 @@ def generate_replies(responder: Responder, dialogues: list[dict], context_turns:
 def evaluate_responses(package: str | Path, data_file: str | Path, gates: dict[str, float] | None = None,
                        eval_set: str | None = None, report_dir: str | Path | None = None, device: str = "cpu",
                        limit: int | None = None, predictions: list[dict] | None = None, log_mlflow: bool = False,
-                       responder: Responder | None = None, **decoding) -> ResponseEvalResult:
-    """Generate every agent turn of ``data_file``, score, write the report, check the gates."""
+                       responder: Responder | None = None, registered: tuple[str, str] | None = None,
+                       model_ref: str | None = None, **decoding) -> ResponseEvalResult:
+    """Generate every agent turn of ``data_file``, score, write the report, check the gates.
+
+    ``registered`` (name, version): the registered model ``package`` was downloaded from; the metrics
+    are then recorded on that version (tags ``eval.<eval_set>.<metric>``, with ``log_mlflow``)."""
     started = time.perf_counter()
     responder = responder or Responder(package, device, **decoding)
     package = Path(package)
@@ -122,20 +123,39 @@ def evaluate_responses(package: str | Path, data_file: str | Path, gates: dict[s
     passed, failures = registry.check_gates(tags, eval_set, gates)
     result = ResponseEvalResult(metrics, {k: {"minimum": v, "value": metrics.get(k),
                                               "passed": not any(f.startswith(f"{k}:") for f in failures)}
-                                          for k, v in gates.items()}, failures)
-    report = {"package": str(package), "data_file": str(data_file), "eval_set": eval_set,
-              "data_fingerprint": fingerprint(dialogues), "backbone": responder.meta.get("backbone_name"),
+                                          for k, v in gates.items()}, failures, data_fingerprint=fingerprint(dialogues))
+    report = {"package": model_ref or str(package), "registered": list(registered) if registered else None,
+              "data_file": str(data_file), "eval_set": eval_set,
+              "data_fingerprint": result.data_fingerprint, "backbone": responder.meta.get("backbone_name"),
               "decoding": responder.decoding, "metrics": metrics, "gates": result.gates, "failures": failures}
     if report_dir is not None:
         result.files = _write_report(report, rows, Path(report_dir))
         result.report_json, result.report_md = result.files["report_json"], result.files["report_md"]
     if log_mlflow:
         tags_run = {"findial.task": "response", "findial.eval_set": eval_set,
-                    "findial.data_fingerprint": report["data_fingerprint"]}
-        with tracking.run("findial-response-eval", f"eval-response-{eval_set}", tags=tags_run):
+                    "findial.data_fingerprint": report["data_fingerprint"], "findial.model": report["package"]}
+        if registered:
+            tags_run.update({"findial.registered_model": registered[0], "findial.model_version": registered[1]})
+        with tracking.run("findial-response-eval", f"eval-response-{eval_set}", tags=tags_run) as active:
             tracking.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, dict)})
             tracking.log_json(report, "report.json")
+            result.run_id = active.info.run_id
+        if registered:
+            registry.record_evaluation(registered[0], registered[1], eval_set, metrics, result.data_fingerprint,
+                                       result.run_id)
     return result
+
+
+def evaluate_response_model(model_ref: str, data_file: str | Path, gates: dict[str, float] | None = None,
+                            eval_set: str | None = None, report_dir: str | Path | None = None,
+                            device: str = "cpu", limit: int | None = None) -> ResponseEvalResult:
+    """Score a response package directory or a registered version (models:/NAME/VERSION, models:/NAME@ALIAS,
+    downloaded to a temporary folder); logged to MLflow, and recorded on the version when registered."""
+    with tempfile.TemporaryDirectory(prefix="findial-eval-") as tmp:
+        package, registered = registry.resolve_model(model_ref, tmp, expect="response")
+        return evaluate_responses(package, data_file, gates, eval_set=eval_set, report_dir=report_dir,
+                                  device=device, limit=limit, log_mlflow=True, registered=registered,
+                                  model_ref=model_ref)
 
 
 def _write_report(report: dict, rows: list[dict], out: Path) -> dict[str, Path]:
@@ -179,16 +199,18 @@ def render_markdown(report: dict, rows: list[dict], samples: int = 10) -> str:
 
 
 def eval_command(cfg, out_dir: Path) -> ResponseEvalResult:
-    """``findial eval task=response package=PACKAGE data_file=F``: the NLU gates (``gates=default``) do not
-    apply to a response model, so unless ``gates`` names response metrics, configs/gates/response.yaml is used."""
-    gates = dict(cfg.gates)
-    if not set(gates) & set(RESPONSE_METRICS):
-        gates = load_gates()
+    """``findial eval task=response model_ref=models:/findial-response/N`` (or ``package=DIR``, which wins):
+    the NLU gates (``gates=default``) do not apply to a response model, so unless ``gates`` names
+    response metrics, configs/gates/response.yaml is used (``registry.gates_for``)."""
+    gates = registry.gates_for("response", dict(cfg.gates))
     device = cfg.get("device") or "cpu"
-    if not cfg.get("package"):
-        raise SystemExit("findial eval task=response: name the response package with package=DIR")
-    result = evaluate_responses(cfg.package, cfg.data_file, gates, eval_set=cfg.eval_set,
-                                report_dir=cfg.report_dir or out_dir, device=device, log_mlflow=True)
+    try:
+        result = evaluate_response_model(cfg.get("package") or cfg.model_ref, cfg.data_file, gates,
+                                         eval_set=cfg.eval_set, report_dir=cfg.report_dir or out_dir, device=device,
+                                         limit=cfg.get("limit"))
+    except registry.WrongModelKind as exc:  # e.g. the default model_ref, the NLU champion
+        raise SystemExit(f"findial eval task=response: {exc}; name a response model with "
+                         "model_ref=models:/findial-response/N or package=DIR") from None
     print(Path(result.report_md).read_text(encoding="utf-8"))
     print(f"report: {result.report_json}")
     return result

@@ -8,7 +8,8 @@
 Flags: ``pii_masked`` (the generation contained personal data, now replaced by ``[LABEL]``),
 ``compliance:<rule id>`` (a rule of the package's rule list fired: the reply must not be sent),
 ``empty`` (nothing was generated), ``truncated`` (the token limit cut the reply).
-``make(package_dir, device)`` adapts it to the serving ``Responder`` protocol (``serving/responder.py``).
+``make(package_dir, device)`` adapts it to the serving ``Responder`` protocol (``serving/responder.py``), which
+serves the version behind ``models:/findial-response@champion`` by default.
 """
 from __future__ import annotations
 
@@ -111,11 +112,11 @@ class ServingResponder:
     language, so it can never reach a customer even if the server's own rules differ.
     """
 
-    def __init__(self, responder: Responder):
+    def __init__(self, responder: Responder, name: str | None = None, version: str | None = None):
         self.responder = responder
-        meta = responder.meta
-        self.name = f"findial-response-{meta.get('backbone_name', 'lm')}"
-        self.version = str(meta.get("train_run_id") or meta.get("data_fingerprint") or "local")[:12]
+        meta = responder.meta  # a package directory outside the registry is named after its backbone and run
+        self.name = name or f"findial-response-{meta.get('backbone_name', 'lm')}"
+        self.version = version or str(meta.get("train_run_id") or meta.get("data_fingerprint") or "local")[:12]
 
     def respond(self, understanding: dict, history: list[dict]) -> str:
         turns = list(history) + [{"speaker": "user", "text": understanding.get("text", "")}]
@@ -127,6 +128,8 @@ class ServingResponder:
         return out["text"]
 
 
-def make(package_dir: str, device: str = "cpu", **decoding) -> ServingResponder:
-    """Factory for ``serve`` configs: ``responder.target=findial.training.generation.responder:make``."""
-    return ServingResponder(Responder(package_dir, device, **decoding))
+def make(package_dir: str, device: str = "cpu", name: str | None = None, version: str | None = None,
+         **decoding) -> ServingResponder:
+    """Factory for ``serve`` configs: ``responder.target=findial.training.generation.responder:make``;
+    ``serving.responder.load_response`` builds the registered model with it (its registered name and version)."""
+    return ServingResponder(Responder(package_dir, device, **decoding), name, version)

@@ -1,4 +1,7 @@
-"""Train a response-generation model (task=response) from a composed Hydra config, tracked in MLflow."""
+"""Train a response-generation model (task=response) from a composed Hydra config, tracked in MLflow.
+
+``findial train task=response`` then registers the package (``registry.response_model_name``,
+default ``findial-response``), see ``findial.cli.cmd_train``."""
 from __future__ import annotations
 
 import json
@@ -96,7 +99,8 @@ def train_response(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> Tr
             if task.get("log_samples"):
                 _log_samples(package, dm.val_dialogues, task, int(task.log_samples))
         log.info("trained %s: %s", task.name, metrics)
-        return TrainResult(task.name, package, active.info.run_id, data_fp, metrics)
+        # run_id "" on the other ranks of a multi-device run, as train_task does: only rank 0 registers
+        return TrainResult(task.name, package, active.info.run_id if trainer.is_global_zero else "", data_fp, metrics)
 
 
 def _log_samples(package: Path, dialogues: list[dict], task: DictConfig, n: int) -> None:

@@ -1,0 +1,47 @@
+"""NER features: spans are decoded per word, never cut inside one."""
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from findial.training.features import IGNORE, decode_spans, encode_ner, word_units
+
+TAGS = ["O", "B-AMOUNT", "I-AMOUNT", "B-DATE", "I-DATE"]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_like():
+    """A SentencePiece-style tokenizer (Unigram + Metaspace), as e5-small's: "june" is "▁ju" + "ne"."""
+    pieces = ["<unk>", "<s>", "</s>", "<pad>", "▁", "那", "100", "万", "行", "▁how", "▁about", "▁ju", "ne", "▁15",
+              "th", "?", "j", "u", "n", "e", "1", "5", "t", "h"]
+    vocab = [(p, -1.0 if len(p) > 1 else -5.0) for p in dict.fromkeys(pieces)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=0))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+def _pieces(tokenizer, text):
+    return tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"])
+
+
+def test_a_span_never_starts_or_ends_inside_a_word(sentencepiece_like):
+    text = "how about june 15th?"
+    f = encode_ner(sentencepiece_like, {"text": text, "entities": [{"start": 10, "end": 19, "label": "DATE"}]},
+                   32, TAGS)
+    pieces = _pieces(sentencepiece_like, text)
+    assert {"▁ju", "ne", "th"} <= set(pieces)
+    gold = [t if t != IGNORE else 0 for t in f["tag_labels"]]
+    assert [(s["start"], s["end"]) for s in decode_spans(text, f["offsets"], gold, TAGS)] == [(10, 19)]
+    # a model that starts a new DATE at "ne" and leaves "th" outside still gets whole words: "june 15th"
+    b, i = TAGS.index("B-DATE"), TAGS.index("I-DATE")
+    ids = [b if p in ("▁ju", "ne") else i if p == "▁15" else 0 for p in pieces]
+    assert [(s["start"], s["end"]) for s in decode_spans(text, f["offsets"], ids, TAGS)] == [(10, 19)]
+
+
+def test_word_units_keep_cjk_characters_and_symbols_apart():
+    text = "那100万 £5,000"
+    offsets = [(0, 0), (0, 1), (1, 4), (4, 5), (5, 7), (7, 8), (8, 12)]  # ▁那 100 万 ▁£ 5 ,000
+    assert word_units(text, offsets) == [(0, 0), (0, 1), (1, 4), (4, 5), (6, 7), (7, 8), (8, 12)]
+    assert word_units("june", [(0, 2), (2, 4)]) == [(0, 4), (2, 2)]
