@@ -67,10 +67,8 @@ def predict_turns(pipeline, items: list[TurnInput]) -> list[dict]:
     entities = pipeline.ner.predict([it.text for it in items])
     out = []
     for it, intent, ents in zip(items, intents, entities):
-        ents, unknown = pipeline.link(it.text, [dict(e) for e in ents])
-        state = pipeline.tracker.update(it.state, ents, it.text)
-        out.append({**intent, "entities": [{k: v for k, v in e.items() if v is not None} for e in ents],
-                    "state": dict(state), "unknown_terms": unknown})
+        ents, state, unknown = pipeline.resolve_turn(it.text, ents, it.state)
+        out.append({**intent, "entities": ents, "state": state, "unknown_terms": unknown})
     return out
 
 

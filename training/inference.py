@@ -145,6 +145,13 @@ class NLUPipeline:
             linked.append(e)
         return linked, unknown
 
+    def resolve_turn(self, text: str, entities: list[dict], state: dict) -> tuple[list[dict], dict, list[str]]:
+        """One user turn's predicted entities -> (linked entities without empty fields, the state after
+        the turn, the unknown terminology surface forms); ``state`` is left untouched."""
+        linked, unknown = self.link(text, [dict(e) for e in entities])
+        state = self.tracker.update(state, linked, text)
+        return [{k: v for k, v in e.items() if v is not None} for e in linked], state, unknown
+
     def predict_dialogues(self, dialogues: list[dict]) -> list[dict]:
         """Predicted copies of the dialogues: user turns get intent, emotion, entities, state, confidences."""
         rows = turn_records(dialogues, self.context_turns)
@@ -159,10 +166,9 @@ class NLUPipeline:
                 if turn["speaker"] != "user":
                     continue
                 intent, ents = by_turn[(d["id"], t_idx)]
-                ents, unknown = self.link(turn["text"], [dict(e) for e in ents])
-                state = self.tracker.update(state, ents, turn["text"])
+                ents, state, unknown = self.resolve_turn(turn["text"], ents, state)
                 turn.update(intent)
-                turn["entities"] = [{k: v for k, v in e.items() if v is not None} for e in ents]
+                turn["entities"] = ents
                 # surface strings leave the pipeline masked: a card number mislabelled as DURATION stays hidden
                 turn["state"] = {k: self.masker.mask(v) for k, v in state.items()}
                 if unknown:
