@@ -28,10 +28,6 @@ from findial.evaluation import generation_metrics as gm
 from .data import response_records
 from .responder import Responder, check_reply
 
-DEFAULT_GATES = registry.RESPONSE_GATES
-RESPONSE_METRICS = registry.RESPONSE_METRICS
-load_gates = registry.load_gates
-
 
 @dataclass
 class ResponseEvalResult:
@@ -117,7 +113,7 @@ def evaluate_responses(package: str | Path, data_file: str | Path, gates: dict[s
         raise ValueError(f"{data_file}: no agent turns to score")
     metrics = score_replies(rows, glossary, responder.rules)
     metrics["seconds_per_reply"] = (time.perf_counter() - started) / len(rows)
-    gates = load_gates() if gates is None else dict(gates)
+    gates = registry.load_gates() if gates is None else dict(gates)
     tags = {f"eval.{eval_set}.{k}": repr(float(v)) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
     passed, failures = registry.check_gates(tags, eval_set, gates)
