@@ -114,7 +114,7 @@ _DETECTORS = (  # (label, pattern, check); the earlier wins an overlap
     ("ID_NUMBER", re.compile(r"(?<!\d)(?<!\d\.)\d{6}([ -]?)\d{8}\1\d{3}[\dXx](?![\dXx])", _A), _id),
     ("PHONE", re.compile(r"(?<![\d+])(?<!\d\.)(?:(?:\+|00)86[ -]?|\(\+?86\)[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)", _A), None),
     ("PHONE", re.compile(r"(?<![\d+-])0\d{2,3}-\d{7,8}(?![\d-])", _A), None),
-    ("PHONE", re.compile(r"(?<![\w+])(?:\+|00)[1-9]\d{0,2}(?:[ -]?\(?\d{1,4}\)?){2,5}(?!\d)", _A), _intl),
+    ("PHONE", re.compile(r"(?<![\w+])(?<!\d\.)(?:\+|00)[1-9]\d{0,2}(?:[ -]?\(?\d{1,4}\)?){2,5}(?!\d)", _A), _intl),
     ("CARD_NUMBER", re.compile(r"(?<!\d)(?<!\d\.)\d{13,19}(?![\dXx])", _A), _card),
     ("CARD_NUMBER", re.compile(
         r"(?<!\d)(?<!\d[ -])(?:\d{4}([ -])\d{4}(?:\1\d{4}){1,3}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{5})(?![ -]?\d)", _A),

@@ -210,11 +210,13 @@ def cmd_data(argv: list[str]) -> int:
     g.add_argument("--out", default=_data_path("corpus"))
     g.add_argument("--seed", type=int, default=13)
     g.add_argument("--scale", type=float, default=1.0)
+    g.add_argument("--train-supplement", type=float, help="extra train dialogues drawing the train-only templates, "
+                                                            "as a share of train (default: corpus.yaml)")
     args = p.parse_args(argv)
     if args.action == "generate":
         from findial.data.generator.build import generate_corpus
 
-        print(generate_corpus(Path(args.out), seed=args.seed, scale=args.scale))
+        print(generate_corpus(Path(args.out), seed=args.seed, scale=args.scale, train_supplement=args.train_supplement))
         return 0
     lb, gl = LabelBook.load(args.ontology), Glossary.load(args.glossary)
     status = 0

@@ -195,3 +195,13 @@ def test_script_end_to_end_on_a_tiny_subset(root, tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db", registry_uri=f"sqlite:///{home}/mlflow.db")
     assert client.get_run(b77["train_run_id"]).data.tags["findial.task"] == "intent"
     assert client.get_run(nlu["train_run_id"]).data.tags["findial.task"] == "ner"
+
+
+@pytest.mark.slow
+def test_full_train_trains_on_validation_too_and_says_so(root, tmp_path):
+    results = _load_script().main(["--datasets-dir", str(root), "--which", "banking77", "--model", "tiny",
+                                   "--epochs", "1", "--max-train", "32", "--max-eval", "16", "--full-train",
+                                   "--out", str(tmp_path / "r.json"), "--home", str(tmp_path / "home")])
+    b77 = results["benchmarks"]["banking77"]
+    assert b77["examples"] == {"train": 32 + 16, "validation": 16, "test": 16}
+    assert b77["validation_in_training"] is True and "--full-train" in b77["protocol"]

@@ -53,3 +53,15 @@ def test_config_override_is_visible(tmp_path):
     out = findial("train", "task=ner", "model=minilm", "trainer.max_epochs=5", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "max_epochs: 5" in out.stdout and "findial.training.backbones.minilm" in out.stdout
+
+
+def test_data_generate_writes_the_three_splits(tmp_path):
+    from findial.data.generator.build import generate_corpus
+
+    out = findial("data", "generate", "--out", str(tmp_path / "c"), "--seed", "7", "--scale", "0.08",
+                  "--train-supplement", "0.5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    generate_corpus(tmp_path / "ref", seed=7, scale=0.08, train_supplement=0.5)
+    for split in ("train", "validation", "test"):
+        assert (tmp_path / "c" / f"{split}.jsonl").read_bytes() == (tmp_path / "ref" / f"{split}.jsonl").read_bytes()
+    assert "'supplement_dialogues': " in out.stdout

@@ -76,7 +76,7 @@ def test_splits_share_no_template(built):
 
 
 def test_coverage(built, labelbook, glossary):
-    _, splits = built
+    b, splits = built
     train = _users(splits["train"])
     assert {t["intent"] for t in train} == set(labelbook.intents)
     assert {e["label"] for t in train for e in t["entities"]} == set(labelbook.entities)
@@ -87,7 +87,7 @@ def test_coverage(built, labelbook, glossary):
     missing = set(glossary.terms) - set(terms)
     assert not missing, sorted(missing)
     n_users = sum(len(_users(splits[s])) for s in SPLITS)
-    assert 3800 <= n_users <= 5500
+    assert 3800 + 1200 * b.supplement_share <= n_users <= 5500 + 2500 * b.supplement_share
     multi = [d for s in SPLITS for d in splits[s] if len(_users([d])) > 1]
     assert 0.3 <= len(multi) / sum(len(splits[s]) for s in SPLITS) <= 0.5
     assert all(2 <= len(_users([d])) <= 5 for d in multi)
@@ -174,7 +174,8 @@ def test_supply_turn_keeps_task_intent_and_correction_tags_standing_value(built)
     for d in splits["train"]:
         users = _users([d])
         for prev, cur in zip(users, users[1:]):
-            if any(d["lang"] == lang and cur["text"].startswith(p) for lang, p in supply_texts):
+            if any(d["lang"] == lang and cur["text"].startswith(p) for lang, p in supply_texts) \
+                    and [e["label"] for e in cur["entities"]] == ["PERSON"]:  # only the name: a supply turn
                 assert cur["intent"] == prev["intent"] or prev["intent"] in (
                     "affirm", "deny", "greeting", "thanks", "request_human_agent")
                 seen += 1
@@ -215,3 +216,46 @@ def test_markup_parse():
     assert emotion == "angry"
     assert toks == [("text", "我的"), ("lit", "信用卡", "PRODUCT", "credit_card"), ("slot", "date", "past", True),
                     ("alt", ["丢了", "不见了"]), ("esc", "check"), ("slot", "amount", None, False)]
+
+
+def _supplement(tmp_path, monkeypatch, intents: str, followups: str = ""):
+    import findial.data.generator.build as build
+
+    d = tmp_path / "train_only"
+    d.mkdir()
+    (d / "templates_zh.yaml").write_text(intents, encoding="utf-8")
+    if followups:
+        (d / "dialogue_en.yaml").write_text(followups, encoding="utf-8")
+    monkeypatch.setattr(build, "SUPPLEMENT_DIR", d)
+    return d
+
+
+def test_train_supplement_widens_train_only(tmp_path, monkeypatch):
+    """Train-only templates reach train through the supplement, never validation or test, and
+    adding them leaves validation and test byte-identical."""
+    base = generate_corpus(tmp_path / "base", seed=7, scale=0.08, train_supplement=0)
+    _supplement(tmp_path, monkeypatch, "card_lost_report:\n  user:\n    - 钱包被偷了，{product:ccard}得赶紧挂失\n",
+                "supply:\n  phone: ['Reach me on {phone} please']\n")
+    sup = generate_corpus(tmp_path / "sup", seed=7, scale=0.08, train_supplement=2.0)
+    for split in ("validation", "test"):
+        assert (tmp_path / "sup" / f"{split}.jsonl").read_bytes() == (tmp_path / "base" / f"{split}.jsonl").read_bytes()
+    n = base["splits"]["train"]["dialogues"]
+    assert sup["supplement_dialogues"] == 2 * n and sup["splits"]["train"]["dialogues"] == 3 * n
+    train = (tmp_path / "sup" / "train.jsonl").read_text(encoding="utf-8")
+    assert train.startswith((tmp_path / "base" / "train.jsonl").read_text(encoding="utf-8"))  # appended
+
+    b = Builder(seed=7, scale=0.08, train_supplement=2.0)
+    b.build()
+    supplement = {t.key for temps in b.pools.values() for t in temps if t.supplement}
+    assert len(supplement) == 2
+    assert supplement & b.used_templates["train"]
+    assert not supplement & (b.used_templates["validation"] | b.used_templates["test"])
+
+
+def test_bad_supplement_file_is_named(tmp_path, monkeypatch):
+    d = _supplement(tmp_path, monkeypatch, "no_such_intent:\n  user: [你好]\n")
+    with pytest.raises(ValueError, match=r"templates_zh\.yaml.*no_such_intent"):
+        Builder(seed=7, scale=0.08)
+    (d / "templates_zh.yaml").write_text("greeting:\n  user: 你好\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"templates_zh\.yaml.*greeting"):
+        Builder(seed=7, scale=0.08)

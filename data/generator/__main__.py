@@ -15,9 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("data/corpus"), help="output folder")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the number of dialogues")
+    p.add_argument("--train-supplement", type=float, help="extra train dialogues that also draw the train-only "
+                                                            "templates, as a share of train (default: corpus.yaml)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    summary = generate_corpus(args.out, seed=args.seed, scale=args.scale)
+    summary = generate_corpus(args.out, seed=args.seed, scale=args.scale,
+                              train_supplement=args.train_supplement)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(summary, ensure_ascii=False, indent=1))
     return 0

@@ -14,6 +14,10 @@ How it works
   * Templates are rendered by markup.py (spans computed, glossary auto-annotation), then
     ~25% of user turns get noise (noise.py). The state after each user turn is the
     previous state updated by the turn's mentions in text order (latest wins, no reset).
+  * Train supplement (corpus.yaml ``train_supplement``): after validation and test, more train
+    dialogues are built that may also draw the train-only templates of train_only/ (least used
+    first). Those templates never reach validation or test, and adding some leaves both splits
+    byte-identical: they widen the phrasings the models learn from, not what they are scored on.
   * One random.Random(seed) drives everything, so the same seed gives identical files.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .markup import Matcher, Seg, assemble, autotag, consistent, parse
 from .noise import Noiser
 
 HERE = Path(__file__).resolve().parent
+SUPPLEMENT_DIR = HERE / "train_only"
 SPLITS = ("train", "validation", "test")
 PII_LABELS = ("CARD_NUMBER", "PHONE", "ID_NUMBER", "EMAIL", "PERSON")
 LANGS = ("zh", "en")
@@ -72,6 +77,7 @@ class Template:
     toks: list
     split: str = "train"
     uses: int = 0
+    supplement: bool = False  # a train-only template (train_only/), drawn by the train supplement only
 
 
 @dataclass
@@ -85,10 +91,11 @@ class Ctx:
 
 
 class Builder:
-    def __init__(self, seed: int = 13, scale: float = 1.0):
+    def __init__(self, seed: int = 13, scale: float = 1.0, train_supplement: float | None = None):
         self.seed, self.scale = seed, scale
         self.rng = random.Random(seed)
         self.cfg = _yaml("corpus.yaml")
+        self.supplement_share = self.cfg.get("train_supplement", 0) if train_supplement is None else train_supplement
         self.meta = _yaml("intents.yaml")
         self.dlg = _yaml("dialogue.yaml")
         self.lex = _yaml("lexicon.yaml")
@@ -109,6 +116,9 @@ class Builder:
                     self._pool((kind, slot, lang), items)
             for emotion, items in self.dlg["wrap"][lang].items():
                 self._pool(("wrap", emotion, lang), items)
+        self.in_supplement = False
+        for lang in LANGS:
+            self._load_supplement(lang)
         self.intents = list(self.meta)
         self.task_intents = [i for i in self.intents if self.meta[i].get("task", True)]
         self.stats = Counter()
@@ -138,8 +148,33 @@ class Builder:
             temps[i].split = "test" if rank < n_test else "validation" if rank < n_test + n_val else "train"
         self.pools[key] = temps
 
+    def _load_supplement(self, lang: str) -> None:
+        """The train-only templates of ``train_only/`` (same markup; intents as in templates_LANG.yaml,
+        follow-ups as in dialogue.yaml's supply / vary / correct). Only the train supplement draws them,
+        after validation and test are built, so adding some never changes those splits."""
+        for name, kind in ((f"templates_{lang}.yaml", "intent"), (f"dialogue_{lang}.yaml", "follow-up")):
+            path = SUPPLEMENT_DIR / name
+            if not path.is_file():
+                continue
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+            if kind == "intent":  # intent -> {user: [...]}
+                groups = {("intent", i, lang): b.get("user") if isinstance(b, dict) else None for i, b in data.items()}
+            else:  # supply / vary / correct -> slot -> [...]
+                groups = {(k, slot, lang): items for k, slots in data.items()
+                          for slot, items in (slots.items() if isinstance(slots, dict) else [(None, None)])}
+            for key, items in groups.items():
+                if key not in self.pools or not isinstance(items, list):
+                    raise ValueError(f"{path}: {key[0]} {key[1]!r}: not a list of templates for a pool that "
+                                     f"templates_{lang}.yaml / dialogue.yaml define")
+                for i, text in enumerate(items):
+                    emotion, toks = parse(text, self.slot_names)
+                    self.pools[key].append(Template(key + ("supplement", i), text, emotion, toks, "train", 0, True))
+
+    def _eligible(self, t: Template, split: str) -> bool:
+        return t.split == split and (self.in_supplement or not t.supplement)
+
     def pick(self, key: tuple, split: str) -> Template | None:
-        cands = [t for t in self.pools.get(key, []) if t.split == split]
+        cands = [t for t in self.pools.get(key, []) if self._eligible(t, split)]
         if not cands:
             return None
         low = min(t.uses for t in cands)
@@ -368,14 +403,19 @@ class Builder:
         counts = {t: self.fillers.usage[(split, t)] for t in self.glossary.terms}
         low = min(counts.values())
         tid = self.rng.choice([t for t, n in counts.items() if n == low])
-        cands = [(key, t) for key, t in self.term_slots.get(tid, []) if t.split == split]
+        cands = [(key, t) for key, t in self.term_slots.get(tid, []) if self._eligible(t, split)]
         if not cands:
             self.fillers.usage[(split, tid)] += 1  # unreachable here: do not ask again
             return "zh", []
         key, tmpl = self.rng.choice(cands)
         self.fillers.force = tid
-        turns = self.single(split, key[2], key[1], tmpl)
-        self.fillers.force = None
+        try:
+            turns = self.single(split, key[2], key[1], tmpl)
+        except ValueError:  # no rendering of this template carries the term: draw another dialogue
+            self.fillers.usage[(split, tid)] += 1
+            return key[2], []
+        finally:
+            self.fillers.force = None
         return key[2], turns
 
     def branch(self, lang: str, domain: str) -> str:
@@ -385,43 +425,53 @@ class Builder:
         return self.rng.choices(names, w)[0]
 
     def build(self) -> dict[str, list[dict]]:
+        """All splits; then the train supplement (``train_supplement`` x the train size, more train
+        dialogues that also draw the train-only templates, least used first)."""
         self.used_templates = {s: set() for s in SPLITS}
+        self.counters = Counter()
+        self.in_supplement = False
         total = max(1, round(self.cfg["dialogues"] * self.scale))
-        langs, lw = list(self.cfg["lang_share"]), list(self.cfg["lang_share"].values())
-        out: dict[str, list[dict]] = {}
-        counters = Counter()
-        for split in SPLITS:
-            self.fillers.split = split
-            n = max(1, round(total * self.cfg["split_share"][split]))
-            n_multi = round(n * self.cfg["multi_turn_share"])
-            cover = [(i, l) for i in self.intents for l in LANGS]
-            self.rng.shuffle(cover)
-            kinds = ["multi"] * n_multi + ["single"] * (n - n_multi)
-            self.rng.shuffle(kinds)
-            dialogues = []
-            for kind in kinds:
-                turns = []
-                while not turns:
-                    if kind == "multi":
-                        lang = self.rng.choices(langs, lw)[0]
-                        turns = self.multi(split, lang)
-                    elif cover:
-                        intent, lang = cover.pop()
-                        turns = self.single(split, lang, intent)
-                    elif self.rng.random() < self.cfg["glossary_boost"]:
-                        lang, turns = self.boost(split)
-                    else:
-                        lang = self.rng.choices(langs, lw)[0]
-                        turns = self.single(split, lang, self.weighted_intent(self.intents))
-                tasks = [t["intent"] for t in turns if t["speaker"] == "user" and self.meta[t["intent"]].get("task", True)]
-                first = tasks[0] if tasks else turns[0]["intent"]
-                counters[lang] += 1
-                dialogues.append({"id": f"{lang}-{counters[lang]:05d}", "lang": lang,
-                                  "branch": self.branch(lang, self.labelbook.intent_domains[first]),
-                                  "turns": turns})
-            out[split] = dialogues
+        out = {split: self.dialogues(split, max(1, round(total * self.cfg["split_share"][split])))
+               for split in SPLITS}
+        extra = round(len(out["train"]) * self.supplement_share)
+        if extra:
+            self.in_supplement = True
+            out["train"] += self.dialogues("train", extra)
+            self.in_supplement = False
+        self.stats["supplement_dialogues"] = extra
         return out
 
+    def dialogues(self, split: str, n: int) -> list[dict]:
+        """n dialogues of one split: every (intent, language) once as a single turn first, then the mix."""
+        langs, lw = list(self.cfg["lang_share"]), list(self.cfg["lang_share"].values())
+        self.fillers.split = split
+        n_multi = round(n * self.cfg["multi_turn_share"])
+        cover = [(i, l) for i in self.intents for l in LANGS]
+        self.rng.shuffle(cover)
+        kinds = ["multi"] * n_multi + ["single"] * (n - n_multi)
+        self.rng.shuffle(kinds)
+        dialogues = []
+        for kind in kinds:
+            turns = []
+            while not turns:
+                if kind == "multi":
+                    lang = self.rng.choices(langs, lw)[0]
+                    turns = self.multi(split, lang)
+                elif cover:
+                    intent, lang = cover.pop()
+                    turns = self.single(split, lang, intent)
+                elif self.rng.random() < self.cfg["glossary_boost"]:
+                    lang, turns = self.boost(split)
+                else:
+                    lang = self.rng.choices(langs, lw)[0]
+                    turns = self.single(split, lang, self.weighted_intent(self.intents))
+            tasks = [t["intent"] for t in turns if t["speaker"] == "user" and self.meta[t["intent"]].get("task", True)]
+            first = tasks[0] if tasks else turns[0]["intent"]
+            self.counters[lang] += 1
+            dialogues.append({"id": f"{lang}-{self.counters[lang]:05d}", "lang": lang,
+                              "branch": self.branch(lang, self.labelbook.intent_domains[first]),
+                              "turns": turns})
+        return dialogues
 
 def summarize(splits: dict[str, list[dict]]) -> dict:
     summary: dict = {"splits": {}, "entities": Counter(), "intents": Counter(), "emotions": Counter()}
@@ -463,16 +513,19 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
         raise
 
 
-def generate_corpus(out_dir: Path, seed: int = 13, scale: float = 1.0) -> dict:
-    """Write train/validation/test.jsonl into out_dir (atomically) and return summary counts."""
+def generate_corpus(out_dir: Path, seed: int = 13, scale: float = 1.0,
+                    train_supplement: float | None = None) -> dict:
+    """Write train/validation/test.jsonl into out_dir (atomically) and return summary counts.
+    ``train_supplement`` overrides corpus.yaml's share of extra train dialogues (0: none)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    builder = Builder(seed, scale)
+    builder = Builder(seed, scale, train_supplement)
     splits = builder.build()
     for split, records in splits.items():
         write_jsonl(out_dir / f"{split}.jsonl", records)
     summary = summarize(splits)
     summary.update(seed=seed, scale=scale, noisy_turns=builder.stats["noisy_turns"],
+                   supplement_dialogues=builder.stats["supplement_dialogues"],
                    noise_ops={k[6:]: v for k, v in sorted(builder.stats.items()) if k.startswith("noise:")},
                    templates={s: len(builder.used_templates[s]) for s in SPLITS})
     return summary
