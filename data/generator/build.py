@@ -152,16 +152,19 @@ class Builder:
         """The train-only templates of ``train_only/`` (same markup; intents as in templates_LANG.yaml,
         follow-ups as in dialogue.yaml's supply / vary / correct). Only the train supplement draws them,
         after validation and test are built, so adding some never changes those splits."""
-        for name, kind in ((f"templates_{lang}.yaml", "intent"), (f"dialogue_{lang}.yaml", "follow-up")):
-            path = SUPPLEMENT_DIR / name
+        for file, kind in ((f"templates_{lang}.yaml", "intent"), (f"dialogue_{lang}.yaml", "follow-up")):
+            path = SUPPLEMENT_DIR / file
             if not path.is_file():
                 continue
             data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
-            if kind == "intent":  # intent -> {user: [...]}
-                groups = {("intent", i, lang): b.get("user") if isinstance(b, dict) else None for i, b in data.items()}
-            else:  # supply / vary / correct -> slot -> [...]
-                groups = {(k, slot, lang): items for k, slots in data.items()
-                          for slot, items in (slots.items() if isinstance(slots, dict) else [(None, None)])}
+            groups = {}
+            for name, body in data.items():
+                if kind == "intent":  # intent -> {user: [...]}
+                    groups[("intent", name, lang)] = body.get("user") if isinstance(body, dict) else None
+                elif isinstance(body, dict):  # supply / vary / correct -> slot -> [...]
+                    groups.update({(name, slot, lang): items for slot, items in body.items()})
+                else:
+                    groups[(name, None, lang)] = None
             for key, items in groups.items():
                 if key not in self.pools or not isinstance(items, list):
                     raise ValueError(f"{path}: {key[0]} {key[1]!r}: not a list of templates for a pool that "
@@ -429,7 +432,6 @@ class Builder:
         dialogues that also draw the train-only templates, least used first)."""
         self.used_templates = {s: set() for s in SPLITS}
         self.counters = Counter()
-        self.in_supplement = False
         total = max(1, round(self.cfg["dialogues"] * self.scale))
         out = {split: self.dialogues(split, max(1, round(total * self.cfg["split_share"][split])))
                for split in SPLITS}
