@@ -191,8 +191,17 @@ def fingerprint(dialogues: list[dict], *extra_files: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def turn_records(dialogues: list[dict], context_turns: int = 3) -> list[dict]:
-    """Flatten dialogues into one record per user turn with its preceding turns as context."""
+def dialogue_task(intents, non_task_intents=()) -> str | None:
+    """The dialogue's task so far: the last of ``intents`` (oldest first) outside ``non_task_intents``
+    (a greeting, a "yes", a thank-you does not change what the customer came for)."""
+    return next((i for i in reversed(list(intents)) if i and i not in non_task_intents), None)
+
+
+def turn_records(dialogues: list[dict], context_turns: int = 3, non_task_intents=()) -> list[dict]:
+    """Flatten dialogues into one record per user turn with its preceding turns as context.
+
+    ``previous_intent`` is the dialogue's task before the turn (``dialogue_task`` over the annotated
+    intents of the earlier user turns): the last one, skipping ``non_task_intents``."""
     rows = []
     for d in dialogues:
         history: list[tuple[str, str]] = []
@@ -207,18 +216,18 @@ def turn_records(dialogues: list[dict], context_turns: int = 3) -> list[dict]:
                     "entities": [{"start": e["start"], "end": e["end"], "label": e["label"],
                                   "term_id": e.get("term_id")} for e in t.get("entities") or []],
                     "state": dict(t.get("state") or {}),
-                    "previous_intent": previous_intent,  # the last user turn's intent (gold, when annotated)
+                    "previous_intent": previous_intent,
                 })
-                previous_intent = t.get("intent")
+                previous_intent = dialogue_task([previous_intent, t.get("intent")], non_task_intents)
             history.append((t["speaker"], t["text"]))
     return rows
 
 
-def to_dataset(dialogues: list[dict], context_turns: int = 3):
+def to_dataset(dialogues: list[dict], context_turns: int = 3, non_task_intents=()):
     """The in-memory form used by training: a Hugging Face `datasets.Dataset` of user turns."""
     import datasets
 
-    rows = turn_records(dialogues, context_turns)
+    rows = turn_records(dialogues, context_turns, non_task_intents)
     for r in rows:  # Arrow needs a fixed schema: state becomes a JSON string
         r["state"] = json.dumps(r["state"], ensure_ascii=False, sort_keys=True)
     return datasets.Dataset.from_list(rows)

@@ -49,7 +49,7 @@ class ProximalTerm(Callback):
 
 def _features(models: TaskModels, task: str, cfg: DictConfig, dialogues: list[dict]) -> list[dict]:
     meta = models.metas[task]
-    rows = turn_records(dialogues, meta["context_turns"])
+    rows = turn_records(dialogues, meta["context_turns"], meta.get("non_task_intents", ()))
     if task == "intent":
         encode = partial(encode_intent, models.tokenizer, max_length=meta["max_length"], intents=meta["intents"],
                          emotions=meta["emotions"], previous_intent=meta.get("previous_intent", False))

@@ -107,8 +107,7 @@ class DialogueService:
                         session: Session | None, request_id: str, endpoint: str, started: float,
                         responder) -> dict:
         lang = lang or (session.lang if session and session.lang else None) or detect_lang(masked)
-        previous = next((t.get("intent") for t in reversed(session.turns) if t["speaker"] == "user"), None) \
-            if session else None
+        previous = tuple(t.get("intent") for t in session.turns if t["speaker"] == "user") if session else ()
         result, model = await self._understand(TurnInput(masked, lang, history, dict(state), previous))
         text = result.pop("text")
         reasons = self.policy.reasons(result, masked)  # rules see the text before model-found names are masked

@@ -28,7 +28,7 @@ class TurnInput:
     lang: str = "en"
     history: tuple[tuple[str, str], ...] = ()         # (speaker, masked text) of the preceding turns
     state: dict = field(default_factory=dict)         # the dialogue state before this turn
-    previous_intent: str | None = None                # predicted for the session's previous user turn
+    previous_intents: tuple[str, ...] = ()            # predicted for the session's earlier user turns
 
 
 def detect_lang(text: str) -> str:
@@ -62,7 +62,7 @@ def predict_turns(pipeline, items: list[TurnInput]) -> list[dict]:
         turns = [{"speaker": s, "text": t} for s, t in (it.history[-window:] if window else ())]
         turns.append({"speaker": "user", "text": it.text})
         row = turn_records([{"id": str(i), "lang": it.lang, "turns": turns}], window)[-1]
-        rows.append({**row, "previous_intent": it.previous_intent})
+        rows.append({**row, "previous_intent": pipeline.intent.dialogue_task(it.previous_intents)})
     intents = pipeline.intent.predict(rows)
     entities = pipeline.ner.predict([it.text for it in items])
     out = []

@@ -45,3 +45,27 @@ def test_word_units_keep_cjk_characters_and_symbols_apart():
     offsets = [(0, 0), (0, 1), (1, 4), (4, 5), (5, 7), (7, 8), (8, 12)]  # ▁那 100 万 ▁£ 5 ,000
     assert word_units(text, offsets) == [(0, 0), (0, 1), (1, 4), (4, 5), (6, 7), (7, 8), (8, 12)]
     assert word_units("june", [(0, 2), (2, 4)]) == [(0, 4), (2, 2)]
+
+
+def test_bio_viterbi_never_lets_an_inside_tag_follow_another_label():
+    import numpy as np
+
+    from findial.training.features import bio_viterbi
+
+    o, ba, ia, bd, id_ = (TAGS.index(t) for t in ("O", "B-AMOUNT", "I-AMOUNT", "B-DATE", "I-DATE"))
+    # "七" leans B-AMOUNT, "天" leans I-DATE: argmax gives a stray I-DATE after an AMOUNT
+    probs = np.full((4, len(TAGS)), 0.01)
+    probs[0, o] = 0.96                       # a special token position, not a word
+    probs[1, ba], probs[1, bd] = 0.6, 0.35
+    probs[2, id_], probs[2, ia] = 0.5, 0.45
+    probs[3, o] = 0.96
+    keep = [False, True, True, True]
+    ids = bio_viterbi(np.log(probs), TAGS, keep)
+    assert ids == [o, ba, ia, o]             # one AMOUNT over both words: .6 x .45 beats B-D I-D's .35 x .5
+    for prev, cur in zip(ids, ids[1:]):
+        assert not TAGS[cur].startswith("I-") or TAGS[prev][2:] == TAGS[cur][2:]
+    # a sentence never starts inside a span; a valid B-DATE I-DATE stays as the argmax has it
+    probs2 = np.full((3, len(TAGS)), 0.01)
+    probs2[0, id_], probs2[1, bd], probs2[2, id_] = 0.9, 0.9, 0.9
+    assert bio_viterbi(np.log(probs2), TAGS, [True, True, True]) == [o, bd, id_]
+    assert bio_viterbi(np.log(probs2), TAGS, [False, False, False]) == [o, o, o]

@@ -318,7 +318,7 @@ def test_turn_by_turn_understanding_matches_the_offline_pipeline(pipeline):
     offline = pipeline.predict_dialogues(dialogues)
     compared = 0
     for d, ref in zip(dialogues, offline):
-        history, state, previous = [], {}, None
+        history, state, previous = [], {}, ()
         for turn, want in zip(d["turns"], ref["turns"]):
             if turn["speaker"] == "user":
                 got = predict_turns(pipeline, [TurnInput(turn["text"], d["lang"], tuple(history), state,
@@ -328,7 +328,7 @@ def test_turn_by_turn_understanding_matches_the_offline_pipeline(pipeline):
                 assert [(e["label"], e["start"], e["end"], e.get("term_id")) for e in got["entities"]] == \
                        [(e["label"], e["start"], e["end"], e.get("term_id")) for e in want["entities"]]
                 assert got["state"] == want["state"]
-                state, previous = got["state"], got["intent"]
+                state, previous = got["state"], previous + (got["intent"],)
                 compared += 1
             history.append((turn["speaker"], turn["text"]))
     assert compared >= 12 and any(len(d["turns"]) > 2 for d in dialogues)

@@ -94,6 +94,39 @@ def test_context_reads_the_previous_intent_only_when_asked():
     assert context_text({"context": [], "previous_intent": None}, True) is None
 
 
+def test_previous_intent_is_the_dialogue_task_skipping_non_task_intents():
+    dialogue = {"id": "d", "lang": "en", "turns": [
+        {"speaker": "user", "text": "hi", "intent": "greeting"},
+        {"speaker": "user", "text": "I lost my card", "intent": "card_lost_report"},
+        {"speaker": "agent", "text": "Shall I block it?"},
+        {"speaker": "user", "text": "yes", "intent": "affirm"},
+        {"speaker": "user", "text": "my number is [PHONE]", "intent": "card_lost_report"},
+        {"speaker": "user", "text": "and my limit?", "intent": "credit_limit_increase"}]}
+    acts = ("greeting", "affirm")
+    assert [r["previous_intent"] for r in turn_records([dialogue], 3, acts)] == \
+           [None, None, "card_lost_report", "card_lost_report", "card_lost_report"]
+    assert [r["previous_intent"] for r in turn_records([dialogue], 3)] == \
+           [None, "greeting", "card_lost_report", "affirm", "card_lost_report"]
+
+
+def test_inference_carries_the_predicted_task_past_non_task_intents(monkeypatch):
+    rows = turn_records([{"id": "d", "lang": "en", "turns": [
+        {"speaker": "user", "text": t} for t in ("hi", "I lost my card", "yes", "[PHONE]")]}], 3)
+    predictor = IntentPredictor.__new__(IntentPredictor)
+    predictor.meta = {"previous_intent": True, "non_task_intents": ["greeting", "affirm"]}
+    predicted = iter(["greeting", "card_lost_report", "affirm", "card_lost_report"])
+    seen = []
+
+    def fake_predict(batch):
+        seen.extend(r["previous_intent"] for r in batch)
+        return [{"intent": next(predicted)} for _ in batch]
+
+    monkeypatch.setattr(predictor, "predict", fake_predict)
+    predictor.predict_in_order(rows)
+    assert seen == [None, None, "card_lost_report", "card_lost_report"]
+    assert predictor.dialogue_task(["card_lost_report", "affirm", None]) == "card_lost_report"
+
+
 def test_inference_feeds_predicted_never_gold_previous_intents(monkeypatch):
     rows = turn_records(load_corpus(MINI, LabelBook.load(), Glossary.load()), 3)
     assert any(r["previous_intent"] for r in rows)  # the gold one is there to be ignored

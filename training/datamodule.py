@@ -72,12 +72,12 @@ def collate(features: list[dict], pad_id: int) -> dict:
 class TurnDataModule(L.LightningDataModule):
     def __init__(self, train_file: str, val_file: str, encode: Callable[[dict], dict], tokenizer,
                  labelbook, glossary, batch_size: int = 32, eval_batch_size: int = 64,
-                 context_turns: int = 3, seed: int = 0, bucket: bool = True):
+                 context_turns: int = 3, seed: int = 0, bucket: bool = True, non_task_intents=()):
         super().__init__()
         self.train_file, self.val_file, self.encode, self.tokenizer = train_file, val_file, encode, tokenizer
         self.labelbook, self.glossary = labelbook, glossary
         self.batch_size, self.eval_batch_size, self.context_turns = batch_size, eval_batch_size, context_turns
-        self.seed, self.bucket = seed, bucket
+        self.seed, self.bucket, self.non_task_intents = seed, bucket, tuple(non_task_intents)
         self.train_dialogues: list[dict] = []
         self.val_dialogues: list[dict] = []
 
@@ -91,7 +91,7 @@ class TurnDataModule(L.LightningDataModule):
 
     def _features(self, dialogues: list[dict]):
         """User turns as a Hugging Face dataset, tokenised with the task's encoder."""
-        ds = to_dataset(dialogues, self.context_turns)
+        ds = to_dataset(dialogues, self.context_turns, self.non_task_intents)
         return ds.map(self.encode, remove_columns=ds.column_names, desc="tokenising")
 
     def _loader(self, features, batch_size: int, shuffle: bool) -> DataLoader:

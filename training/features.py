@@ -10,6 +10,7 @@ guidelines' span boundaries always fall between words.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 IGNORE = -100
@@ -101,6 +102,44 @@ def align_labels(offsets, entities: list[dict], tags: list[str]) -> list[int]:
                 break
         labels.append(index[tag])
     return labels
+
+
+@functools.lru_cache(maxsize=8)
+def _bio_transitions(tags: tuple[str, ...]):
+    """Log-space scores: where a sequence may start (not on ``I-``), and [previous, next] transitions."""
+    import numpy as np
+
+    inside = [t[2:] if t.startswith("I-") else None for t in tags]
+    label = [t[2:] if t != "O" else None for t in tags]
+    start = np.where([x is None for x in inside], 0.0, -np.inf)
+    allowed = np.array([[inside[j] is None or inside[j] == label[i] for j in range(len(tags))]
+                        for i in range(len(tags))])
+    return start, np.where(allowed, 0.0, -np.inf)
+
+
+def bio_viterbi(logprobs, tags: list[str], keep: list[bool]) -> list[int]:
+    """The most probable tag per position under BIO rules (an ``I-X`` only after ``B-X`` or ``I-X``),
+    over the positions in ``keep`` (the tagged words); the others get ``O``. ``logprobs``: [n, tags]."""
+    import numpy as np
+
+    lp = np.asarray(logprobs, dtype=np.float64)
+    start, penalty = _bio_transitions(tuple(tags))
+    rows = [k for k, kept in enumerate(keep) if kept]
+    out = [tags.index("O")] * len(keep)
+    if not rows:
+        return out
+    score = lp[rows[0]] + start
+    back = []
+    for k in rows[1:]:
+        total = score[:, None] + penalty
+        back.append(total.argmax(0))
+        score = total.max(0) + lp[k]
+    best = int(score.argmax())
+    for k, ptr in zip(reversed(rows), reversed([None] + back)):
+        out[k] = best
+        if ptr is not None:
+            best = int(ptr[best])
+    return out
 
 
 def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores=None) -> list[dict]:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import torch
 
-from findial.data.corpus import turn_records
+from findial.data.corpus import dialogue_task, turn_records
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.pii import default_masker
 from findial.data.state import DialogueStateTracker
 from findial.data.term_linker import TermLinker
 from findial.data.term_matcher import GlossaryMatcher, merge_terms
 
-from .features import decode_spans, encode_intent, encode_ner
+from .features import bio_viterbi, decode_spans, encode_intent, encode_ner, word_units
 from .package import load_package
 
 
@@ -69,9 +69,14 @@ class IntentPredictor:
                     out[i].update(emotion=m["emotions"][ej], emotion_confidence=round(float(ec), 4))
         return out
 
+    def dialogue_task(self, intents) -> str | None:
+        """What the model reads as the previous intent after ``intents`` (oldest first): the last one
+        outside the package's ``non_task_intents``."""
+        return dialogue_task(intents, self.meta.get("non_task_intents", ()))
+
     def predict_in_order(self, rows: list[dict]) -> list[dict]:
-        """``predict`` over whole dialogues: each turn reads the intent predicted for the one before
-        (never the gold one), so turns go in waves by position, each wave one batched call."""
+        """``predict`` over whole dialogues: each turn reads the dialogue task predicted so far (never
+        the gold one), so turns go in waves by position, each wave one batched call."""
         if not self.meta.get("previous_intent"):
             return self.predict(rows)
         out: list[dict] = [{} for _ in rows]
@@ -86,8 +91,8 @@ class IntentPredictor:
         for wave in waves:
             batch = [{**rows[i], "previous_intent": last.get(rows[i]["dialogue_id"])} for i in wave]
             for i, res in zip(wave, self.predict(batch)):
-                out[i] = res
-                last[rows[i]["dialogue_id"]] = res["intent"]
+                out[i], d = res, rows[i]["dialogue_id"]
+                last[d] = self.dialogue_task([last.get(d), res["intent"]])
         return out
 
 
@@ -107,9 +112,11 @@ class EntityPredictor:
                                       self.device))["tag_logits"]
             probs = logits.float().softmax(-1).cpu()
             for k, i in enumerate(idx):
-                n = len(feats[i]["input_ids"])
-                conf, tag_ids = probs[k, :n].max(-1)
-                out[i] = decode_spans(texts[i], feats[i]["offsets"], tag_ids.tolist(), tags, conf.tolist())
+                p = probs[k, :len(feats[i]["input_ids"])]
+                keep = [a < b for a, b in word_units(texts[i], feats[i]["offsets"])]
+                tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, keep)
+                conf = p[torch.arange(len(tag_ids)), tag_ids]
+                out[i] = decode_spans(texts[i], feats[i]["offsets"], tag_ids, tags, conf.tolist())
         return out
 
 

@@ -71,6 +71,7 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
     if task.name == "intent":
         meta.update(intents=labelbook.intents, emotions=labelbook.emotions if task.get("emotion", True) else [],
                     previous_intent=bool(task.get("previous_intent", False)),
+                    non_task_intents=[i for i in task.get("non_task_intents", ()) if i in labelbook.intents],
                     pooling=str(task.get("pooling", "mean")))
     elif task.name == "ner":
         meta.update(tags=labelbook.bio_tags, term_matching=str(task.get("term_matching", "glossary")))
@@ -102,7 +103,8 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
         encode = partial(encode_ner, tokenizer, max_length=task.max_length, tags=meta["tags"])
     dm = TurnDataModule(cfg.data.train_file, cfg.data.val_file, lambda r: encode(r), tokenizer, labelbook, glossary,
                         batch_size=task.batch_size, context_turns=context_turns, seed=cfg.seed,
-                        bucket=cfg.data.get("length_bucketing", True))
+                        bucket=cfg.data.get("length_bucketing", True),
+                        non_task_intents=meta.get("non_task_intents", ()))
     dm.setup()
     data_fp = fingerprint(dm.train_dialogues + dm.val_dialogues, cfg.labels.ontology, cfg.labels.glossary)
     module = build_module(meta, backbone)
