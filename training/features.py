@@ -6,7 +6,8 @@ turn alone, with character spans aligned to tokens through offset mappings;
 decoding reads a word's tag from its first token (``june`` = ``▁ju`` + ``ne``
 is one DATE word, never a DATE ``ju`` beside a DATE ``ne``). A word is a run of
 letters and digits, one CJK character or one other symbol: the annotation
-guidelines' span boundaries always fall between words.
+guidelines' span boundaries always fall between words. The word tags are read as
+one sequence under the BIO rules (``bio_viterbi``).
 """
 from __future__ import annotations
 
