@@ -76,7 +76,7 @@ def serve(grid: Grid, cfg) -> dict:
         tracking.log_params({"branches": ",".join(cfg.branches), "rounds": int(cfg.rounds),
                              "local_epochs": int(cfg.local_epochs), "aggregation": dict(cfg.aggregation),
                              "sampling": dict(cfg.sampling), "privacy": dict(cfg.privacy), "model": str(cfg.model.name),
-                             "lora": dict(cfg.model.lora), "seed": int(cfg.seed)})
+                             "lora": {t: m["lora"] for t, m in models.metas.items()}, "seed": int(cfg.seed)})
         tracking.log_metrics(sizes, prefix="exchange.")
         final, reports = run_rounds(grid, strategy, to_record(models), cfg, plan, accountant, global_eval, _log_round)
         load_record(models, final)

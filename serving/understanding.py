@@ -67,7 +67,7 @@ def predict_turns(pipeline, items: list[TurnInput]) -> list[dict]:
     entities = pipeline.ner.predict([it.text for it in items])
     out = []
     for it, intent, ents in zip(items, intents, entities):
-        ents, state, unknown = pipeline.resolve_turn(it.text, ents, it.state)
+        ents, state, unknown = pipeline.resolve_turn(it.text, ents, it.state, intent["intent"])
         out.append({**intent, "entities": ents, "state": state, "unknown_terms": unknown})
     return out
 

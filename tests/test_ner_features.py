@@ -69,3 +69,24 @@ def test_bio_viterbi_never_lets_an_inside_tag_follow_another_label():
     probs2[0, id_], probs2[1, bd], probs2[2, id_] = 0.9, 0.9, 0.9
     assert bio_viterbi(np.log(probs2), TAGS, [True, True, True]) == [o, bd, id_]
     assert bio_viterbi(np.log(probs2), TAGS, [False, False, False]) == [o, o, o]
+
+
+def test_chinese_particles_glued_to_a_value_are_trimmed_off_the_span():
+    tags = ["O", "B-AMOUNT", "I-AMOUNT", "B-DURATION", "I-DURATION"]
+    text = "等了一整天，8000元的那笔"
+    # pieces as a sentencepiece vocabulary may cut them: 等 | 了一 | 整天 | ， | 8000 | 元的 | 那笔
+    offsets = [(0, 1), (1, 3), (3, 5), (5, 6), (6, 10), (10, 12), (12, 14)]
+    ids = [0, 3, 4, 0, 1, 2, 0]
+    spans = decode_spans(text, offsets, ids, tags)
+    assert [(text[s["start"]:s["end"]], s["label"]) for s in spans] == [("一整天", "DURATION"), ("8000元", "AMOUNT")]
+    # a span that is a particle alone is kept (nothing else to keep)
+    assert [(s["start"], s["end"]) for s in decode_spans("了", [(0, 1)], [1], tags)] == [(0, 1)]
+
+
+def test_no_glossary_form_starts_or_ends_with_a_trimmed_particle():
+    from findial.data.labelbook import Glossary
+    from findial.training.features import LEADING_PARTICLES, TRAILING_PARTICLES
+
+    forms = [f for t in Glossary.load().terms.values() for f in t.surface_forms if f]
+    assert len(forms) > 300
+    assert [f for f in forms if f[0] in LEADING_PARTICLES or f[-1] in TRAILING_PARTICLES] == []

@@ -11,7 +11,7 @@ from findial.data.corpus import load_corpus, turn_records
 from findial.data.labelbook import Glossary, LabelBook
 from findial.training.inference import EntityPredictor, IntentPredictor
 from findial.training.package import load_package, read_meta
-from findial.training.train import train_task
+from findial.training.train import task_meta, train_task
 
 MINI = str(Path(__file__).parent / "fixtures" / "mini.jsonl")
 DATA = [f"data=custom", f"data.train_file={MINI}", f"data.val_file={MINI}", "model=tiny",
@@ -107,6 +107,43 @@ def test_previous_intent_is_the_dialogue_task_skipping_non_task_intents():
            [None, None, "card_lost_report", "card_lost_report", "card_lost_report"]
     assert [r["previous_intent"] for r in turn_records([dialogue], 3)] == \
            [None, "greeting", "card_lost_report", "affirm", "card_lost_report"]
+
+
+def test_non_task_intents_outside_the_label_book_are_named_and_dropped(compose, caplog):
+    cfg = compose("train", [*DATA, "task=intent", "task.non_task_intents=[greeting,greting]"])
+    with caplog.at_level("WARNING", logger="findial.training.train"):
+        meta = task_meta(cfg.task, cfg.model, LabelBook.load(), 3)
+    assert meta["non_task_intents"] == ["greeting"]
+    assert "greting" in caplog.text and "task.non_task_intents" in caplog.text
+
+
+def test_model_task_lora_overrides_lora_for_its_task_only(compose):
+    cfg = compose("train", [*DATA, "+model.task_lora.intent.target_modules=[query,key,value,dense]",
+                            "+model.task_lora.intent.r=2"])
+    intent = task_meta(cfg.task, cfg.model, LabelBook.load(), 3)["lora"]
+    assert intent["target_modules"] == ["query", "key", "value", "dense"] and intent["r"] == 2
+    assert intent["alpha"] == cfg.model.lora.alpha  # keys not overridden come from model.lora
+    ner = compose("train", [*DATA, "task=ner", "+model.task_lora.intent.r=2"])
+    assert task_meta(ner.task, ner.model, LabelBook.load(), 0)["lora"] == OmegaConf.to_container(ner.model.lora)
+
+
+def test_a_stateless_intent_leaves_the_state_but_keeps_its_entities():
+    from findial.data.state import DialogueStateTracker
+    from findial.data.term_linker import TermLinker
+    from findial.data.term_matcher import GlossaryMatcher
+    from findial.training.inference import NLUPipeline
+
+    pipeline = NLUPipeline.__new__(NLUPipeline)
+    pipeline.labelbook, pipeline.glossary = LabelBook.load(), Glossary.load()
+    pipeline.linker, pipeline.matcher = TermLinker(pipeline.glossary), GlossaryMatcher(pipeline.glossary)
+    pipeline.term_matching, pipeline.tracker = "glossary", DialogueStateTracker(pipeline.labelbook)
+    pipeline.stateless_intents = frozenset({"greeting"})
+    before = {"amount": "8000元"}
+    false_date = [{"start": 0, "end": 2, "label": "DATE"}]  # "下午" of "下午好": a false DATE
+    ents, state, _ = pipeline.resolve_turn("下午好", false_date, before, "greeting")
+    assert state == before and [(e["start"], e["end"], e["label"]) for e in ents] == [(0, 2, "DATE")]
+    _, state, _ = pipeline.resolve_turn("下午好", false_date, before, "transfer_money")
+    assert state == {**before, "date": "下午"} and before == {"amount": "8000元"}
 
 
 def test_inference_carries_the_predicted_task_past_non_task_intents(monkeypatch):

@@ -143,6 +143,13 @@ def bio_viterbi(logprobs, tags: list[str], keep: list[bool]) -> list[int]:
     return out
 
 
+# Chinese particles that a multi-character sub-word piece can glue to a value ("了一整天", "是两万",
+# "8000元的", "五千起"). No value or glossary form starts or ends with one (the annotation guidelines
+# tag the value only; tests check the glossary), so decoding trims them off a span's ends.
+LEADING_PARTICLES = frozenset("了的是把给")
+TRAILING_PARTICLES = frozenset("的了起吗吧呢啊呀嘛")
+
+
 def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores=None) -> list[dict]:
     """Merge B/I words into character spans; a stray I- starts a new span. A word's tag is its first
     token's (``word_units``), so a span never starts or ends inside a word."""
@@ -171,6 +178,10 @@ def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores
         while start < end and text[start].isspace():
             start += 1
         while end > start and text[end - 1].isspace():
+            end -= 1
+        while end - start > 1 and text[start] in LEADING_PARTICLES:
+            start += 1
+        while end - start > 1 and text[end - 1] in TRAILING_PARTICLES:
             end -= 1
         if start < end:
             result.append({"start": start, "end": end, "label": s["label"],

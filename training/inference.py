@@ -134,6 +134,7 @@ class NLUPipeline:
         self.matcher = GlossaryMatcher(self.glossary)
         self.term_matching = term_matching or self.ner.meta.get("term_matching", "glossary")
         self.tracker = DialogueStateTracker(self.labelbook)
+        self.stateless_intents = frozenset(self.intent.meta.get("stateless_intents", ()))
         self.context_turns = self.intent.meta.get("context_turns", 3)
         self.masker = default_masker()
 
@@ -152,11 +153,14 @@ class NLUPipeline:
             linked.append(e)
         return linked, unknown
 
-    def resolve_turn(self, text: str, entities: list[dict], state: dict) -> tuple[list[dict], dict, list[str]]:
+    def resolve_turn(self, text: str, entities: list[dict], state: dict,
+                     intent: str | None = None) -> tuple[list[dict], dict, list[str]]:
         """One user turn's predicted entities -> (linked entities without empty fields, the state after
-        the turn, the unknown terminology surface forms); ``state`` is left untouched."""
+        the turn, the unknown terminology surface forms); ``state`` is left untouched. A turn whose
+        predicted ``intent`` is one of the package's ``stateless_intents`` leaves the state as it was."""
         linked, unknown = self.link(text, [dict(e) for e in entities])
-        state = self.tracker.update(state, linked, text)
+        if intent not in self.stateless_intents:
+            state = self.tracker.update(state, linked, text)
         return [{k: v for k, v in e.items() if v is not None} for e in linked], state, unknown
 
     def predict_dialogues(self, dialogues: list[dict]) -> list[dict]:
@@ -173,7 +177,7 @@ class NLUPipeline:
                 if turn["speaker"] != "user":
                     continue
                 intent, ents = by_turn[(d["id"], t_idx)]
-                ents, state, unknown = self.resolve_turn(turn["text"], ents, state)
+                ents, state, unknown = self.resolve_turn(turn["text"], ents, state, intent["intent"])
                 turn.update(intent)
                 turn["entities"] = ents
                 # surface strings leave the pipeline masked: a card number mislabelled as DURATION stays hidden

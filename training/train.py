@@ -61,17 +61,38 @@ def _resume_path(resume: str | None, home: str, task: str) -> str | None:
     return found[-1]
 
 
+def task_lora(model: DictConfig, task_name: str) -> dict:
+    """``model.lora`` with the backbone's overrides for this task (``model.task_lora.<task>``, optional):
+    module names are the backbone's, so per-task choices live in the model config."""
+    lora = OmegaConf.to_container(model.lora, resolve=True)
+    per_task = (model.get("task_lora") or {}).get(task_name)
+    if per_task:
+        lora.update(OmegaConf.to_container(per_task, resolve=True))
+    return lora
+
+
+def _intent_list(task: DictConfig, key: str, labelbook: LabelBook) -> list[str]:
+    """``task.<key>``, a list of intents, without those the label book lacks (named in a warning: the
+    default lists name the default label book's intents, another book may not have them all)."""
+    names = list(task.get(key) or ())
+    unknown = [i for i in names if i not in labelbook.intents]
+    if unknown:
+        log.warning("task.%s: %s not in the label book, ignored", key, unknown)
+    return [i for i in names if i not in unknown]
+
+
 def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context_turns: int) -> dict:
     meta = {
         "task": task.name, "backbone": OmegaConf.to_container(model.backbone, resolve=True),
         "backbone_name": model.name, "max_length": task.max_length, "context_turns": context_turns,
-        "lora": OmegaConf.to_container(model.lora, resolve=True),
+        "lora": task_lora(model, task.name),
         "optim": OmegaConf.to_container(model.optim, resolve=True),
     }
     if task.name == "intent":
         meta.update(intents=labelbook.intents, emotions=labelbook.emotions if task.get("emotion", True) else [],
                     previous_intent=bool(task.get("previous_intent", False)),
-                    non_task_intents=[i for i in task.get("non_task_intents", ()) if i in labelbook.intents],
+                    non_task_intents=_intent_list(task, "non_task_intents", labelbook),
+                    stateless_intents=_intent_list(task, "stateless_intents", labelbook),
                     pooling=str(task.get("pooling", "mean")))
     elif task.name == "ner":
         meta.update(tags=labelbook.bio_tags, term_matching=str(task.get("term_matching", "glossary")))
