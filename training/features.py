@@ -150,12 +150,13 @@ LEADING_PARTICLES = frozenset("了的是把给")
 TRAILING_PARTICLES = frozenset("的了起吗吧呢啊呀嘛")
 
 
-def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores=None) -> list[dict]:
+def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores=None, units=None) -> list[dict]:
     """Merge B/I words into character spans; a stray I- starts a new span. A word's tag is its first
-    token's (``word_units``), so a span never starts or ends inside a word."""
+    token's (``word_units``, or ``units`` when the caller has them already), so a span never starts or
+    ends inside a word."""
     spans: list[dict] = []
     cur = None
-    for k, ((start, end), tid) in enumerate(zip(word_units(text, offsets), tag_ids)):
+    for k, ((start, end), tid) in enumerate(zip(units or word_units(text, offsets), tag_ids)):
         if start == end:
             continue
         tag = tags[tid]

@@ -113,10 +113,10 @@ class EntityPredictor:
             probs = logits.float().softmax(-1).cpu()
             for k, i in enumerate(idx):
                 p = probs[k, :len(feats[i]["input_ids"])]
-                keep = [a < b for a, b in word_units(texts[i], feats[i]["offsets"])]
-                tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, keep)
+                units = word_units(texts[i], feats[i]["offsets"])
+                tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, [a < b for a, b in units])
                 conf = p[torch.arange(len(tag_ids)), tag_ids]
-                out[i] = decode_spans(texts[i], feats[i]["offsets"], tag_ids, tags, conf.tolist())
+                out[i] = decode_spans(texts[i], feats[i]["offsets"], tag_ids, tags, conf.tolist(), units)
         return out
 
 
