@@ -89,6 +89,8 @@ def compose_train(task: str, files: dict, args, home: Path, seed: int):
                  f"labels.glossary={_quote(files['glossary'])}", f"seed={seed}",
                  f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
                  f"trainer.enable_progress_bar={str(sys.stderr.isatty()).lower()}"]
+    if task == "intent":  # single-turn data whose label book has no dialogue-management intents
+        overrides += ["task.non_task_intents=[]", "task.stateless_intents=[]"]
     if args.epochs:
         overrides.append(f"trainer.max_epochs={args.epochs}")
     with initialize_config_module("findial.configs", version_base="1.3"):

@@ -23,9 +23,11 @@ Plain subcommands:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -207,16 +209,19 @@ def cmd_data(argv: list[str]) -> int:
     v.add_argument("--ontology", default=_data_path("spec/ontology.yaml"))
     v.add_argument("--glossary", default=_data_path("spec/glossary.yaml"))
     g = sub.add_parser("generate", help="regenerate the bundled corpus")
-    g.add_argument("--out", default=_data_path("corpus"))
+    g.add_argument("--out", default=_data_path("corpus"), help="output folder")
     g.add_argument("--seed", type=int, default=13)
-    g.add_argument("--scale", type=float, default=1.0)
+    g.add_argument("--scale", type=float, default=1.0, help="multiplies the number of dialogues")
     g.add_argument("--train-supplement", type=float, help="extra train dialogues drawing the train-only templates, "
                                                             "as a share of train (default: corpus.yaml)")
     args = p.parse_args(argv)
     if args.action == "generate":
         from findial.data.generator.build import generate_corpus
 
-        print(generate_corpus(Path(args.out), seed=args.seed, scale=args.scale, train_supplement=args.train_supplement))
+        t0 = time.perf_counter()
+        summary = generate_corpus(Path(args.out), seed=args.seed, scale=args.scale,
+                                  train_supplement=args.train_supplement)
+        print(json.dumps({**summary, "seconds": round(time.perf_counter() - t0, 2)}, ensure_ascii=False, indent=1))
         return 0
     lb, gl = LabelBook.load(args.ontology), Glossary.load(args.glossary)
     status = 0

@@ -87,7 +87,7 @@ def test_coverage(built, labelbook, glossary):
     missing = set(glossary.terms) - set(terms)
     assert not missing, sorted(missing)
     n_users = sum(len(_users(splits[s])) for s in SPLITS)
-    assert 3800 + 1200 * b.supplement_share <= n_users <= 5500 + 2500 * b.supplement_share
+    assert 3800 + 2800 * b.supplement_share <= n_users <= 5500 + 3600 * b.supplement_share  # ~3,200 per 1x
     multi = [d for s in SPLITS for d in splits[s] if len(_users([d])) > 1]
     assert 0.3 <= len(multi) / sum(len(splits[s]) for s in SPLITS) <= 0.5
     assert all(2 <= len(_users([d])) <= 5 for d in multi)

@@ -182,3 +182,24 @@ def test_inference_feeds_predicted_never_gold_previous_intents(monkeypatch):
     for dialogue, index, previous in sorted(seen, key=lambda s: (s[0], s[1])):
         assert previous == last.get(dialogue)
         last[dialogue] = f"p{index}"
+
+
+def test_intent_label_smoothing_reaches_the_loss(compose):
+    from findial.training.package import build_module, resolve_backbone
+
+    cfg = compose("train", [*DATA, "task=intent", "task.label_smoothing=0.2", "task.emotion=false"])
+    OmegaConf.resolve(cfg)
+    meta = task_meta(cfg.task, cfg.model, LabelBook.load(), 3)
+    assert meta["label_smoothing"] == 0.2
+    module = build_module(meta, resolve_backbone(meta["backbone"]))
+    plain = build_module({**meta, "label_smoothing": 0.0}, resolve_backbone(meta["backbone"]))
+    plain.load_state_dict(module.state_dict())
+    module.eval(), plain.eval()
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        logits = module(batch)["intent_logits"]
+    batch["intent_label"] = logits.argmax(-1)  # the predicted class: smoothing can only raise its loss
+    with torch.no_grad():
+        assert module._step(batch, "val") > plain._step(batch, "val")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        build_module({**meta, "label_smoothing": 1.0}, resolve_backbone(meta["backbone"]))

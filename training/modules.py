@@ -120,11 +120,15 @@ class IntentModule(LoRATaskModule):
 
     pooling ``mean``: the mean over all tokens (turn and context); ``turn_and_all``: the mean over the
     current turn beside the mean over everything, so a long context does not drown the turn itself.
+    ``label_smoothing`` applies to the intent loss only (the emotion head's labels are sparse).
     """
 
     def __init__(self, backbone_path: str, intents: list[str], emotions: list[str], lora: dict, optim: dict,
-                 emotion_weight: float = 0.5, pooling: str = "mean"):
+                 emotion_weight: float = 0.5, pooling: str = "mean", label_smoothing: float = 0.0):
         super().__init__(backbone_path, lora, optim)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"task.label_smoothing={label_smoothing!r}: expected a value in [0, 1)")
+        self.label_smoothing = float(label_smoothing)
         if pooling not in ("mean", "turn_and_all"):
             raise ValueError(f"task.pooling={pooling!r}: expected 'mean' or 'turn_and_all'")
         self.pooling = pooling
@@ -149,7 +153,8 @@ class IntentModule(LoRATaskModule):
 
     def _step(self, batch, stage: str):
         out = self(batch)
-        loss = nn.functional.cross_entropy(out["intent_logits"], batch["intent_label"])
+        loss = nn.functional.cross_entropy(out["intent_logits"], batch["intent_label"],
+                                           label_smoothing=self.label_smoothing)
         acc = (out["intent_logits"].argmax(-1) == batch["intent_label"]).float().mean()
         if self.emotion_head is not None:  # the mean over labelled turns; 0 (still in the graph: DDP) if none
             labelled = (batch["emotion_label"] != IGNORE).sum().clamp(min=1)

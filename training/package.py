@@ -38,7 +38,7 @@ def resolve_backbone(spec: dict | str) -> Path:
 def build_module(meta: dict, backbone_path: Path):
     if meta["task"] == "intent":
         return IntentModule(str(backbone_path), meta["intents"], meta.get("emotions", []), meta["lora"], meta["optim"],
-                            pooling=meta.get("pooling", "mean"))
+                            pooling=meta.get("pooling", "mean"), label_smoothing=meta.get("label_smoothing", 0.0))
     return NERModule(str(backbone_path), meta["tags"], meta["lora"], meta["optim"])
 
 

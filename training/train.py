@@ -93,7 +93,8 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
                     previous_intent=bool(task.get("previous_intent", False)),
                     non_task_intents=_intent_list(task, "non_task_intents", labelbook),
                     stateless_intents=_intent_list(task, "stateless_intents", labelbook),
-                    pooling=str(task.get("pooling", "mean")))
+                    pooling=str(task.get("pooling", "mean")),
+                    label_smoothing=float(task.get("label_smoothing", 0.0)))
     elif task.name == "ner":
         meta.update(tags=labelbook.bio_tags, term_matching=str(task.get("term_matching", "glossary")))
     else:
