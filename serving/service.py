@@ -107,7 +107,7 @@ class DialogueService:
                         session: Session | None, request_id: str, endpoint: str, started: float,
                         responder) -> dict:
         lang = lang or (session.lang if session and session.lang else None) or detect_lang(masked)
-        previous = tuple(t.get("intent") for t in session.turns if t["speaker"] == "user") if session else ()
+        previous = tuple(session.intents) if session else ()
         result, model = await self._understand(TurnInput(masked, lang, history, dict(state), previous))
         text = result.pop("text")
         reasons = self.policy.reasons(result, masked)  # rules see the text before model-found names are masked
@@ -120,7 +120,7 @@ class DialogueService:
             response, reasons = await self._respond(responder, out, history, reasons)
         out.update(handoff=bool(reasons), handoff_reasons=reasons)
         if session is not None:
-            out["turn_index"] = len(session.turns)
+            out["turn_index"] = session.n_turns
             session.lang = session.lang or lang
             session.state = dict(result["state"])
             session.add_turn({"speaker": "user", **{k: out[k] for k in (
@@ -162,9 +162,8 @@ class DialogueService:
         session, _ = self.sessions.get_or_create(self.session_id(session_id, "path.session_id"))
         async with session.lock:
             reasons = self.policy.compliance_hits(masked)
-            index = len(session.turns)
-            session.add_turn({"speaker": "agent", "text": masked, "handoff_reasons": reasons, "request_id": request_id},
-                             self.limits.max_context_turns)
+            index = session.add_turn({"speaker": "agent", "text": masked, "handoff_reasons": reasons,
+                                      "request_id": request_id}, self.limits.max_context_turns)
             self._mark_handoff(session, reasons)
         if reasons:
             self.metrics.count_handoff(reasons)

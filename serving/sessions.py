@@ -38,7 +38,12 @@ class Session:
     id: str
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
-    turns: list[dict] = field(default_factory=list)     # {"speaker", "text" (masked), + predictions on user turns}
+    turns: list[dict] = field(default_factory=list)     # the last turns: {"speaker", "text" (masked), + predictions}
+    n_turns: int = 0                                    # turns so far (``turns`` keeps only the last ones)
+    # The distinct intents predicted for the user turns, each at its latest position (oldest first): at
+    # most one entry per intent of the label book, and the dialogue's task (the last one that is not a
+    # non-task intent) however many turns ago it was set, after ``turns`` has let that turn go.
+    intents: list[str] = field(default_factory=list)
     state: dict = field(default_factory=dict)
     lang: str | None = None
     handoff: bool = False
@@ -48,10 +53,17 @@ class Session:
     def history(self, max_turns: int) -> tuple[tuple[str, str], ...]:
         return tuple((t["speaker"], t["text"]) for t in self.turns[-max_turns:])
 
-    def add_turn(self, turn: dict, max_turns: int) -> None:
+    def add_turn(self, turn: dict, max_turns: int) -> int:
+        """Append ``turn`` (keeping the last ``max_turns``); its index in the whole session."""
         self.turns.append(turn)
         del self.turns[:-max_turns]
+        if turn.get("intent") is not None:
+            if turn["intent"] in self.intents:
+                self.intents.remove(turn["intent"])
+            self.intents.append(turn["intent"])
+        self.n_turns += 1
         self.updated = time.time()
+        return self.n_turns - 1
 
     def view(self) -> dict:
         return {"session_id": self.id, "created": self.created, "updated": self.updated, "lang": self.lang,

@@ -28,7 +28,7 @@ class TurnInput:
     lang: str = "en"
     history: tuple[tuple[str, str], ...] = ()         # (speaker, masked text) of the preceding turns
     state: dict = field(default_factory=dict)         # the dialogue state before this turn
-    previous_intents: tuple[str, ...] = ()            # predicted for the session's earlier user turns
+    previous_intents: tuple[str, ...] = ()            # predicted for earlier user turns (Session.intents)
 
 
 def detect_lang(text: str) -> str:

@@ -149,6 +149,51 @@ def test_sessions_expire_and_least_recent_is_dropped():
     assert store.delete("d") and not store.delete("d")
 
 
+def test_a_long_session_keeps_its_task_and_counts_its_turns(settings, tmp_path):
+    """More non-task turns than the session keeps: the dialogue's task still reaches the model, and
+    turn indices keep counting. The understander is a recording stand-in (this tests the service)."""
+    import asyncio
+    import dataclasses
+
+    from findial.serving.service import DialogueService
+    from findial.data.corpus import dialogue_task
+
+    non_task = ("greeting", "thanks")
+    script = ["loan_prepayment"] + ["greeting", "thanks"] * 4 + ["loan_prepayment", "card_lost_report", "thanks"]
+
+    class Recorder:
+        def __init__(self):
+            self.seen: list[tuple[str, ...]] = []
+
+        async def understand(self, item):
+            self.seen.append(item.previous_intents)
+            intent = script[len(self.seen) - 1]
+            return ({"text": item.text, "intent": intent, "confidence": 0.9, "emotion": "neutral",
+                     "emotion_confidence": 0.9, "entities": [], "state": {}, "unknown_terms": []},
+                    {"ref": None, "name": "stand-in", "version": "1"})
+
+    limits = dataclasses.replace(settings.limits, max_context_turns=3)
+    settings = dataclasses.replace(settings, limits=limits, audit=dataclasses.replace(
+        settings.audit, path=str(tmp_path / "audit.jsonl")))
+    recorder = Recorder()
+    service = DialogueService(settings, recorder)
+
+    async def talk():
+        out = []
+        for i, _ in enumerate(script):
+            out.append(await service.user_turn(f"turn {i}", "en", f"r{i}", "dialogue", session_id="s1"))
+            out.append(await service.agent_turn("s1", f"reply {i}", f"a{i}"))
+        return out
+
+    replies = asyncio.run(talk())
+    assert [r["turn_index"] for r in replies] == list(range(2 * len(script)))
+    assert len(service.sessions.get("s1").turns) == 3
+    tasks = [dialogue_task(previous, non_task) for previous in recorder.seen]
+    # the 10th user turn comes 18 turns after the one that set the task (3 are kept): it still reads it
+    assert tasks == [None] + ["loan_prepayment"] * 10 + ["card_lost_report"]
+    assert set(service.sessions.get("s1").intents) == set(script)  # one entry per distinct intent
+
+
 def test_metrics_render_prometheus_text():
     m = Metrics()
     m.observe_request("POST", "/v1/understand", 200, 0.02)
