@@ -120,10 +120,9 @@ class DialogueService:
             response, reasons = await self._respond(responder, out, history, reasons)
         out.update(handoff=bool(reasons), handoff_reasons=reasons)
         if session is not None:
-            out["turn_index"] = session.n_turns
             session.lang = session.lang or lang
             session.state = dict(result["state"])
-            session.add_turn({"speaker": "user", **{k: out[k] for k in (
+            out["turn_index"] = session.add_turn({"speaker": "user", **{k: out[k] for k in (
                 "text", "intent", "confidence", "emotion", "emotion_confidence", "entities", "state",
                 "handoff_reasons", "request_id")}, "model_version": model.get("version")},
                 self.limits.max_context_turns)
