@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Measure findial on public banking NLU benchmarks, beside the published figures.
 
-    python benchmarks/public_benchmarks.py --model e5_small --out results.json
+    python benchmarks/public_benchmarks.py --full-train --out results.json
+    python benchmarks/public_benchmarks.py --which banking77 --model e5_small --epochs 5
     python benchmarks/public_benchmarks.py --which banking77 --model tiny --epochs 1 --max-train 200
 
 - BANKING77: findial's intent model; test accuracy (and macro F1) on the official test split.
@@ -48,8 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--datasets-dir", help="the public datasets folder (default: $FINDIAL_DATASETS, else "
                                           "datasets_dir of --settings, relative to the repository root)")
     p.add_argument("--which", default="banking77,nlupp", help="comma-separated: banking77, nlupp")
-    p.add_argument("--model", default="e5_small", choices=MODELS, help="findial backbone config (model=...)")
-    p.add_argument("--epochs", type=int, help="trainer.max_epochs (default: the task config's epochs)")
+    p.add_argument("--model", choices=MODELS, help="findial backbone config (model=...) for every benchmark "
+                                                  "(default: each benchmark's `model` in --settings)")
+    p.add_argument("--epochs", type=int, help="trainer.max_epochs for every benchmark (default: each benchmark's "
+                                              "`epochs` in --settings, else the task config's)")
     p.add_argument("--max-train", type=int, help="use at most N training examples (quick runs)")
     p.add_argument("--max-eval", type=int, help="use at most N validation and N test examples (quick runs)")
     p.add_argument("--full-train", action="store_true",
@@ -78,12 +81,12 @@ def _quote(path) -> str:
     return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + "'"    # backslashes before them or the end
 
 
-def compose_train(task: str, files: dict, args, home: Path, seed: int):
+def compose_train(task: str, files: dict, args, home: Path, seed: int, model: str, epochs: int | None):
     """The findial ``train`` config for one task on the benchmark files."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    overrides = [f"paths.home={_quote(home)}", f"task={task}", f"model={args.model}", "data=custom",
+    overrides = [f"paths.home={_quote(home)}", f"task={task}", f"model={model}", "data=custom",
                  f"data.train_file={_quote(files['train'])}", f"data.val_file={_quote(files['validation'])}",
                  f"data.test_file={_quote(files['test'])}", f"labels.ontology={_quote(files['ontology'])}",
                  f"labels.glossary={_quote(files['glossary'])}", f"seed={seed}",
@@ -91,8 +94,8 @@ def compose_train(task: str, files: dict, args, home: Path, seed: int):
                  f"trainer.enable_progress_bar={str(sys.stderr.isatty()).lower()}"]
     if task == "intent":  # single-turn data whose label book has no dialogue-management intents
         overrides += ["task.non_task_intents=[]", "task.stateless_intents=[]"]
-    if args.epochs:
-        overrides.append(f"trainer.max_epochs={args.epochs}")
+    if epochs:
+        overrides.append(f"trainer.max_epochs={epochs}")
     with initialize_config_module("findial.configs", version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, *args.overrides])
     OmegaConf.resolve(cfg)
@@ -115,11 +118,11 @@ def _step_timer():
     return StepTimer()
 
 
-def train(bench, files: dict, args, home: Path, seed: int) -> tuple[dict, object]:
+def train(bench, files: dict, args, home: Path, seed: int, model: str, epochs: int | None) -> tuple[dict, object]:
     from findial import tracking
     from findial.training.train import train_task
 
-    cfg = compose_train(bench.task, files, args, home, seed)
+    cfg = compose_train(bench.task, files, args, home, seed, model, epochs)
     tracking.configure(cfg.logger.tracking_uri, cfg.logger.artifact_root)
     epochs = cfg.trainer.max_epochs or cfg.task.epochs
     timer = _step_timer()
@@ -217,6 +220,12 @@ def subsample(bench, args, seed: int) -> None:
         bench.splits[split] = take(bench.splits[split], args.max_eval, seed, key)
 
 
+def model_and_epochs(which: str, settings, args) -> tuple[str, int | None]:
+    """The backbone config and epochs for one benchmark: the command line's, else the settings' (None: the task's)."""
+    return (args.model or settings[which].get("model") or "e5_small",
+            args.epochs or settings[which].get("epochs"))
+
+
 def run_one(which: str, root: Path, settings, args, home: Path, work: Path, seed: int) -> dict:
     from findial.data.labelbook import LabelBook
 
@@ -227,11 +236,12 @@ def run_one(which: str, root: Path, settings, args, home: Path, work: Path, seed
         bench.splits["train"] = bench.splits["train"] + bench.splits["validation"]
         protocol += " --full-train: the validation examples are trained on too (validation figure not held out)."
     files = bench.write(work / bench.name)
-    record = {"dataset": bench.name, "task": bench.task, "protocol": protocol, "model": args.model,
+    model, epochs = model_and_epochs(which, settings, args)
+    record = {"dataset": bench.name, "task": bench.task, "protocol": protocol, "model": model,
               "validation_in_training": args.full_train,
               "examples": {k: len(v) for k, v in bench.splits.items()},
               "subset": bool(args.max_train or args.max_eval)}
-    info, result = train(bench, files, args, home, seed)
+    info, result = train(bench, files, args, home, seed, model, epochs)
     record.update(info)
     if bench.task == "intent":
         record.update(evaluate_intent(bench, result.package_dir, args.device))

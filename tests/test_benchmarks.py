@@ -172,6 +172,19 @@ def _load_script():
     return module
 
 
+def test_each_benchmark_takes_its_model_and_epochs_from_the_settings_unless_the_command_line_says():
+    from omegaconf import OmegaConf
+
+    script = _load_script()
+    settings = OmegaConf.load(script.SETTINGS)
+    assert script.model_and_epochs("banking77", settings, script.parse_args([])) == ("minilm", 5)
+    assert script.model_and_epochs("nlupp", settings, script.parse_args([])) == ("minilm", None)
+    args = script.parse_args(["--model", "e5_small", "--epochs", "2"])
+    assert script.model_and_epochs("nlupp", settings, args) == ("e5_small", 2)
+    bare = OmegaConf.create({"banking77": {"val_fraction": 0.1}})
+    assert script.model_and_epochs("banking77", bare, script.parse_args([])) == ("e5_small", None)
+
+
 @pytest.mark.slow
 def test_script_end_to_end_on_a_tiny_subset(root, tmp_path):
     import mlflow
