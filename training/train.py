@@ -20,6 +20,7 @@ from findial import tracking
 from findial.data.corpus import fingerprint
 from findial.data.labelbook import Glossary, LabelBook
 
+from .averaging import TailAveraging
 from .datamodule import TurnDataModule
 from .features import encode_intent, encode_ner
 from .package import build_module, resolve_backbone, save_package
@@ -102,6 +103,14 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
     return meta
 
 
+def weight_averaging(task: DictConfig) -> list:
+    """The tail weight-averaging callback when ``task.weight_averaging.start`` is set, else none."""
+    wa = task.get("weight_averaging") or {}
+    if wa.get("start") is None:
+        return []
+    return [TailAveraging(wa.start, wa.get("every_n_steps", 10))]
+
+
 def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dict[str, str] | None = None,
                callbacks: list | None = None) -> TrainResult:
     """Fit one task model, save its package and log everything to one MLflow run.
@@ -159,7 +168,7 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
                                                          monitor="val_loss", save_top_k=1)]
                               + ([LearningRateMonitor(logging_interval="step")] if lead else [])
                               + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [])
-                              + list(callbacks or []))
+                              + weight_averaging(task) + list(callbacks or []))
         trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg.get("resume"), cfg.paths.home, task.name))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         package = out_dir / "package"
