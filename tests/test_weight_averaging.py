@@ -112,6 +112,7 @@ def test_it_switches_itself_off_under_sharded_parameters_only(strategy):
         averaging.on_train_end(trainer, module)  # nothing to copy, no error
     else:
         averaging.setup(trainer, module, "fit")
+        averaging.on_train_start(trainer, module)
         assert not averaging.disabled and averaging._average_model is not None
         assert averaging.should_update(step_idx=60) and not averaging.should_update(step_idx=49)
 

@@ -14,14 +14,7 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_warn
 
-from .strategies import trainable_names
-
-
-def shards_parameters(strategy) -> bool:
-    """DeepSpeed ZeRO-3 or FSDP: each rank holds a slice of every parameter."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return isinstance(strategy, FSDPStrategy) or bool(getattr(strategy, "zero_stage_3", False))
+from .strategies import is_sharded, trainable_names
 
 
 class TailAveraging(WeightAveraging):
@@ -32,28 +25,24 @@ class TailAveraging(WeightAveraging):
             raise ValueError(f"weight_averaging.every_n_steps={every_n_steps!r}: expected >= 1")
         super().__init__(use_buffers=False)  # the encoder's buffers are integer position / type ids
         self.start, self.every_n_steps = float(start), int(every_n_steps)
-        self._first_step: int | None = None
-        self._trainer = None
+        self._first_step = 0  # set when training starts, from the number of optimiser steps
         self.disabled = False
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and shards_parameters(trainer.strategy):
+        if stage == "fit" and is_sharded(pl_module, trainer.strategy):
             rank_zero_warn(f"task.weight_averaging is off under {type(trainer.strategy).__name__} (sharded "
                            "parameters): the package holds the last weights")
             self.disabled = True
             return
-        self._trainer = trainer
         super().setup(trainer, pl_module, stage)
 
-    def first_step(self) -> int:
-        if self._first_step is None:
-            self._first_step = int(self.start * self._trainer.estimated_stepping_batches)
-        return self._first_step
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._first_step = int(self.start * trainer.estimated_stepping_batches)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         if step_idx is None or self.disabled:
             return False
-        return step_idx >= self.first_step() and (step_idx - self.first_step()) % self.every_n_steps == 0
+        return step_idx >= self._first_step and (step_idx - self._first_step) % self.every_n_steps == 0
 
     def _has_mean(self) -> bool:
         return self._average_model is not None and int(self._average_model.n_averaged) > 0

@@ -124,12 +124,12 @@ def trainable_names(module: torch.nn.Module) -> set[str]:
 
 
 def is_sharded(module: torch.nn.Module, strategy=None) -> bool:
-    """Parameters partitioned across ranks (DeepSpeed ZeRO-3 or FSDP)."""
+    """Parameters partitioned across ranks (DeepSpeed ZeRO-3 or FSDP), or to be once ``strategy`` sets up."""
     if any(hasattr(p, "ds_id") for p in module.parameters()):
         return True
     from lightning.pytorch.strategies import FSDPStrategy
 
-    return isinstance(strategy, FSDPStrategy)
+    return isinstance(strategy, FSDPStrategy) or bool(getattr(strategy, "zero_stage_3", False))
 
 
 def consolidated_trainable_state(module: torch.nn.Module, strategy=None) -> dict[str, torch.Tensor]:
