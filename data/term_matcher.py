@@ -54,8 +54,10 @@ def folded_view(text: str) -> tuple[str, list[int]]:
 
 
 class GlossaryMatcher:
-    def __init__(self, glossary: Glossary):
+    def __init__(self, glossary: Glossary, settled=frozenset()):
+        """``settled``: folded common words (see ``settled_forms``) that are mentions without the model."""
         self._glossary = glossary
+        self._settled = frozenset(settled)
         # the glossary's own folded index; longest form first, ties in glossary order
         self._forms = sorted(((k, v) for k, v in glossary.alias_index.items() if k), key=lambda kv: -len(kv[0]))
 
@@ -74,8 +76,30 @@ class GlossaryMatcher:
         out = []
         for s, e, t in sorted(found):
             start, end = index[s], index[e - 1] + 1
-            out.append(TermMatch(start, end, self._glossary.label_of(t), t, _common_word(text[start:end])))
+            common = _common_word(text[start:end]) and view[s:e] not in self._settled
+            out.append(TermMatch(start, end, self._glossary.label_of(t), t, common))
         return out
+
+
+def settled_forms(dialogues, matcher: GlossaryMatcher, min_count: int = 5) -> list[str]:
+    """The common words (``TermMatch.common``) the annotation tags as a mention every time: found at least
+    ``min_count`` times in the user turns of ``dialogues`` (a training split), each time a gold mention
+    with the same span and term id ("password", "mortgage"; never "check" or "funds"). Folded, sorted.
+    Stored with a NER model, they let ``merge_terms`` take such a word where the model missed it."""
+    seen: dict[str, int] = {}
+    broken: set[str] = set()
+    for dialogue in dialogues:
+        for turn in dialogue["turns"]:
+            if turn.get("speaker") != "user":
+                continue
+            gold = {(e["start"], e["end"], e.get("term_id")) for e in turn.get("entities") or []}
+            for m in matcher.find(turn["text"]):
+                if m.common:
+                    form = folded_view(turn["text"][m.start:m.end])[0]
+                    seen[form] = seen.get(form, 0) + 1
+                    if (m.start, m.end, m.term_id) not in gold:
+                        broken.add(form)
+    return sorted(f for f, n in seen.items() if n >= min_count and f not in broken)
 
 
 def _match_end(view: str, start: int, end: int) -> int | None:

@@ -90,3 +90,61 @@ def test_no_glossary_form_starts_or_ends_with_a_trimmed_particle():
     forms = [f for t in Glossary.load().terms.values() for f in t.surface_forms if f]
     assert len(forms) > 300
     assert [f for f in forms if f[0] in LEADING_PARTICLES or f[-1] in TRAILING_PARTICLES] == []
+
+
+def test_clause_punctuation_a_piece_glues_to_a_value_is_trimmed_off():
+    text = "April 19, I believe"
+    offsets = [(0, 0), (0, 5), (5, 9), (9, 11), (11, 19), (0, 0)]  # ▁April | ▁19, | ▁I | ▁believe
+    spans = decode_spans(text, offsets, [0, 3, 4, 0, 0, 0], TAGS)
+    assert [(text[s["start"]:s["end"]], s["label"]) for s in spans] == [("April 19", "DATE")]
+    # a span of punctuation alone is no span; a full stop stays ("3 p.m.")
+    assert decode_spans("，", [(0, 1)], [3], TAGS) == []
+    assert [s["end"] for s in decode_spans("3 p.m.", [(0, 1), (1, 6)], [3, 4], TAGS)] == [6]
+
+
+def test_two_values_of_one_label_never_stand_side_by_side_but_two_terms_may():
+    import numpy as np
+
+    from findial.training.features import bio_viterbi
+
+    tags = ["O", "B-DATE", "I-DATE", "B-TERM", "I-TERM"]
+    o, bd, id_, bt = 0, 1, 2, 3
+    # "the end of the month": "end" leans B-DATE after a B-DATE "the"
+    probs = np.full((4, len(tags)), 0.01)
+    probs[0, bd], probs[0, o] = 0.8, 0.15
+    probs[1, bd], probs[1, id_] = 0.6, 0.35
+    probs[2, id_] = probs[3, id_] = 0.9
+    keep = [True] * 4
+    assert bio_viterbi(np.log(probs), tags, keep, {"DATE", "TERM"}) == [bd, bd, id_, id_]  # two DATEs
+    assert bio_viterbi(np.log(probs), tags, keep, {"TERM"}) == [bd, id_, id_, id_]  # .8 x .35 beats .15 x .6
+    probs[0, bd], probs[0, o] = 0.15, 0.8   # where "the" leans outside, the DATE starts at "end"
+    assert bio_viterbi(np.log(probs), tags, keep, {"TERM"}) == [o, bd, id_, id_]
+    # two terms side by side ("境外电汇" + "手续费") stay two when TERM may
+    probs2 = np.full((2, len(tags)), 0.01)
+    probs2[:, bt] = 0.9
+    assert bio_viterbi(np.log(probs2), tags, [True, True], {"TERM"}) == [bt, bt]
+    assert bio_viterbi(np.log(probs2), tags, [True, True]) != [bt, bt]
+
+
+def test_the_bundled_annotation_has_what_decoding_assumes():
+    """No value starts or ends with clause punctuation, and no two values of one non-terminology label
+    stand side by side (nothing but whitespace between): what ``decode_spans`` and ``bio_viterbi`` rely on."""
+    import json
+    from pathlib import Path
+
+    from findial.data.labelbook import LabelBook
+    from findial.training.features import EDGE_PUNCTUATION
+
+    terminology = LabelBook.load().terminology_labels
+    edges, side_by_side, n = [], [], 0
+    for split in ("train", "validation", "test"):
+        for line in (Path(__file__).parents[1] / "data" / "corpus" / f"{split}.jsonl").open(encoding="utf-8"):
+            for turn in json.loads(line)["turns"]:
+                ents = sorted(turn.get("entities") or [], key=lambda e: e["start"])
+                n += len(ents)
+                text = turn["text"]
+                edges += [e for e in ents if {text[e["start"]], text[e["end"] - 1]} & EDGE_PUNCTUATION]
+                side_by_side += [(a, b) for a, b in zip(ents, ents[1:]) if a["label"] == b["label"]
+                                 and a["label"] not in terminology and not text[a["end"]:b["start"]].strip()]
+    assert n > 10000
+    assert edges == [] and side_by_side == []

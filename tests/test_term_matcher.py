@@ -2,7 +2,7 @@
 import pytest
 
 from findial.data.labelbook import Glossary
-from findial.data.term_matcher import GlossaryMatcher, folded_view, merge_terms
+from findial.data.term_matcher import GlossaryMatcher, folded_view, merge_terms, settled_forms
 
 TERMINOLOGY = frozenset({"PRODUCT", "TERM"})
 
@@ -49,6 +49,30 @@ def test_everyday_english_words_need_the_models_support(matcher):
     merged = merge_terms(text, model, found, TERMINOLOGY, "glossary")
     assert [(text[e["start"]:e["end"]], e["term_id"]) for e in merged] == [
         ("checking account", "current_account"), ("funds", "mutual_fund")]
+
+
+def _turn(text, mentions):
+    """A user turn whose gold entities are the given (surface, term_id) mentions, each at its first place."""
+    ents = [{"start": text.index(f), "end": text.index(f) + len(f), "label": "TERM", "term_id": t}
+            for f, t in mentions]
+    return {"turns": [{"speaker": "user", "text": text, "entities": ents}]}
+
+
+def test_common_words_the_train_annotation_always_tags_are_settled(matcher):
+    dialogues = ([_turn("please unlock my password", [("password", "password")])] * 5
+                 + [_turn("Password reset, please", [("Password", "password")])]
+                 + [_turn("I have funds in my current account", [])] * 6      # "funds": not a mention here
+                 + [_turn("Buy some funds", [("funds", "mutual_fund")])] * 6
+                 + [_turn("the fee is fine", [("fee", "handling_fee")])] * 4)          # too few to settle
+    assert settled_forms(dialogues, matcher) == ["password"]
+    assert settled_forms(dialogues, matcher, min_count=4) == ["fee", "password"]
+    settled = GlossaryMatcher(Glossary.load(), settled_forms(dialogues, matcher))
+    text = "I forgot my PASSWORD and my password, and check funds"
+    assert [(text[m.start:m.end], m.common) for m in settled.find(text)] == [
+        ("PASSWORD", False), ("password", False), ("check", True), ("funds", True)]
+    # a settled word is a mention without the model's support; an unsettled one still needs it
+    merged = merge_terms(text, [], settled.find(text), TERMINOLOGY, "glossary")
+    assert [text[e["start"]:e["end"]] for e in merged] == ["PASSWORD", "password"]
 
 
 def test_merge_glossary_mode_replaces_overlapping_model_spans_and_keeps_others(matcher):

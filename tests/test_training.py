@@ -45,6 +45,10 @@ def test_ner_package_round_trip_and_lean_checkpoint(compose, tmp_path):
     assert any("lora_" in n for n in trainable) and any("tag_head" in n for n in trainable)
     ckpt = torch.load(result.package_dir.parent / "checkpoints" / "last.ckpt", weights_only=False)
     assert set(ckpt["state_dict"]) == trainable  # frozen backbone is not in the checkpoint
+    from findial.data.term_matcher import GlossaryMatcher, settled_forms
+
+    train = load_corpus(MINI, LabelBook.load(), Glossary.load())
+    assert meta["settled_forms"] == settled_forms(train, GlossaryMatcher(Glossary.load()))
     spans = EntityPredictor(result.package_dir).predict(["我的信用卡昨天丢了", "send $300 next Friday"])
     assert len(spans) == 2
     for text, ents in zip(["我的信用卡昨天丢了", "send $300 next Friday"], spans):

@@ -106,25 +106,31 @@ def align_labels(offsets, entities: list[dict], tags: list[str]) -> list[int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _bio_transitions(tags: tuple[str, ...]):
+def _bio_transitions(tags: tuple[str, ...], side_by_side: frozenset = frozenset()):
     """Log-space scores: where a sequence may start (not on ``I-``), and [previous, next] transitions."""
     import numpy as np
 
     inside = [t[2:] if t.startswith("I-") else None for t in tags]
+    begin = [t[2:] if t.startswith("B-") else None for t in tags]
     label = [t[2:] if t != "O" else None for t in tags]
     start = np.where([x is None for x in inside], 0.0, -np.inf)
-    allowed = np.array([[inside[j] is None or inside[j] == label[i] for j in range(len(tags))]
-                        for i in range(len(tags))])
+    allowed = np.array([[(inside[j] is None or inside[j] == label[i])
+                         and (begin[j] is None or begin[j] != label[i] or begin[j] in side_by_side)
+                         for j in range(len(tags))] for i in range(len(tags))])
     return start, np.where(allowed, 0.0, -np.inf)
 
 
-def bio_viterbi(logprobs, tags: list[str], keep: list[bool]) -> list[int]:
+def bio_viterbi(logprobs, tags: list[str], keep: list[bool], side_by_side=frozenset()) -> list[int]:
     """The most probable tag per position under BIO rules (an ``I-X`` only after ``B-X`` or ``I-X``),
-    over the positions in ``keep`` (the tagged words); the others get ``O``. ``logprobs``: [n, tags]."""
+    over the positions in ``keep`` (the tagged words); the others get ``O``. ``logprobs``: [n, tags].
+    A ``B-X`` never directly follows an ``X`` word either, unless X is in ``side_by_side``: the
+    annotation has no two values of one label next to each other (the bundled corpus has none; tests
+    check it), so "the" + "end of the month" is decided as one DATE or one word outside it, never two
+    DATEs. Terminology labels are the exception ("境外电汇" + "手续费" are two terms)."""
     import numpy as np
 
     lp = np.asarray(logprobs, dtype=np.float64)
-    start, penalty = _bio_transitions(tuple(tags))
+    start, penalty = _bio_transitions(tuple(tags), frozenset(side_by_side))
     rows = [k for k, kept in enumerate(keep) if kept]
     out = [tags.index("O")] * len(keep)
     if not rows:
@@ -148,6 +154,26 @@ def bio_viterbi(logprobs, tags: list[str], keep: list[bool]) -> list[int]:
 # tag the value only; tests check the glossary), so decoding trims them off a span's ends.
 LEADING_PARTICLES = frozenset("了的是把给")
 TRAILING_PARTICLES = frozenset("的了起吗吧呢啊呀嘛")
+# Clause punctuation a piece can glue to a value (" 19," in "April 19, I believe"); no value starts or
+# ends with one (tests check the bundled corpus). A full stop is not among them ("3 p.m.").
+EDGE_PUNCTUATION = frozenset(",;:!?，。；：！？、")
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    """A span without the whitespace, clause punctuation and particles at its ends (a particle alone is
+    kept; punctuation alone leaves an empty span, which is dropped)."""
+    while True:
+        before = (start, end)
+        while start < end and (text[start].isspace() or text[start] in EDGE_PUNCTUATION):
+            start += 1
+        while end > start and (text[end - 1].isspace() or text[end - 1] in EDGE_PUNCTUATION):
+            end -= 1
+        while end - start > 1 and text[start] in LEADING_PARTICLES:
+            start += 1
+        while end - start > 1 and text[end - 1] in TRAILING_PARTICLES:
+            end -= 1
+        if (start, end) == before:
+            return start, end
 
 
 def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores=None, units=None) -> list[dict]:
@@ -175,15 +201,7 @@ def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores
         spans.append(cur)
     result = []
     for s in spans:
-        start, end = s["start"], s["end"]
-        while start < end and text[start].isspace():
-            start += 1
-        while end > start and text[end - 1].isspace():
-            end -= 1
-        while end - start > 1 and text[start] in LEADING_PARTICLES:
-            start += 1
-        while end - start > 1 and text[end - 1] in TRAILING_PARTICLES:
-            end -= 1
+        start, end = _trim(text, s["start"], s["end"])
         if start < end:
             result.append({"start": start, "end": end, "label": s["label"],
                            "confidence": round(min(s["scores"]), 4)})

@@ -101,6 +101,8 @@ class EntityPredictor:
         self.module, self.tokenizer, self.meta = load_package(path, device)
         self.module = for_inference(self.module)
         self.device, self.batch_size = device, batch_size
+        # terminology mentions may stand side by side; two values of another label never do
+        self.side_by_side = LabelBook.load(Path(path) / "ontology.yaml").terminology_labels
 
     @torch.inference_mode()
     def predict(self, texts: list[str]) -> list[list[dict]]:
@@ -114,7 +116,8 @@ class EntityPredictor:
             for k, i in enumerate(idx):
                 p = probs[k, :len(feats[i]["input_ids"])]
                 units = word_units(texts[i], feats[i]["offsets"])
-                tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, [a < b for a, b in units])
+                tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, [a < b for a, b in units],
+                                      self.side_by_side)
                 conf = p[torch.arange(len(tag_ids)), tag_ids]
                 out[i] = decode_spans(texts[i], feats[i]["offsets"], tag_ids, tags, conf.tolist(), units)
         return out
@@ -131,7 +134,7 @@ class NLUPipeline:
         self.labelbook = labelbook or LabelBook.load(Path(intent_path) / "ontology.yaml")
         self.glossary = glossary or Glossary.load(Path(intent_path) / "glossary.yaml")
         self.linker = TermLinker(self.glossary)
-        self.matcher = GlossaryMatcher(self.glossary)
+        self.matcher = GlossaryMatcher(self.glossary, self.ner.meta.get("settled_forms", ()))
         self.term_matching = term_matching or self.ner.meta.get("term_matching", "glossary")
         self.tracker = DialogueStateTracker(self.labelbook)
         self.stateless_intents = frozenset(self.intent.meta.get("stateless_intents", ()))

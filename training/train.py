@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 from findial import tracking
 from findial.data.corpus import fingerprint
 from findial.data.labelbook import Glossary, LabelBook
+from findial.data.term_matcher import GlossaryMatcher, settled_forms
 
 from .averaging import TailAveraging
 from .datamodule import TurnDataModule
@@ -137,6 +138,8 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
                         bucket=cfg.data.get("length_bucketing", True),
                         non_task_intents=meta.get("non_task_intents", ()))
     dm.setup()
+    if task.name == "ner":  # common glossary words the train annotation tags every time (term_matcher.py)
+        meta["settled_forms"] = settled_forms(dm.train_dialogues, GlossaryMatcher(glossary))
     data_fp = fingerprint(dm.train_dialogues + dm.val_dialogues, cfg.labels.ontology, cfg.labels.glossary)
     module = build_module(meta, backbone)
     out_dir = Path(out_dir) / task.name
