@@ -12,7 +12,8 @@ English plural ``s``/``es`` right after the form is part of the mention.
 A single English word not written in capitals ("check", "funds", "wire",
 "checking") is also an everyday word, so such a match is flagged ``common``:
 ``merge_terms`` takes it only where the NER model tagged a terminology span
-over it. Chinese forms, phrases and acronyms ("ETF", "LPR") need no such support.
+over it. Chinese forms, phrases and acronyms ("ETF", "LPR") need no such support,
+nor do the common words a training split always tags (``settled_forms``).
 """
 from __future__ import annotations
 
