@@ -88,6 +88,25 @@ def cmd_train(cfg: DictConfig) -> None:
         print(f"registered {name} v{version}")
 
 
+def _member_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """Per intent ensemble member (``members``), the run's config with ``model`` replaced by the member's,
+    its backbone resolved up front so a missing package fails before any training."""
+    from omegaconf import open_dict
+
+    from findial.training.package import resolve_backbone
+
+    out = {}
+    for name, spec in (cfg.get("members") or {}).items():
+        if spec.task.name != "intent":
+            raise ValueError(f"members.{name}.task: an ensemble member is an intent model, not {spec.task.name!r}")
+        mcfg = cfg.copy()
+        with open_dict(mcfg):
+            mcfg.model = spec.model
+        resolve_backbone(OmegaConf.to_container(mcfg.model.backbone, resolve=True))
+        out[name] = mcfg
+    return out
+
+
 def cmd_run(cfg: DictConfig) -> None:
     from findial import registry
     from findial.evaluation.evaluate import evaluate
@@ -95,13 +114,19 @@ def cmd_run(cfg: DictConfig) -> None:
 
     _configure_tracking(cfg)
     out = _out_dir()
+    members = _member_configs(cfg)
     results = {name: train_task(cfg, cfg.tasks[name], out) for name in ("intent", "ner")}
+    member_results = {name: train_task(mcfg, mcfg.members[name].task, out / f"member-{name}")
+                      for name, mcfg in members.items()}
     if not results["intent"].run_id:  # a non-zero rank of a multi-device launch: rank 0 registers and evaluates
         return
     info = {name: {"train_run_id": r.run_id, "metrics": r.metrics} for name, r in results.items()}
+    info["members"] = {name: {"backbone": members[name].model.name, "train_run_id": r.run_id, "metrics": r.metrics}
+                       for name, r in member_results.items()}
     info["data_fingerprint"] = results["intent"].data_fingerprint
     info["backbone"] = cfg.model.name
-    bundle = registry.make_bundle(results["intent"].package_dir, results["ner"].package_dir, out / "bundle", info)
+    bundle = registry.make_bundle(results["intent"].package_dir, results["ner"].package_dir, out / "bundle", info,
+                                  members={name: r.package_dir for name, r in member_results.items()})
     name = cfg.registry.model_name
     tags = {"findial.data_fingerprint": info["data_fingerprint"], "findial.backbone": cfg.model.name,
             "findial.intent_run_id": results["intent"].run_id, "findial.ner_run_id": results["ner"].run_id}

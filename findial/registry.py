@@ -35,13 +35,30 @@ def _client():
     return MlflowClient()
 
 
-def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str | Path, info: dict) -> Path:
-    """An NLU bundle: both task packages and the label book, as one directory (written atomically)."""
+def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str | Path, info: dict,
+                members: dict[str, str | Path] | None = None) -> Path:
+    """An NLU bundle: both task packages and the label book, as one directory (written atomically).
+    ``members`` (name -> intent package) go into the intent package as its ensemble members
+    (``intent/members/<name>``, listed in its meta; see ``IntentPredictor``)."""
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(intent_package, tmp / "intent")
     shutil.copytree(ner_package, tmp / "ner")
+    if members:
+        from findial.training.package import read_meta
+
+        intents = read_meta(intent_package)["intents"]
+        for name, path in members.items():
+            meta = read_meta(path)
+            if meta.get("task") != "intent" or meta.get("intents") != intents or meta.get("members"):
+                raise ValueError(f"{path}: ensemble member {name!r} must be a plain intent package over the "
+                                 f"intents of {intent_package}")
+            shutil.copytree(path, tmp / "intent" / "members" / name)
+        meta_file = tmp / "intent" / "findial_model.json"
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta["members"] = list(members)
+        meta_file.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     for name in ("ontology.yaml", "glossary.yaml"):
         shutil.copyfile(Path(intent_package) / name, tmp / name)
     tracking.atomic_write_text(tmp / "bundle.json", json.dumps(info, indent=2, ensure_ascii=False))

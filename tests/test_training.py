@@ -207,3 +207,65 @@ def test_intent_label_smoothing_reaches_the_loss(compose):
         assert module._step(batch, "val") > plain._step(batch, "val")
     with pytest.raises(ValueError, match="label_smoothing"):
         build_module({**meta, "label_smoothing": 1.0}, resolve_backbone(meta["backbone"]))
+
+
+def test_turn_scopes_pick_the_turns_an_ensemble_member_learns_from():
+    from findial.training.datamodule import in_scope
+
+    dialogue = {"id": "d", "lang": "en", "turns": [
+        {"speaker": "user", "text": "hi", "intent": "greeting"},
+        {"speaker": "user", "text": "I lost my card", "intent": "card_lost_report"},
+        {"speaker": "user", "text": "my number is [PHONE]", "intent": "card_lost_report"},
+        {"speaker": "user", "text": "thanks", "intent": "thanks"},
+        {"speaker": "user", "text": "and my limit?", "intent": "credit_limit_increase"}]}
+    rows = turn_records([dialogue], 0, ("greeting", "thanks"))
+    assert [in_scope(r, "first_task") for r in rows] == [True, True, False, False, False]
+    assert [in_scope(r, "own_task") for r in rows] == [True, True, False, True, True]
+    assert all(in_scope(r, "all") for r in rows)
+
+
+def test_model_task_optim_overrides_optim_for_its_task_only(compose):
+    cfg = compose("train", [*DATA, "+model.task_optim.intent.head_lr=0.5"])
+    assert task_meta(cfg.task, cfg.model, LabelBook.load(), 3)["optim"]["head_lr"] == 0.5
+    ner = compose("train", [*DATA, "task=ner", "+model.task_optim.intent.head_lr=0.5"])
+    assert task_meta(ner.task, ner.model, LabelBook.load(), 0)["optim"] == OmegaConf.to_container(ner.model.optim)
+
+
+def test_members_preset_composes_a_text_only_intent_member(compose):
+    cfg = compose("pipeline", ["members=gemma3"])
+    member = cfg.members.gemma3
+    assert member.model.name == "gemma3" and member.task.name == "intent"
+    assert (member.task.turns, member.task.context_turns, member.task.previous_intent) == ("own_task", 0, False)
+    assert not compose("pipeline", []).members  # none by default
+
+
+def test_an_intent_ensemble_member_answers_with_the_main_model_on_turns_of_their_own_task(compose, tmp_path):
+    from findial.registry import make_bundle
+
+    _, main = _train(compose, tmp_path / "main", "intent", 3)
+    _, member = _train(compose, tmp_path / "member", "intent_member", 3)
+    _, ner = _train(compose, tmp_path / "ner", "ner", 1)
+    assert read_meta(member.package_dir)["turns"] == "own_task"
+    with pytest.raises(ValueError, match="plain intent package"):
+        make_bundle(main.package_dir, ner.package_dir, tmp_path / "bad", {}, members={"x": ner.package_dir})
+    assert not (tmp_path / "bad").exists()
+    bundle = make_bundle(main.package_dir, ner.package_dir, tmp_path / "bundle", {},
+                         members={"m": member.package_dir})
+    predictor = IntentPredictor(bundle / "intent")
+    assert read_meta(bundle / "intent")["members"] == ["m"] and len(predictor.members) == 1
+
+    rows = turn_records(load_corpus(MINI, LabelBook.load(), Glossary.load()), 3)
+    intents = predictor.meta["intents"]
+    # no task yet: the mean of both models' probabilities
+    first = [{**r, "previous_intent": None} for r in rows]
+    main_p, member_p = predictor.probabilities(first)[0], predictor.members[0].probabilities(first)[0]
+    for p, a, b in zip(predictor.predict(first), main_p, member_p):
+        assert p["confidence"] == pytest.approx(float(((a + b) / 2).max()), abs=1e-4)
+    # with a task: the main model's answer alone where it keeps that task, the mean where it reads a new one
+    task = [{**r, "previous_intent": r["intent"]} for r in rows]
+    main_p, member_p = predictor.probabilities(task)[0], predictor.members[0].probabilities(task)[0]
+    kept = [intents[int(a.argmax())] == r["intent"] for r, a in zip(task, main_p)]
+    assert any(kept)
+    for p, a, b, keeps in zip(predictor.predict(task), main_p, member_p, kept):
+        expected = a if keeps else (a + b) / 2
+        assert p["confidence"] == pytest.approx(float(expected.max()), abs=1e-4)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 from typing import Callable
 
 import lightning as L
@@ -69,15 +70,35 @@ def collate(features: list[dict], pad_id: int) -> dict:
     return batch
 
 
+# Which user turns a model learns from: all; "first_task": those before the dialogue has a task (its first
+# task turn and the greetings before it); "own_task": those that do not continue the dialogue's task (the
+# first task turn, a new task, a greeting or thanks), what an intent ensemble member reads (inference.py).
+TURN_SCOPES = ("all", "first_task", "own_task")
+
+
+def in_scope(row: dict, turns: str) -> bool:
+    """Whether a turn record (``turn_records``: ``previous_intent`` is the dialogue's annotated task
+    before the turn) is one a model of this ``turns`` scope learns from."""
+    if turns == "first_task":
+        return row["previous_intent"] is None
+    if turns == "own_task":
+        return row["intent"] != row["previous_intent"]
+    return True
+
+
 class TurnDataModule(L.LightningDataModule):
     def __init__(self, train_file: str, val_file: str, encode: Callable[[dict], dict], tokenizer,
                  labelbook, glossary, batch_size: int = 32, eval_batch_size: int = 64,
-                 context_turns: int = 3, seed: int = 0, bucket: bool = True, non_task_intents=()):
+                 context_turns: int = 3, seed: int = 0, bucket: bool = True, non_task_intents=(),
+                 turns: str = "all"):
         super().__init__()
         self.train_file, self.val_file, self.encode, self.tokenizer = train_file, val_file, encode, tokenizer
         self.labelbook, self.glossary = labelbook, glossary
         self.batch_size, self.eval_batch_size, self.context_turns = batch_size, eval_batch_size, context_turns
         self.seed, self.bucket, self.non_task_intents = seed, bucket, tuple(non_task_intents)
+        if turns not in TURN_SCOPES:
+            raise ValueError(f"task.turns={turns!r}: expected one of {TURN_SCOPES}")
+        self.turns = turns
         self.train_dialogues: list[dict] = []
         self.val_dialogues: list[dict] = []
 
@@ -92,6 +113,8 @@ class TurnDataModule(L.LightningDataModule):
     def _features(self, dialogues: list[dict]):
         """User turns as a Hugging Face dataset, tokenised with the task's encoder."""
         ds = to_dataset(dialogues, self.context_turns, self.non_task_intents)
+        if self.turns != "all":
+            ds = ds.filter(partial(in_scope, turns=self.turns), desc=f"{self.turns} turns")
         return ds.map(self.encode, remove_columns=ds.column_names, desc="tokenising")
 
     def _loader(self, features, batch_size: int, shuffle: bool) -> DataLoader:

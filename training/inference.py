@@ -43,30 +43,60 @@ def _pad(features: list[dict], pad_id: int, device) -> dict:
 
 
 class IntentPredictor:
+    """An intent package, and the ensemble members it carries (``members/<name>``, listed in its meta):
+    intent packages over the same intents, usually on another backbone, reading the turn alone and trained
+    on the turns of their own task (``task.turns: own_task``). On a turn before any task is predicted, or one
+    the main model reads as a new task, the intent is the one with the highest mean of the models'
+    probabilities; a follow-up the main model reads as the dialogue's task, and every emotion, are the main
+    model's alone."""
+
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64):
         self.module, self.tokenizer, self.meta = load_package(path, device)
         self.module = for_inference(self.module)
         self.device, self.batch_size = device, batch_size
+        self.members = [IntentPredictor(Path(path) / "members" / name, device, batch_size)
+                        for name in self.meta.get("members", ())]
+        for name, member in zip(self.meta.get("members", ()), self.members):
+            if member.meta["intents"] != self.meta["intents"] or member.members:
+                raise ValueError(f"{path}: member {name!r} must be a plain intent package over the same intents")
+
+    @torch.inference_mode()
+    def probabilities(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(intent, emotion or None) probabilities per turn record, this package's model alone. The record's
+        context is cut to the package's own ``context_turns``."""
+        m = self.meta
+        keep = m.get("context_turns", 3)
+        feats = [encode_intent(self.tokenizer, {**r, "context": (r.get("context") or [])[-keep:] if keep else [],
+                                                "intent": None, "emotion": None},
+                               m["max_length"], m["intents"], [], bool(m.get("previous_intent"))) for r in rows]
+        intents = torch.zeros(len(rows), len(m["intents"]))
+        emotions = torch.zeros(len(rows), len(m["emotions"])) if m.get("emotions") else None
+        for idx in _batches(feats, self.batch_size, key=lambda f: len(f["input_ids"])):
+            res = self.module(_pad([feats[i] for i in idx], self.tokenizer.pad_token_id or 0, self.device))
+            intents[idx] = res["intent_logits"].float().softmax(-1).cpu()
+            if emotions is not None and "emotion_logits" in res:
+                emotions[idx] = res["emotion_logits"].float().softmax(-1).cpu()
+        return intents, emotions
 
     @torch.inference_mode()
     def predict(self, rows: list[dict]) -> list[dict]:
         """Intent (+ emotion) per turn record. A model that reads the previous intent takes the row's
         ``previous_intent``: the caller's prediction for the turn before (see ``predict_dialogues``)."""
         m = self.meta
-        use_previous = bool(m.get("previous_intent"))
-        feats = [encode_intent(self.tokenizer, {**r, "intent": None, "emotion": None}, m["max_length"],
-                               m["intents"], [], use_previous) for r in rows]
-        out: list[dict] = [{} for _ in rows]
-        for idx in _batches(feats, self.batch_size, key=lambda f: len(f["input_ids"])):
-            res = self.module(_pad([feats[i] for i in idx], self.tokenizer.pad_token_id or 0, self.device))
-            ip = res["intent_logits"].float().softmax(-1).cpu()
-            ep = res["emotion_logits"].float().softmax(-1).cpu() if "emotion_logits" in res else None
-            for k, i in enumerate(idx):
-                conf, j = ip[k].max(0)
-                out[i] = {"intent": m["intents"][j], "confidence": round(float(conf), 4)}
-                if ep is not None:
-                    ec, ej = ep[k].max(0)
-                    out[i].update(emotion=m["emotions"][ej], emotion_confidence=round(float(ec), 4))
+        ip, ep = self.probabilities(rows)
+        own = [i for i, r in enumerate(rows) if not r.get("previous_intent")
+               or m["intents"][int(ip[i].argmax())] != r["previous_intent"]]
+        if self.members and own:
+            ip[own] = (ip[own] + sum(mem.probabilities([rows[i] for i in own])[0] for mem in self.members)) \
+                / (1 + len(self.members))
+        out: list[dict] = []
+        for k in range(len(rows)):
+            conf, j = ip[k].max(0)
+            res = {"intent": m["intents"][j], "confidence": round(float(conf), 4)}
+            if ep is not None:
+                ec, ej = ep[k].max(0)
+                res.update(emotion=m["emotions"][ej], emotion_confidence=round(float(ec), 4))
+            out.append(res)
         return out
 
     def dialogue_task(self, intents) -> str | None:
@@ -77,7 +107,7 @@ class IntentPredictor:
     def predict_in_order(self, rows: list[dict]) -> list[dict]:
         """``predict`` over whole dialogues: each turn reads the dialogue task predicted so far (never
         the gold one), so turns go in waves by position, each wave one batched call."""
-        if not self.meta.get("previous_intent"):
+        if not self.meta.get("previous_intent") and not self.members:
             return self.predict(rows)
         out: list[dict] = [{} for _ in rows]
         last: dict[str, str | None] = {}

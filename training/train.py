@@ -63,14 +63,18 @@ def _resume_path(resume: str | None, home: str, task: str) -> str | None:
     return found[-1]
 
 
-def task_lora(model: DictConfig, task_name: str) -> dict:
-    """``model.lora`` with the backbone's overrides for this task (``model.task_lora.<task>``, optional):
-    module names are the backbone's, so per-task choices live in the model config."""
-    lora = OmegaConf.to_container(model.lora, resolve=True)
-    per_task = (model.get("task_lora") or {}).get(task_name)
+def _per_task(model: DictConfig, key: str, per_task_key: str, task_name: str) -> dict:
+    """``model.<key>`` with the backbone's overrides for this task (``model.<per_task_key>.<task>``,
+    optional): module names and step sizes are the backbone's, so per-task choices live in the model config."""
+    out = OmegaConf.to_container(model[key], resolve=True)
+    per_task = (model.get(per_task_key) or {}).get(task_name)
     if per_task:
-        lora.update(OmegaConf.to_container(per_task, resolve=True))
-    return lora
+        out.update(OmegaConf.to_container(per_task, resolve=True))
+    return out
+
+
+def task_lora(model: DictConfig, task_name: str) -> dict:
+    return _per_task(model, "lora", "task_lora", task_name)
 
 
 def _intent_list(task: DictConfig, key: str, labelbook: LabelBook) -> list[str]:
@@ -88,7 +92,7 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
         "task": task.name, "backbone": OmegaConf.to_container(model.backbone, resolve=True),
         "backbone_name": model.name, "max_length": task.max_length, "context_turns": context_turns,
         "lora": task_lora(model, task.name),
-        "optim": OmegaConf.to_container(model.optim, resolve=True),
+        "optim": _per_task(model, "optim", "task_optim", task.name),
     }
     if task.name == "intent":
         meta.update(intents=labelbook.intents, emotions=labelbook.emotions if task.get("emotion", True) else [],
@@ -96,7 +100,8 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
                     non_task_intents=_intent_list(task, "non_task_intents", labelbook),
                     stateless_intents=_intent_list(task, "stateless_intents", labelbook),
                     pooling=str(task.get("pooling", "mean")),
-                    label_smoothing=float(task.get("label_smoothing", 0.0)))
+                    label_smoothing=float(task.get("label_smoothing", 0.0)),
+                    turns=str(task.get("turns", "all")))
     elif task.name == "ner":
         meta.update(tags=labelbook.bio_tags, term_matching=str(task.get("term_matching", "glossary")))
     else:
@@ -124,7 +129,7 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
     L.seed_everything(cfg.seed, workers=True)
     labelbook = LabelBook.load(cfg.labels.ontology)
     glossary = Glossary.load(cfg.labels.glossary)
-    context_turns = cfg.data.context_turns if task.name == "intent" else 0
+    context_turns = task.get("context_turns", cfg.data.context_turns) if task.name == "intent" else 0
     meta = task_meta(task, cfg.model, labelbook, context_turns)
     backbone = resolve_backbone(meta["backbone"])
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
@@ -136,7 +141,7 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
     dm = TurnDataModule(cfg.data.train_file, cfg.data.val_file, lambda r: encode(r), tokenizer, labelbook, glossary,
                         batch_size=task.batch_size, context_turns=context_turns, seed=cfg.seed,
                         bucket=cfg.data.get("length_bucketing", True),
-                        non_task_intents=meta.get("non_task_intents", ()))
+                        non_task_intents=meta.get("non_task_intents", ()), turns=meta.get("turns", "all"))
     dm.setup()
     if task.name == "ner":  # common glossary words the train annotation tags every time (term_matcher.py)
         meta["settled_forms"] = settled_forms(dm.train_dialogues, GlossaryMatcher(glossary))
