@@ -46,14 +46,11 @@ def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str
     shutil.copytree(intent_package, tmp / "intent")
     shutil.copytree(ner_package, tmp / "ner")
     if members:
-        from findial.training.package import read_meta
+        from findial.training.package import check_member, read_meta
 
-        intents = read_meta(intent_package)["intents"]
+        main = read_meta(intent_package)
         for name, path in members.items():
-            meta = read_meta(path)
-            if meta.get("task") != "intent" or meta.get("intents") != intents or meta.get("members"):
-                raise ValueError(f"{path}: ensemble member {name!r} must be a plain intent package over the "
-                                 f"intents of {intent_package}")
+            check_member(name, read_meta(path), main, path)
             shutil.copytree(path, tmp / "intent" / "members" / name)
         meta_file = tmp / "intent" / "findial_model.json"
         meta = json.loads(meta_file.read_text(encoding="utf-8"))

@@ -14,7 +14,7 @@ from findial.data.term_linker import TermLinker
 from findial.data.term_matcher import GlossaryMatcher, merge_terms
 
 from .features import bio_viterbi, decode_spans, encode_intent, encode_ner, word_units
-from .package import load_package
+from .package import check_member, load_package
 
 
 def for_inference(module):
@@ -57,8 +57,7 @@ class IntentPredictor:
         self.members = [IntentPredictor(Path(path) / "members" / name, device, batch_size)
                         for name in self.meta.get("members", ())]
         for name, member in zip(self.meta.get("members", ()), self.members):
-            if member.meta["intents"] != self.meta["intents"] or member.members:
-                raise ValueError(f"{path}: member {name!r} must be a plain intent package over the same intents")
+            check_member(name, member.meta, self.meta, path)
 
     @torch.inference_mode()
     def probabilities(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -67,6 +67,15 @@ def save_package(module, meta: dict, target: str | Path, files: dict[str, str | 
     return target
 
 
+def check_member(name: str, member_meta: dict, main_meta: dict, where: str | Path) -> None:
+    """An intent ensemble member must be a plain intent package (no members of its own) over the main
+    intent package's intents; ``where`` names the package in the error."""
+    if (member_meta.get("task") != "intent" or member_meta.get("intents") != main_meta.get("intents")
+            or member_meta.get("members")):
+        raise ValueError(f"{where}: ensemble member {name!r} must be a plain intent package over the "
+                         f"intents of the main intent package")
+
+
 def read_meta(path: str | Path) -> dict:
     f = Path(path) / "findial_model.json"
     if not f.is_file():

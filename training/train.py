@@ -73,10 +73,6 @@ def _per_task(model: DictConfig, key: str, per_task_key: str, task_name: str) ->
     return out
 
 
-def task_lora(model: DictConfig, task_name: str) -> dict:
-    return _per_task(model, "lora", "task_lora", task_name)
-
-
 def _intent_list(task: DictConfig, key: str, labelbook: LabelBook) -> list[str]:
     """``task.<key>``, a list of intents, without those the label book lacks (named in a warning: the
     default lists name the default label book's intents, another book may not have them all)."""
@@ -91,7 +87,7 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
     meta = {
         "task": task.name, "backbone": OmegaConf.to_container(model.backbone, resolve=True),
         "backbone_name": model.name, "max_length": task.max_length, "context_turns": context_turns,
-        "lora": task_lora(model, task.name),
+        "lora": _per_task(model, "lora", "task_lora", task.name),
         "optim": _per_task(model, "optim", "task_optim", task.name),
     }
     if task.name == "intent":
