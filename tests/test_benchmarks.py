@@ -218,3 +218,28 @@ def test_full_train_trains_on_validation_too_and_says_so(root, tmp_path):
     b77 = results["benchmarks"]["banking77"]
     assert b77["examples"] == {"train": 32 + 16, "validation": 16, "test": 16}
     assert b77["validation_in_training"] is True and "--full-train" in b77["protocol"]
+
+
+def test_first_turn_probe_scores_every_first_task_turn(tmp_path):
+    """benchmarks/first_turn_probe.py end to end on the default backbone, a few steps: one prediction per
+    probed turn, every one an intent of the label book, and the accuracy is over the task turns."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "first_turn_probe.py"), "--backbone", "e5_small",
+                           "--epochs", "0.01", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = importlib.util.spec_from_file_location("probe", root / "benchmarks" / "first_turn_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    result = json.loads(out.read_text())
+    intents = set(LabelBook.load().intents)
+    for split in ("validation", "test"):
+        rows = probe.first_turns(split)
+        preds = result[split]["predictions"]
+        assert len(preds) == len(rows) and set(preds) <= intents
+        task = [(p, r[1]) for p, r in zip(preds, rows) if r[2]]
+        assert result[split]["first_task_turn_accuracy"] == pytest.approx(sum(p == y for p, y in task) / len(task))
+        assert f"{split}: first task turns" in proc.stdout
