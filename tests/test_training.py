@@ -1,4 +1,5 @@
 """Tiny-model training runs: the real Lightning + peft path on a randomly initialised BERT."""
+import json
 import shutil
 from pathlib import Path
 
@@ -231,12 +232,33 @@ def test_model_task_optim_overrides_optim_for_its_task_only(compose):
     assert task_meta(ner.task, ner.model, LabelBook.load(), 0)["optim"] == OmegaConf.to_container(ner.model.optim)
 
 
-def test_members_preset_composes_a_text_only_intent_member(compose):
-    cfg = compose("pipeline", ["members=gemma3"])
+def test_model_task_encoder_overrides_the_backbone_config_of_its_task_and_loads_back(compose, tmp_path):
+    override = "+model.task_encoder.ner.attention_probs_dropout_prob=0.0"
+    intent = compose("train", [*DATA, override])
+    assert "encoder" not in task_meta(intent.task, intent.model, LabelBook.load(), 3)
+    _, result = _train(compose, tmp_path, "ner", 1, [override])
+    assert read_meta(result.package_dir)["encoder"] == {"attention_probs_dropout_prob": 0.0}
+    module, _, _ = load_package(result.package_dir)
+    assert module.encoder.config.attention_probs_dropout_prob == 0.0  # the tiny BERT's own config says 0.1
+
+
+def test_gemma3_tags_entities_with_a_bidirectional_encoder(compose):
+    ner = compose("train", ["model=gemma3", "task=ner"])
+    assert task_meta(ner.task, ner.model, LabelBook.load(), 0)["encoder"] == {"use_bidirectional_attention": True}
+    intent = compose("train", ["model=gemma3", "task=intent"])
+    assert "encoder" not in task_meta(intent.task, intent.model, LabelBook.load(), 3)  # the member stays causal
+
+
+def test_members_preset_composes_a_text_only_intent_member_and_a_ner_member(compose):
+    cfg = compose("pipeline", [])  # the default
     member = cfg.members.gemma3
     assert member.model.name == "gemma3" and member.task.name == "intent"
     assert (member.task.turns, member.task.context_turns, member.task.previous_intent) == ("own_task", 0, False)
-    assert not compose("pipeline", []).members  # none by default
+    tagger = cfg.members.gemma3_ner
+    assert tagger.model.name == "gemma3" and tagger.task.name == "ner" and tagger.task.epochs == 3
+    assert task_meta(tagger.task, tagger.model, LabelBook.load(), 0)["encoder"] == {"use_bidirectional_attention": True}
+    assert not compose("pipeline", ["members=none"]).members
+    assert not compose("pipeline", ["experiment=smoke"]).members  # smoke runs stay on the tiny backbone
 
 
 def test_an_intent_ensemble_member_answers_with_the_main_model_on_turns_of_their_own_task(compose, tmp_path):
@@ -246,9 +268,12 @@ def test_an_intent_ensemble_member_answers_with_the_main_model_on_turns_of_their
     _, member = _train(compose, tmp_path / "member", "intent_member", 3)
     _, ner = _train(compose, tmp_path / "ner", "ner", 1)
     assert read_meta(member.package_dir)["turns"] == "own_task"
-    with pytest.raises(ValueError, match="plain intent package"):
-        make_bundle(main.package_dir, ner.package_dir, tmp_path / "bad", {}, members={"x": ner.package_dir})
-    assert not (tmp_path / "bad").exists()
+    other = shutil.copytree(member.package_dir, tmp_path / "other")  # a member over other intents
+    meta = json.loads((other / "findial_model.json").read_text(encoding="utf-8"))
+    (other / "findial_model.json").write_text(json.dumps({**meta, "intents": meta["intents"][:-1]}), encoding="utf-8")
+    with pytest.raises(ValueError, match="plain intent package over the intents"):
+        make_bundle(main.package_dir, ner.package_dir, tmp_path / "bad", {}, members={"x": other})
+    assert not list(tmp_path.glob("*bad*"))  # nothing half-written
     bundle = make_bundle(main.package_dir, ner.package_dir, tmp_path / "bundle", {},
                          members={"m": member.package_dir})
     predictor = IntentPredictor(bundle / "intent")
@@ -269,3 +294,42 @@ def test_an_intent_ensemble_member_answers_with_the_main_model_on_turns_of_their
     for p, a, b, keeps in zip(predictor.predict(task), main_p, member_p, kept):
         expected = a if keeps else (a + b) / 2
         assert p["confidence"] == pytest.approx(float(expected.max()), abs=1e-4)
+
+
+def test_a_ner_ensemble_member_goes_into_the_ner_package_and_averages_on_common_words(compose, tmp_path):
+    from findial.registry import make_bundle
+    from findial.training.inference import common_words
+
+    _, intent = _train(compose, tmp_path / "intent", "intent", 1)
+    _, ner = _train(compose, tmp_path / "ner", "ner", 2)
+    _, other = _train(compose, tmp_path / "other", "ner", 1, ["seed=1"])
+    bundle = make_bundle(intent.package_dir, ner.package_dir, tmp_path / "bundle", {},
+                         members={"twin": ner.package_dir, "other": other.package_dir})
+    assert read_meta(bundle / "ner")["members"] == ["twin", "other"] and "members" not in read_meta(bundle / "intent")
+    texts = ["我的信用卡昨天丢了", "send $300 next Friday", "   "]
+    predictor = EntityPredictor(bundle / "ner")
+    assert len(predictor.members) == 2
+    # the ensemble's probabilities are the mean of the three models' on the same words (one tokenizer)
+    parts = [m.word_probabilities(texts) for m in [predictor] + predictor.members]
+    for k, text in enumerate(texts):
+        words, p = common_words([part[k] for part in parts], predictor.meta["tags"])
+        assert words == parts[0][k][0]
+        assert torch.allclose(p, sum(part[k][1] for part in parts) / 3, atol=1e-6)
+    alone = EntityPredictor(ner.package_dir).predict(texts)
+    predictor.members = predictor.members[:1]  # the model and its twin: the model's own answer
+    assert predictor.predict(texts) == alone and alone[2] == []
+
+
+def test_common_words_splits_a_word_one_tokenizer_keeps_whole_as_its_continuation():
+    from findial.training.inference import common_words
+
+    tags = ["O", "B-PRODUCT", "I-PRODUCT"]
+    whole = ([(0, 3), (4, 6)], torch.tensor([[0.1, 0.8, 0.1], [1.0, 0.0, 0.0]]))  # "信用卡" one word
+    split = ([(0, 1), (1, 2), (2, 3)], torch.tensor([[0.2, 0.6, 0.2], [0.2, 0.2, 0.6], [0.5, 0.1, 0.4]]))
+    words, p = common_words([whole, split], tags)
+    assert words == [(0, 1), (1, 2), (2, 3), (4, 6)]  # (4, 6): only the first model has a word there
+    expected = torch.tensor([[0.15, 0.7, 0.15],
+                             [0.15, 0.1, 0.75],  # inside the first model's word: its B- counts as I-
+                             [0.3, 0.05, 0.65],
+                             [1.0, 0.0, 0.0]])
+    assert torch.allclose(p, expected, atol=1e-6)

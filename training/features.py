@@ -182,7 +182,7 @@ def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores
     ends inside a word."""
     spans: list[dict] = []
     cur = None
-    for k, ((start, end), tid) in enumerate(zip(units or word_units(text, offsets), tag_ids)):
+    for k, ((start, end), tid) in enumerate(zip(word_units(text, offsets) if units is None else units, tag_ids)):
         if start == end:
             continue
         tag = tags[tid]

@@ -126,30 +126,73 @@ class IntentPredictor:
 
 
 class EntityPredictor:
+    """A NER package, and the ensemble members it carries (``members/<name>``, listed in its meta): NER
+    packages over the same tags, usually on another backbone and so another tokenizer. Each model's tag
+    probabilities per word are laid on the finest common split of the text into words (a word one model
+    cuts in two continues as ``I-`` for that model) and averaged there; the BIO decoding reads the mean."""
+
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64):
         self.module, self.tokenizer, self.meta = load_package(path, device)
         self.module = for_inference(self.module)
         self.device, self.batch_size = device, batch_size
         # terminology mentions may stand side by side; two values of another label never do
         self.side_by_side = LabelBook.load(Path(path) / "ontology.yaml").terminology_labels
+        self.members = [EntityPredictor(Path(path) / "members" / name, device, batch_size)
+                        for name in self.meta.get("members", ())]
+        for name, member in zip(self.meta.get("members", ()), self.members):
+            check_member(name, member.meta, self.meta, path)
 
     @torch.inference_mode()
-    def predict(self, texts: list[str]) -> list[list[dict]]:
+    def word_probabilities(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
+        """Per text, this package's model alone: its words (character spans, ``word_units``) and their tag
+        probabilities [words, tags]."""
         tags = self.meta["tags"]
         feats = [encode_ner(self.tokenizer, {"text": t}, self.meta["max_length"], tags) for t in texts]
-        out: list[list[dict]] = [[] for _ in texts]
+        out: list = [None] * len(texts)
         for idx in _batches(feats, self.batch_size, key=lambda f: len(f["input_ids"])):
             logits = self.module(_pad([feats[i] for i in idx], self.tokenizer.pad_token_id or 0,
                                       self.device))["tag_logits"]
             probs = logits.float().softmax(-1).cpu()
             for k, i in enumerate(idx):
-                p = probs[k, :len(feats[i]["input_ids"])]
                 units = word_units(texts[i], feats[i]["offsets"])
-                tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, [a < b for a, b in units],
-                                      self.side_by_side)
-                conf = p[torch.arange(len(tag_ids)), tag_ids]
-                out[i] = decode_spans(texts[i], feats[i]["offsets"], tag_ids, tags, conf.tolist(), units)
+                words = [j for j, (a, b) in enumerate(units) if a < b]
+                out[i] = ([units[j] for j in words], probs[k, torch.tensor(words, dtype=torch.long)])
         return out
+
+    def predict(self, texts: list[str]) -> list[list[dict]]:
+        tags = self.meta["tags"]
+        own = self.word_probabilities(texts)
+        others = [m.word_probabilities(texts) for m in self.members]
+        out: list[list[dict]] = []
+        for i, text in enumerate(texts):
+            words, p = common_words([own[i]] + [o[i] for o in others], tags) if others else own[i]
+            tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, [True] * len(words), self.side_by_side)
+            conf = p[torch.arange(len(tag_ids)), torch.tensor(tag_ids, dtype=torch.long)]
+            out.append(decode_spans(text, None, tag_ids, tags, conf.tolist(), words))
+        return out
+
+
+def common_words(parts: list[tuple[list[tuple[int, int]], torch.Tensor]], tags: list[str]):
+    """Several models' (words, tag probabilities) over one text -> the same on the finest common split:
+    the pieces between every word boundary of every model. A piece that starts a model's word takes that
+    word's probabilities, one inside it the same with each ``B-X`` counted as ``I-X`` (the word goes on);
+    a piece is the mean over the models with a word there."""
+    cuts = sorted({b for words, _ in parts for span in words for b in span})
+    cont = torch.arange(len(tags))
+    for j, t in enumerate(tags):
+        if t.startswith("B-") and "I-" + t[2:] in tags:
+            cont[j] = tags.index("I-" + t[2:])
+    pieces, rows = [], []
+    for a, b in zip(cuts, cuts[1:]):
+        found = []
+        for words, p in parts:
+            k = next((k for k, (s, e) in enumerate(words) if s <= a and b <= e), None)
+            if k is not None:
+                found.append(p[k] if words[k][0] == a else torch.zeros_like(p[k]).index_add_(0, cont, p[k]))
+        if found:
+            pieces.append((a, b))
+            rows.append(torch.stack(found).mean(0))
+    return pieces, torch.stack(rows) if rows else torch.zeros(0, len(tags))
 
 
 class NLUPipeline:

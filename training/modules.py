@@ -17,9 +17,13 @@ from transformers import AutoModel
 from .features import IGNORE
 
 
-def build_encoder(backbone_path: str | Path, lora: dict):
-    base = AutoModel.from_pretrained(str(backbone_path), add_pooling_layer=False) \
-        if _is_bert_like(backbone_path) else AutoModel.from_pretrained(str(backbone_path))
+def build_encoder(backbone_path: str | Path, lora: dict, config: dict | None = None):
+    """The backbone with LoRA adapters; ``config`` overrides keys of the backbone's own config
+    (``use_bidirectional_attention`` lets a Gemma 3 decoder read a whole sentence, as NER needs)."""
+    kwargs = dict(config or {})
+    if _is_bert_like(backbone_path):
+        kwargs["add_pooling_layer"] = False
+    base = AutoModel.from_pretrained(str(backbone_path), **kwargs)
     n_layers = getattr(base.config, "num_hidden_layers", None)
     top = lora.get("top_layers")
     layers = list(range(n_layers - top, n_layers)) if top and n_layers and top < n_layers else None
@@ -61,9 +65,9 @@ def first_segment_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) ->
 class LoRATaskModule(L.LightningModule):
     """Shared plumbing: encoder + LoRA, optimiser, lean checkpoints."""
 
-    def __init__(self, backbone_path: str, lora: dict, optim: dict):
+    def __init__(self, backbone_path: str, lora: dict, optim: dict, encoder: dict | None = None):
         super().__init__()
-        self.encoder = build_encoder(backbone_path, lora)
+        self.encoder = build_encoder(backbone_path, lora, encoder)
         self.optim = dict(optim)
         self.strict_loading = False  # checkpoints carry trainable tensors only
         hidden = self.encoder.config.hidden_size
@@ -124,8 +128,9 @@ class IntentModule(LoRATaskModule):
     """
 
     def __init__(self, backbone_path: str, intents: list[str], emotions: list[str], lora: dict, optim: dict,
-                 emotion_weight: float = 0.5, pooling: str = "mean", label_smoothing: float = 0.0):
-        super().__init__(backbone_path, lora, optim)
+                 emotion_weight: float = 0.5, pooling: str = "mean", label_smoothing: float = 0.0,
+                 encoder: dict | None = None):
+        super().__init__(backbone_path, lora, optim, encoder)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"task.label_smoothing={label_smoothing!r}: expected a value in [0, 1)")
         self.label_smoothing = float(label_smoothing)
@@ -169,8 +174,8 @@ class IntentModule(LoRATaskModule):
 class NERModule(LoRATaskModule):
     """Token classification over the label book's BIO tags."""
 
-    def __init__(self, backbone_path: str, tags: list[str], lora: dict, optim: dict):
-        super().__init__(backbone_path, lora, optim)
+    def __init__(self, backbone_path: str, tags: list[str], lora: dict, optim: dict, encoder: dict | None = None):
+        super().__init__(backbone_path, lora, optim, encoder)
         self.tags = list(tags)
         self.tag_head = nn.Linear(self.hidden_size, len(tags))
 

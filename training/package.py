@@ -38,8 +38,9 @@ def resolve_backbone(spec: dict | str) -> Path:
 def build_module(meta: dict, backbone_path: Path):
     if meta["task"] == "intent":
         return IntentModule(str(backbone_path), meta["intents"], meta.get("emotions", []), meta["lora"], meta["optim"],
-                            pooling=meta.get("pooling", "mean"), label_smoothing=meta.get("label_smoothing", 0.0))
-    return NERModule(str(backbone_path), meta["tags"], meta["lora"], meta["optim"])
+                            pooling=meta.get("pooling", "mean"), label_smoothing=meta.get("label_smoothing", 0.0),
+                            encoder=meta.get("encoder"))
+    return NERModule(str(backbone_path), meta["tags"], meta["lora"], meta["optim"], encoder=meta.get("encoder"))
 
 
 def save_package(module, meta: dict, target: str | Path, files: dict[str, str | Path] | None = None) -> Path:
@@ -67,13 +68,18 @@ def save_package(module, meta: dict, target: str | Path, files: dict[str, str | 
     return target
 
 
+LABEL_KEYS = {"intent": "intents", "ner": "tags"}
+
+
 def check_member(name: str, member_meta: dict, main_meta: dict, where: str | Path) -> None:
-    """An intent ensemble member must be a plain intent package (no members of its own) over the main
-    intent package's intents; ``where`` names the package in the error."""
-    if (member_meta.get("task") != "intent" or member_meta.get("intents") != main_meta.get("intents")
-            or member_meta.get("members")):
-        raise ValueError(f"{where}: ensemble member {name!r} must be a plain intent package over the "
-                         f"intents of the main intent package")
+    """An ensemble member must be a plain package (no members of its own) of the main package's task over
+    the same labels (intents, BIO tags); ``where`` names the package in the error."""
+    task = main_meta.get("task")
+    key = LABEL_KEYS.get(task)
+    if key is None or member_meta.get("task") != task or member_meta.get(key) != main_meta.get(key) \
+            or member_meta.get("members"):
+        raise ValueError(f"{where}: ensemble member {name!r} must be a plain {task} package over the "
+                         f"{key or 'labels'} of the main {task} package")
 
 
 def read_meta(path: str | Path) -> dict:

@@ -66,7 +66,7 @@ def _resume_path(resume: str | None, home: str, task: str) -> str | None:
 def _per_task(model: DictConfig, key: str, per_task_key: str, task_name: str) -> dict:
     """``model.<key>`` with the backbone's overrides for this task (``model.<per_task_key>.<task>``,
     optional): module names and step sizes are the backbone's, so per-task choices live in the model config."""
-    out = OmegaConf.to_container(model[key], resolve=True)
+    out = OmegaConf.to_container(model[key], resolve=True) if model.get(key) else {}
     per_task = (model.get(per_task_key) or {}).get(task_name)
     if per_task:
         out.update(OmegaConf.to_container(per_task, resolve=True))
@@ -90,6 +90,9 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
         "lora": _per_task(model, "lora", "task_lora", task.name),
         "optim": _per_task(model, "optim", "task_optim", task.name),
     }
+    encoder = _per_task(model, "encoder", "task_encoder", task.name)
+    if encoder:  # backbone config overrides, kept so that loading rebuilds the same encoder
+        meta["encoder"] = encoder
     if task.name == "intent":
         meta.update(intents=labelbook.intents, emotions=labelbook.emotions if task.get("emotion", True) else [],
                     previous_intent=bool(task.get("previous_intent", False)),

