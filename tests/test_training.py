@@ -242,18 +242,12 @@ def test_model_task_encoder_overrides_the_backbone_config_of_its_task_and_loads_
     assert module.encoder.config.attention_probs_dropout_prob == 0.0  # the tiny BERT's own config says 0.1
 
 
-def test_gemma3_tags_entities_with_a_bidirectional_encoder(compose):
-    ner = compose("train", ["model=gemma3", "task=ner"])
-    assert task_meta(ner.task, ner.model, LabelBook.load(), 0)["encoder"] == {"use_bidirectional_attention": True}
-    intent = compose("train", ["model=gemma3", "task=intent"])
-    assert "encoder" not in task_meta(intent.task, intent.model, LabelBook.load(), 3)  # the member stays causal
-
-
 def test_members_preset_composes_a_text_only_intent_member_and_a_ner_member(compose):
     cfg = compose("pipeline", [])  # the default
     member = cfg.members.gemma3
     assert member.model.name == "gemma3" and member.task.name == "intent"
     assert (member.task.turns, member.task.context_turns, member.task.previous_intent) == ("own_task", 0, False)
+    assert "encoder" not in task_meta(member.task, member.model, LabelBook.load(), 0)  # a classifier stays causal
     tagger = cfg.members.gemma3_ner
     assert tagger.model.name == "gemma3" and tagger.task.name == "ner" and tagger.task.epochs == 3
     assert task_meta(tagger.task, tagger.model, LabelBook.load(), 0)["encoder"] == {"use_bidirectional_attention": True}
