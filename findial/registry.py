@@ -51,9 +51,10 @@ def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str
         shutil.copytree(ner_package, tmp / "ner")
         added: dict[str, list[str]] = {}
         for name, path in (members or {}).items():
-            task = read_meta(path).get("task")
+            member = read_meta(path)
+            task = member.get("task")
             main = tmp / ("ner" if task == "ner" else "intent")  # check_member names a wrong task
-            check_member(name, read_meta(path), read_meta(main), path)
+            check_member(name, member, read_meta(main), path)
             shutil.copytree(path, main / "members" / name)
             added.setdefault(task, []).append(name)
         for task, names in added.items():

@@ -42,6 +42,15 @@ def _pad(features: list[dict], pad_id: int, device) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+def load_members(predictor, path: str | Path, meta: dict, device: str, batch_size: int) -> list:
+    """The ensemble members a package lists (``members/<name>``), each loaded with ``predictor`` (the
+    package's own predictor class) and checked against the package (``check_member``)."""
+    members = [predictor(Path(path) / "members" / name, device, batch_size) for name in meta.get("members", ())]
+    for name, member in zip(meta.get("members", ()), members):
+        check_member(name, member.meta, meta, path)
+    return members
+
+
 class IntentPredictor:
     """An intent package, and the ensemble members it carries (``members/<name>``, listed in its meta):
     intent packages over the same intents, usually on another backbone, reading the turn alone and trained
@@ -54,10 +63,7 @@ class IntentPredictor:
         self.module, self.tokenizer, self.meta = load_package(path, device)
         self.module = for_inference(self.module)
         self.device, self.batch_size = device, batch_size
-        self.members = [IntentPredictor(Path(path) / "members" / name, device, batch_size)
-                        for name in self.meta.get("members", ())]
-        for name, member in zip(self.meta.get("members", ()), self.members):
-            check_member(name, member.meta, self.meta, path)
+        self.members = load_members(IntentPredictor, path, self.meta, device, batch_size)
 
     @torch.inference_mode()
     def probabilities(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -137,10 +143,7 @@ class EntityPredictor:
         self.device, self.batch_size = device, batch_size
         # terminology mentions may stand side by side; two values of another label never do
         self.side_by_side = LabelBook.load(Path(path) / "ontology.yaml").terminology_labels
-        self.members = [EntityPredictor(Path(path) / "members" / name, device, batch_size)
-                        for name in self.meta.get("members", ())]
-        for name, member in zip(self.meta.get("members", ()), self.members):
-            check_member(name, member.meta, self.meta, path)
+        self.members = load_members(EntityPredictor, path, self.meta, device, batch_size)
 
     @torch.inference_mode()
     def word_probabilities(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
