@@ -259,3 +259,30 @@ def test_bad_supplement_file_is_named(tmp_path, monkeypatch):
     (d / "templates_zh.yaml").write_text("greeting:\n  user: 你好\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"templates_zh\.yaml.*greeting"):
         Builder(seed=7, scale=0.08)
+
+
+def _out_of_scope_turns(corpus: dict) -> int:
+    return sum(t.get("intent") == "out_of_scope" for d in corpus["train"] for t in d["turns"])
+
+
+def test_supplement_weights_boost_train_only():
+    """corpus.yaml supplement_weights multiply an intent's weight in the train supplement only:
+    validation and test stay identical, train gets more of the boosted intent."""
+    runs = {}
+    for boost in (1.0, 8.0):
+        b = Builder(seed=7, scale=0.08, train_supplement=2.0)
+        b.cfg = {**b.cfg, "supplement_weights": {"out_of_scope": boost}}  # _yaml is cached: no mutation
+        runs[boost] = b.build()
+    c1, c8 = runs[1.0], runs[8.0]
+    assert c1["validation"] == c8["validation"] and c1["test"] == c8["test"]
+    assert _out_of_scope_turns(c8) >= 2 * _out_of_scope_turns(c1)
+
+
+def test_supplement_weights_unknown_intent_is_named(monkeypatch):
+    import findial.data.generator.build as build
+
+    real = build._yaml
+    monkeypatch.setattr(build, "_yaml", lambda name: {**real(name), "supplement_weights": {"no_such": 2.0}}
+                        if name == "corpus.yaml" else real(name))
+    with pytest.raises(ValueError, match=r"corpus\.yaml.*supplement_weights.*no_such"):
+        Builder(seed=7, scale=0.08)
