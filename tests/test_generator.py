@@ -271,7 +271,7 @@ def test_supplement_weights_boost_train_only():
     runs = {}
     for boost in (1.0, 8.0):
         b = Builder(seed=7, scale=0.08, train_supplement=2.0)
-        b.cfg = {**b.cfg, "supplement_weights": {"out_of_scope": boost}}  # _yaml is cached: no mutation
+        b.supplement_weights = {"out_of_scope": boost}
         runs[boost] = b.build()
     c1, c8 = runs[1.0], runs[8.0]
     assert c1["validation"] == c8["validation"] and c1["test"] == c8["test"]

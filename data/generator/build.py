@@ -120,7 +120,8 @@ class Builder:
         for lang in LANGS:
             self._load_supplement(lang)
         self.intents = list(self.meta)
-        unknown = set(self.cfg.get("supplement_weights", {})) - set(self.intents)
+        self.supplement_weights = self.cfg.get("supplement_weights", {})  # intent -> weight factor
+        unknown = set(self.supplement_weights) - set(self.intents)
         if unknown:
             raise ValueError(f"{HERE / 'corpus.yaml'}: supplement_weights: {sorted(unknown)} not in intents.yaml")
         self.task_intents = [i for i in self.intents if self.meta[i].get("task", True)]
@@ -310,7 +311,7 @@ class Builder:
     # ------------------------------------------------------------ dialogues
     def weighted_intent(self, pool: list[str], exclude: str | None = None) -> str:
         cands = [i for i in pool if i != exclude]
-        boost = self.cfg.get("supplement_weights", {}) if self.in_supplement else {}
+        boost = self.supplement_weights if self.in_supplement else {}
         return self.rng.choices(cands, [self.meta[i]["weight"] * boost.get(i, 1.0) for i in cands])[0]
 
     def single(self, split: str, lang: str, intent: str, tmpl: Template | None = None) -> list[dict]:
