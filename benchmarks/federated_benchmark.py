@@ -51,7 +51,7 @@ def centralised(cfg, out_dir: Path) -> tuple[dict, float]:
     from omegaconf import OmegaConf
 
     from findial import tracking
-    from findial.data.corpus import load_corpus
+    from findial.data.corpus import load_corpora
     from findial.data.labelbook import Glossary, LabelBook
     from findial.evaluation.metrics import evaluate_dialogues
     from findial.training.inference import NLUPipeline
@@ -79,14 +79,14 @@ def main(argv: list[str]) -> int:
     home = Path(args.home or tempfile.mkdtemp(prefix="findial-fedbench-")).resolve()
     os.environ["FINDIAL_HOME"] = str(home)
 
-    from findial.data.corpus import load_corpus
+    from findial.data.corpus import load_corpora
     from findial.data.labelbook import Glossary, LabelBook
     from findial.federated.config import compose
     from findial.federated.simulation import simulate
 
     cfg = compose([f"paths.home={home}", "registry.register=false", "evaluate_after=false", *args.overrides])
     branches = list(cfg.branches)
-    train = load_corpus(cfg.data.train_file, LabelBook.load(cfg.labels.ontology), Glossary.load(cfg.labels.glossary))
+    train = load_corpora(cfg.data.train_file, LabelBook.load(cfg.labels.ontology), Glossary.load(cfg.labels.glossary))
     print(f"model {cfg.model.name}, {len(branches)} branches, {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s), "
           f"aggregation {cfg.aggregation.name}, privacy {cfg.privacy.mode}\n")
     print("non-IID split of the training data by branch:")

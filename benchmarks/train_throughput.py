@@ -187,9 +187,11 @@ def _figures(tokens: _Tokens, seconds: float, epochs: int, n: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
+    from findial.data.corpus import corpus_files
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="e5_small", help="findial model config: e5_small, minilm, tiny, local")
-    p.add_argument("--data", default=None, help="corpus file (default: the bundled train split)")
+    p.add_argument("--data", default=None, help="corpus file (default: the first file of data.train_file)")
     p.add_argument("--max-samples", type=int, default=1024, help="first N user turns (0: all)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1, help="alternate the two sides N times; best of each counts")
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = _compose(a.model, a.overrides)
-    data = a.data or cfg.data.train_file
+    data = a.data or corpus_files(cfg.data.train_file)[0][0]  # the first training file
     if not Path(data).is_file():
         p.error(f"--data {data}: no such file")
     meta, backbone, tokenizer, dm = prepare(cfg, data, a.max_samples, a.emotion)

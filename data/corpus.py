@@ -176,6 +176,36 @@ def load_corpus(path: str | Path, labelbook: LabelBook | None = None, glossary: 
     return dialogues
 
 
+def corpus_files(spec) -> list[tuple[str, int]]:
+    """``(path, repeat)`` pairs of a ``data.train_file`` / ``data.val_file`` value: one path, or a list whose
+    entries are paths or ``{path: ..., repeat: N}`` (the file's dialogues are read N times: a weight)."""
+    entries = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    out = []
+    for entry in entries:
+        if isinstance(entry, (str, Path)):
+            out.append((str(entry), 1))
+            continue
+        try:
+            path, repeat = str(entry["path"]), int(entry.get("repeat", 1))
+        except (TypeError, KeyError, ValueError, AttributeError):
+            raise ValueError(f"corpus file entry {entry!r}: expected a path or {{path: ..., repeat: N}}") from None
+        if repeat < 1:
+            raise ValueError(f"corpus file entry {entry!r}: repeat must be >= 1")
+        out.append((path, repeat))
+    if not out:
+        raise ValueError("no corpus file given")
+    return out
+
+
+def load_corpora(spec, labelbook: LabelBook | None = None, glossary: Glossary | None = None) -> list[dict]:
+    """The dialogues of every file of ``spec`` (``corpus_files``), each validated by ``load_corpus``,
+    in order, a file repeated as often as it says."""
+    dialogues: list[dict] = []
+    for path, repeat in corpus_files(spec):
+        dialogues += load_corpus(path, labelbook, glossary) * repeat
+    return dialogues
+
+
 def user_turns(dialogue: dict) -> Iterable[tuple[int, dict]]:
     return ((i, t) for i, t in enumerate(dialogue["turns"]) if t["speaker"] == "user")
 

@@ -16,6 +16,7 @@ from findial.data.pii import default_masker, redact_json
 from . import plots, tables
 from .html_report import render_html
 from .metrics import evaluate_dialogues
+from .multi_turn import multi_turn_breakdown
 from .report import render_markdown
 
 
@@ -110,7 +111,8 @@ def build_report(p: Predictions, gates: dict[str, float]) -> dict:
             "intents": tables.intent_table(p.gold, p.pred, p.labelbook),
             "confidence": tables.confidence_summary(p.gold, p.pred),
             "confusion": tables.intent_confusion(p.gold, p.pred, p.labelbook),
-            "breakdowns": breakdowns}
+            "breakdowns": breakdowns,
+            "multi_turn": multi_turn_breakdown(p.gold, p.pred, list(p.labelbook.state_slots))}
 
 
 def write_report(report: dict, p: Predictions, out: str | Path, html_errors: int = 50) -> dict[str, Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from findial.data.pii import PII_LABELS, redact_json
 
-from .report import HEADLINE
+from .report import HEADLINE, multi_turn_rows
 from .tables import BREAKDOWN_METRICS
 
 MAX_MENTIONS = 8  # mentions listed per error cell
@@ -224,6 +224,13 @@ def render_html(report: dict, images: dict[str, bytes | str | Path] | None = Non
         parts.append('<h2 id="breakdowns">Breakdowns</h2>')
         for key, rows in breakdowns.items():
             parts.append(_breakdown_section(f"by {key}", rows, gates))
+    if (report.get("multi_turn") or {}).get("phenomena"):
+        phen, slots = multi_turn_rows(report["multi_turn"])
+        parts += ['<h2 id="multi-turn">Multi-turn turns by phenomenon</h2>',
+                  table(["phenomenon", "turns", "multi-turn accuracy", "intent right", "state right"], phen),
+                  '<h2 id="slots">State slots on multi-turn turns</h2><p class="meta">slot accuracy (turns) by how '
+                  "the gold value came about; absent: gold has none, so any predicted value is wrong</p>",
+                  table(["slot", "wrong", "carried", "set", "replaced", "absent"], slots)]
     if images:
         parts.append('<h2 id="plots">Plots</h2><div class="grid">')
         parts += [f'<figure><input type="checkbox" id="zoom{n}"><label for="zoom{n}">{image_tag(png, caption)}</label>'

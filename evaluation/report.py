@@ -31,9 +31,36 @@ def render_markdown(report: dict) -> str:
     for label, r in sorted(m.get("entities", {}).items(), key=lambda kv: (kv[0] == "micro", kv[0])):
         lines.append(f"| {label} | {_fmt(r.get('precision'))} | {_fmt(r.get('recall'))} | {_fmt(r.get('f1'))} "
                      f"| {r.get('support')} |")
+    lines += _multi_turn_lines(report.get("multi_turn"))
     lines += _intent_lines(report.get("intents")) + _breakdown_lines(report.get("breakdowns"))
     lines += _confidence_lines(report.get("confidence"), report.get("plots") or {})
     return "\n".join(lines) + "\n"
+
+
+SLOT_KINDS = ("carried", "set", "replaced", "absent")
+
+
+def multi_turn_rows(mt: dict) -> tuple[list[list], list[list]]:
+    """(phenomenon rows, slot rows) of the multi-turn breakdown (``multi_turn.py``), cells as printed values."""
+    phen = [[name, r["n"], _fmt(r["multi_turn_accuracy"]), _fmt(r["intent_accuracy"]), _fmt(r["state_accuracy"])]
+            for name, r in mt.get("phenomena", {}).items()]
+    slots = [[slot, r["wrong"], *(f"{_fmt(r[k]['accuracy'])} ({r[k]['n']})" if k in r else "-" for k in SLOT_KINDS)]
+             for slot, r in mt.get("slots", {}).items()]
+    return phen, slots
+
+
+def _multi_turn_lines(mt: dict | None) -> list[str]:
+    if not mt or not mt.get("phenomena"):
+        return []
+    phen, slots = multi_turn_rows(mt)
+    lines = ["", "## Multi-turn turns by phenomenon", "",
+             "| phenomenon | turns | multi-turn accuracy | intent right | state right |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in phen]
+    lines += ["", "## State slots on multi-turn turns (slot accuracy (turns), by how the gold value came about;"
+                  " absent: gold has none, so any predicted value is wrong)", "",
+              "| slot | wrong | carried | set | replaced | absent |", "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in slots]
+    return lines
 
 
 def _intent_lines(intents: dict | None) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from findial.data.corpus import load_corpus
+from findial.data.corpus import corpus_files, load_corpora, load_corpus
 from findial.data.labelbook import Glossary, LabelBook
 
 _CORPORA: dict[tuple, list[dict]] = {}
@@ -31,11 +31,12 @@ def branch_of(node_config, branches: list[str]) -> str:
     return branch
 
 
-def _load(path: str, labelbook: LabelBook, glossary: Glossary) -> list[dict]:
-    key = (str(path), os.path.getmtime(path))
+def _load(spec, labelbook: LabelBook, glossary: Glossary) -> list[dict]:
+    """``load_corpora(spec)``, kept while its files are unchanged."""
+    key = tuple((path, repeat, os.path.getmtime(path)) for path, repeat in corpus_files(spec))
     if key not in _CORPORA:
         _CORPORA.clear()
-        _CORPORA[key] = load_corpus(path, labelbook, glossary)
+        _CORPORA[key] = load_corpora(spec, labelbook, glossary)
     return _CORPORA[key]
 
 

@@ -18,6 +18,8 @@ Plain subcommands:
 
     findial data validate FILE...    check corpus files (errors name file, line and field)
     findial data generate --out DIR  regenerate the bundled corpus (seeded)
+    findial data natural check PATH  check hand-written dialogues in the authoring format (data/natural)
+    findial data natural build       build the natural corpus's splits from its sources
     findial fed simulate [overrides] federated training across branches: findial fed simulate rounds=2
 """
 from __future__ import annotations
@@ -139,6 +141,11 @@ def cmd_run(cfg: DictConfig) -> None:
     ev = evaluate(f"models:/{name}/{version}", cfg.data.test_file, dict(cfg.gates), eval_set=cfg.eval_set,
                   report_dir=out / "report")
     print(Path(ev.report_md).read_text(encoding="utf-8"))
+    for eval_set, data_file in (cfg.data.get("eval_sets") or {}).items():  # recorded beside the gated set
+        extra = evaluate(f"models:/{name}/{version}", data_file, dict(cfg.gates), eval_set=eval_set,
+                         report_dir=out / f"report-{eval_set}")
+        print(f"{eval_set}: " + ", ".join(f"{k} {extra.metrics[k]:.4f}" for k in cfg.gates
+                                          if extra.metrics.get(k) is not None) + f" ({extra.report_json.parent})")
     decision = registry.promote(name, version, cfg.registry.alias, cfg.eval_set, dict(cfg.gates),
                                 user=_user(), audit_log=Path(cfg.paths.home) / "audit" / "promotions.jsonl")
     print(decision.summary())
@@ -235,15 +242,22 @@ def cmd_data(argv: list[str]) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     v = sub.add_parser("validate", help="validate corpus files against a label book")
     v.add_argument("files", nargs="+")
-    v.add_argument("--ontology", default=_data_path("spec/ontology.yaml"))
-    v.add_argument("--glossary", default=_data_path("spec/glossary.yaml"))
     g = sub.add_parser("generate", help="regenerate the bundled corpus")
     g.add_argument("--out", default=_data_path("corpus"), help="output folder")
     g.add_argument("--seed", type=int, default=13)
     g.add_argument("--scale", type=float, default=1.0, help="multiplies the number of dialogues")
     g.add_argument("--train-supplement", type=float, help="extra train dialogues drawing the train-only templates, "
                                                             "as a share of train (default: corpus.yaml)")
+    n = sub.add_parser("natural", help="the hand-written corpus: check authoring files, or build the splits")
+    n.add_argument("natural_action", choices=["check", "build"])
+    n.add_argument("paths", nargs="*", help="check: authoring files or folders of them")
+    n.add_argument("--max-warnings", type=int, default=40)
+    for q in (v, n):
+        q.add_argument("--ontology", default=_data_path("spec/ontology.yaml"))
+        q.add_argument("--glossary", default=_data_path("spec/glossary.yaml"))
     args = p.parse_args(argv)
+    if args.action == "natural":
+        return _cmd_natural(args)
     if args.action == "generate":
         from findial.data.generator.build import generate_corpus
 
@@ -262,6 +276,30 @@ def cmd_data(argv: list[str]) -> int:
             print(str(exc), file=sys.stderr)
             status = 1
     return status
+
+
+def _cmd_natural(args) -> int:
+    from findial.data.labelbook import Glossary, LabelBook
+    from findial.data.natural.authoring import convert_paths
+    from findial.data.natural.build import build, summary
+
+    lb, gl = LabelBook.load(args.ontology), Glossary.load(args.glossary)
+    if args.natural_action == "build":
+        print(json.dumps(build(lb, gl), ensure_ascii=False, indent=1))
+        return 0
+    if not args.paths:
+        print("findial data natural check: name the authoring files or folders to check", file=sys.stderr)
+        return 2
+    dialogues, errors, warnings = convert_paths(args.paths, lb, gl)
+    for w in warnings[:args.max_warnings]:
+        print(f"warning: {w}")
+    if len(warnings) > args.max_warnings:
+        print(f"... and {len(warnings) - args.max_warnings} more warnings")
+    for e in errors:
+        print(f"error: {e}")
+    print(json.dumps(summary(dialogues, lb, gl), ensure_ascii=False))
+    print(f"{len(errors)} error(s), {len(warnings)} warning(s)" + ("" if errors else f"; {len(dialogues)} dialogues OK"))
+    return 1 if errors else 0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -145,6 +145,9 @@ def test_report_files_hold_tables_breakdowns_and_plots(written):
     md = files["report_md"].read_text(encoding="utf-8")
     assert "## Intents" in md and "| card_replace | cards | 0.5000 | 1.0000 |" in md
     assert "## By lang" in md and "## By branch" in md and "![intent_confusion](intent_confusion.png)" in md
+    # zh-5's second turn is the one multi-turn error (its intent): the breakdown says so
+    assert on_disk["multi_turn"]["phenomena"]["all"]["intent_accuracy"] == pytest.approx(0.8)
+    assert "## Multi-turn turns by phenomenon" in md and "## State slots on multi-turn turns" in md
 
 
 def test_html_is_self_contained_with_gates_plots_and_masked_errors(written):
@@ -169,6 +172,7 @@ def test_html_is_self_contained_with_gates_plots_and_masked_errors(written):
     errors_table = re.search(r'<table class="errors">.*?</table>', html, re.S).group(0)
     assert errors_table.count("<tr>") == 1 + 2 and report["n_errors"] == 3 and "first 2 of 3" in html
     assert "<h2 id=\"breakdowns\">" in html and "shanghai" in html and "card_lost_report" in html
+    assert '<h2 id="multi-turn">' in html and '<h2 id="slots">' in html
 
 
 def test_render_html_masks_personal_data_in_any_field():

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from findial.data.corpus import load_corpus, to_dataset
+from findial.data.corpus import load_corpora, to_dataset
 
 from .features import IGNORE
 
@@ -61,9 +61,9 @@ def collate(features: list[dict], pad_id: int) -> dict:
         "attention_mask": torch.tensor([f["attention_mask"] + [0] * (width - len(f["attention_mask"]))
                                         for f in features]),
     }
-    if "tag_labels" in features[0]:
-        batch["tag_labels"] = torch.tensor([f["tag_labels"] + [IGNORE] * (width - len(f["tag_labels"]))
-                                            for f in features])
+    for key in ("tag_labels", "stand_labels"):
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] + [IGNORE] * (width - len(f[key])) for f in features])
     for key in ("intent_label", "emotion_label"):
         if key in features[0]:
             batch[key] = torch.tensor([f[key] for f in features])
@@ -87,7 +87,7 @@ def in_scope(row: dict, turns: str) -> bool:
 
 
 class TurnDataModule(L.LightningDataModule):
-    def __init__(self, train_file: str, val_file: str, encode: Callable[[dict], dict], tokenizer,
+    def __init__(self, train_file, val_file, encode: Callable[[dict], dict], tokenizer,
                  labelbook, glossary, batch_size: int = 32, eval_batch_size: int = 64,
                  context_turns: int = 3, seed: int = 0, bucket: bool = True, non_task_intents=(),
                  turns: str = "all"):
@@ -105,8 +105,8 @@ class TurnDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dialogues:
             return
-        self.train_dialogues = load_corpus(self.train_file, self.labelbook, self.glossary)
-        self.val_dialogues = load_corpus(self.val_file, self.labelbook, self.glossary)
+        self.train_dialogues = load_corpora(self.train_file, self.labelbook, self.glossary)
+        self.val_dialogues = load_corpora(self.val_file, self.labelbook, self.glossary)
         self.train_features = self._features(self.train_dialogues)
         self.val_features = self._features(self.val_dialogues)
 
