@@ -15,6 +15,12 @@ dialogue (``data/spec/corpus-format.md``, "Annotation guidelines"):
   text order wins;
 - labels that feed no slot (PII, RATE, ...) are ignored.
 
+A NER model with a stand head marks each predicted mention with ``stands``, its
+probability that the mention becomes the slot's value (a fallback, "12期吧，
+手续费高的话就6期", or a background value does not); a mention whose ``stands``
+is below the tracker's ``stand_threshold`` leaves its slots alone. Mentions
+without ``stands`` always stand.
+
 Nothing here names a label: the tracker is driven entirely by the label book.
 """
 from __future__ import annotations
@@ -25,8 +31,9 @@ from findial.data.labelbook import LabelBook
 
 
 class DialogueStateTracker:
-    def __init__(self, labelbook: LabelBook):
+    def __init__(self, labelbook: LabelBook, stand_threshold: float = 0.5):
         self.labelbook = labelbook
+        self.stand_threshold = stand_threshold
         # label -> slots it fills (a label book may feed several slots from one label)
         self._slots_of: dict[str, list[str]] = {}
         for slot, label in labelbook.state_slots.items():
@@ -38,7 +45,7 @@ class DialogueStateTracker:
         new = dict(state)
         for ent in sorted(entities, key=lambda e: (e["start"], e["end"])):
             slots = self._slots_of.get(ent["label"])
-            if not slots:
+            if not slots or ent.get("stands", 1.0) < self.stand_threshold:
                 continue
             if ent["label"] in self._term_labels:
                 value = ent.get("term_id")

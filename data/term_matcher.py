@@ -145,6 +145,8 @@ def merge_terms(text: str, model_entities: list[dict], matches: list[TermMatch],
     mode ``confirmed``: a listed form counts only where the model tagged a terminology span over it.
     mode ``model``: the model's spans alone (linking is the caller's).
     Model terminology spans that overlap no accepted form are kept for the linker (typos, variants).
+    An accepted form takes the lowest ``confidence`` and ``stands`` (a stand head's) of the model spans
+    over it.
     """
     if mode == "model":
         return [dict(e) for e in model_entities]
@@ -158,5 +160,8 @@ def merge_terms(text: str, model_entities: list[dict], matches: list[TermMatch],
         accepted.append({"start": m.start, "end": m.end, "label": m.label, "term_id": m.term_id,
                          "confidence": min((e.get("confidence", 1.0) for e in over), default=1.0),
                          "source": "glossary"})
+        stands = [e["stands"] for e in over if "stands" in e]
+        if stands:
+            accepted[-1]["stands"] = min(stands)
     kept = [dict(e) for e in model_entities if not any(_overlaps(_span(e), _span(a)) for a in accepted)]
     return sorted(kept + accepted, key=lambda e: (e["start"], e["end"]))

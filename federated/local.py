@@ -54,7 +54,9 @@ def _features(models: TaskModels, task: str, cfg: DictConfig, dialogues: list[di
         encode = partial(encode_intent, models.tokenizer, max_length=meta["max_length"], intents=meta["intents"],
                          emotions=meta["emotions"], previous_intent=meta.get("previous_intent", False))
     else:
-        encode = partial(encode_ner, models.tokenizer, max_length=meta["max_length"], tags=meta["tags"])
+        slots = LabelBook.load(cfg.labels.ontology).state_slots if "stand_head" in meta else None
+        encode = partial(encode_ner, models.tokenizer, max_length=meta["max_length"], tags=meta["tags"],
+                         state_slots=slots)
     return [encode(r) for r in rows]
 
 

@@ -7,11 +7,14 @@ decoding reads a word's tag from its first token (``june`` = ``▁ju`` + ``ne``
 is one DATE word, never a DATE ``ju`` beside a DATE ``ne``). A word is a run of
 letters and digits, one CJK character or one other symbol: the annotation
 guidelines' span boundaries always fall between words. The word tags are read as
-one sequence under the BIO rules (``bio_viterbi``).
+one sequence under the BIO rules (``bio_viterbi``). A NER model with a stand head
+also learns, per gold mention of a slot-filling label, whether it stands: becomes the
+slot's value after the turn (``stand_labels``).
 """
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 IGNORE = -100
@@ -41,12 +44,17 @@ def encode_intent(tokenizer, row: dict, max_length: int, intents: list[str], emo
     return out
 
 
-def encode_ner(tokenizer, row: dict, max_length: int, tags: list[str]) -> dict:
+def encode_ner(tokenizer, row: dict, max_length: int, tags: list[str],
+               state_slots: dict[str, str] | None = None) -> dict:
+    """Token ids, offsets and, for a row with gold entities, ``tag_labels``; with ``state_slots`` (the label
+    book's slot -> label, given when the model has a stand head) also per-token ``stand_labels``."""
     enc = tokenizer(row["text"], truncation=True, max_length=max_length, return_offsets_mapping=True)
     out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
            "offsets": _drop_prefix_pieces([tuple(o) for o in enc["offset_mapping"]])}
     if row.get("entities") is not None:
         out["tag_labels"] = align_labels(out["offsets"], row["entities"], tags)
+        if state_slots is not None:
+            out["stand_labels"] = stand_labels(out["offsets"], row, state_slots)
     return out
 
 
@@ -88,21 +96,43 @@ def _drop_prefix_pieces(offsets: list[tuple[int, int]]) -> list[tuple[int, int]]
     return out
 
 
+def _token_entities(offsets, entities: list[dict]) -> list[dict | None]:
+    """Per token, the entity it is tagged with: the first one its first character falls in (or that starts
+    inside it); None for a token outside every entity and for special or empty tokens."""
+    return [None if start == end else
+            next((e for e in entities if e["start"] <= start < e["end"] or start < e["start"] < end), None)
+            for start, end in offsets]
+
+
 def align_labels(offsets, entities: list[dict], tags: list[str]) -> list[int]:
     """BIO tag ids per token: a token takes the entity its first character falls in."""
     index = {t: i for i, t in enumerate(tags)}
     labels = []
-    for start, end in offsets:
+    for (start, end), e in zip(offsets, _token_entities(offsets, entities)):
         if start == end:  # special or empty token
             labels.append(IGNORE)
-            continue
-        tag = "O"
-        for e in entities:
-            if e["start"] <= start < e["end"] or (start < e["start"] < end):
-                tag = ("B-" if start <= e["start"] else "I-") + e["label"]
-                break
-        labels.append(index[tag])
+        else:
+            labels.append(index["O" if e is None else ("B-" if start <= e["start"] else "I-") + e["label"]])
     return labels
+
+
+def stand_labels(offsets, row: dict, state_slots: dict[str, str]) -> list[float]:
+    """Per token, whether the gold mention it is tagged with (``align_labels``) stands: 1.0 when the turn's
+    gold state (``row["state"]``, the state after the turn, a dict or its JSON string) holds the mention's
+    value (its ``term_id`` when it has one, else its text) in a slot its label fills, 0.0 when not. IGNORE
+    on tokens outside a mention of a slot-filling label, and everywhere when the row has no (or an empty)
+    state: an unannotated state says nothing about which mention stands."""
+    state = json.loads(row["state"]) if isinstance(row.get("state"), str) else row.get("state")
+    slots_of: dict[str, list[str]] = {}
+    for slot, label in state_slots.items():
+        slots_of.setdefault(label, []).append(slot)
+
+    def stands(e: dict) -> float:
+        value = e.get("term_id") or row["text"][e["start"]:e["end"]]
+        return float(any(state.get(slot) == value for slot in slots_of[e["label"]]))
+
+    return [float(IGNORE) if not state or e is None or e["label"] not in slots_of else stands(e)
+            for e in _token_entities(offsets, row["entities"])]
 
 
 @functools.lru_cache(maxsize=8)

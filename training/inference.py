@@ -146,32 +146,48 @@ class EntityPredictor:
         self.members = load_members(EntityPredictor, path, self.meta, device, batch_size)
 
     @torch.inference_mode()
-    def word_probabilities(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
-        """Per text, this package's model alone: its words (character spans, ``word_units``) and their tag
-        probabilities [words, tags]."""
+    def word_outputs(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor | None]]:
+        """Per text, this package's model alone: its words (character spans, ``word_units``), their tag
+        probabilities [words, tags] and, when the package has a stand head, their stand probabilities
+        [words] (each word's first token's), else None."""
         tags = self.meta["tags"]
         feats = [encode_ner(self.tokenizer, {"text": t}, self.meta["max_length"], tags) for t in texts]
         out: list = [None] * len(texts)
         for idx in _batches(feats, self.batch_size, key=lambda f: len(f["input_ids"])):
-            logits = self.module(_pad([feats[i] for i in idx], self.tokenizer.pad_token_id or 0,
-                                      self.device))["tag_logits"]
-            probs = logits.float().softmax(-1).cpu()
+            res = self.module(_pad([feats[i] for i in idx], self.tokenizer.pad_token_id or 0, self.device))
+            probs = res["tag_logits"].float().softmax(-1).cpu()
+            stands = res["stand_logits"].float().sigmoid().cpu() if "stand_logits" in res else None
             for k, i in enumerate(idx):
                 units = word_units(texts[i], feats[i]["offsets"])
-                words = [j for j, (a, b) in enumerate(units) if a < b]
-                out[i] = ([units[j] for j in words], probs[k, torch.tensor(words, dtype=torch.long)])
+                words = torch.tensor([j for j, (a, b) in enumerate(units) if a < b], dtype=torch.long)
+                out[i] = ([units[j] for j in words.tolist()], probs[k, words],
+                          stands[k, words] if stands is not None else None)
         return out
 
+    def word_probabilities(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
+        """Per text, this package's model alone: its words and their tag probabilities (``word_outputs``)."""
+        return [(words, p) for words, p, _ in self.word_outputs(texts)]
+
     def predict(self, texts: list[str]) -> list[list[dict]]:
+        """Per text, the entities; with a stand head each carries ``stands``: the mean stand probability of
+        this package's model (never a member's) over its words that the entity's span overlaps."""
         tags = self.meta["tags"]
-        own = self.word_probabilities(texts)
+        own = self.word_outputs(texts)
         others = [m.word_probabilities(texts) for m in self.members]
         out: list[list[dict]] = []
         for i, text in enumerate(texts):
-            words, p = common_words([own[i]] + [o[i] for o in others], tags) if others else own[i]
+            own_words, own_p, stands = own[i]
+            words, p = common_words([(own_words, own_p)] + [o[i] for o in others], tags) if others \
+                else (own_words, own_p)
             tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, [True] * len(words), self.side_by_side)
             conf = p[torch.arange(len(tag_ids)), torch.tensor(tag_ids, dtype=torch.long)]
-            out.append(decode_spans(text, None, tag_ids, tags, conf.tolist(), words))
+            spans = decode_spans(text, None, tag_ids, tags, conf.tolist(), words)
+            if stands is not None:
+                for s in spans:
+                    inside = [k for k, (a, b) in enumerate(own_words) if a < s["end"] and s["start"] < b]
+                    if inside:
+                        s["stands"] = round(float(stands[inside].mean()), 4)
+            out.append(spans)
         return out
 
 
@@ -211,7 +227,7 @@ class NLUPipeline:
         self.linker = TermLinker(self.glossary)
         self.matcher = GlossaryMatcher(self.glossary, self.ner.meta.get("settled_forms", ()))
         self.term_matching = term_matching or self.ner.meta.get("term_matching", "glossary")
-        self.tracker = DialogueStateTracker(self.labelbook)
+        self.tracker = DialogueStateTracker(self.labelbook, self.ner.meta.get("stand_head", {}).get("threshold", 0.5))
         self.stateless_intents = frozenset(self.intent.meta.get("stateless_intents", ()))
         self.context_turns = self.intent.meta.get("context_turns", 3)
         self.masker = default_masker()
@@ -235,11 +251,12 @@ class NLUPipeline:
                      intent: str | None = None) -> tuple[list[dict], dict, list[str]]:
         """One user turn's predicted entities -> (linked entities without empty fields, the state after
         the turn, the unknown terminology surface forms); ``state`` is left untouched. A turn whose
-        predicted ``intent`` is one of the package's ``stateless_intents`` leaves the state as it was."""
+        predicted ``intent`` is one of the package's ``stateless_intents`` leaves the state as it was.
+        An entity's ``stands`` (a stand head's) is read by the tracker only: it is not returned."""
         linked, unknown = self.link(text, [dict(e) for e in entities])
         if intent not in self.stateless_intents:
             state = self.tracker.update(state, linked, text)
-        return [{k: v for k, v in e.items() if v is not None} for e in linked], state, unknown
+        return [{k: v for k, v in e.items() if v is not None and k != "stands"} for e in linked], state, unknown
 
     def predict_dialogues(self, dialogues: list[dict]) -> list[dict]:
         """Predicted copies of the dialogues: user turns get intent, emotion, entities, state, confidences."""

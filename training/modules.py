@@ -172,23 +172,41 @@ class IntentModule(LoRATaskModule):
 
 
 class NERModule(LoRATaskModule):
-    """Token classification over the label book's BIO tags."""
+    """Token classification over the label book's BIO tags and, with ``stand_weight`` set, a stand head:
+    per token, the logit that the mention it belongs to stands (becomes its slot's value after the turn;
+    ``features.stand_labels``), its BCE loss over the labelled tokens added to the tag loss times
+    ``stand_weight``."""
 
-    def __init__(self, backbone_path: str, tags: list[str], lora: dict, optim: dict, encoder: dict | None = None):
+    def __init__(self, backbone_path: str, tags: list[str], lora: dict, optim: dict, encoder: dict | None = None,
+                 stand_weight: float | None = None):
         super().__init__(backbone_path, lora, optim, encoder)
         self.tags = list(tags)
         self.tag_head = nn.Linear(self.hidden_size, len(tags))
+        self.stand_head = nn.Linear(self.hidden_size, 1) if stand_weight is not None else None
+        self.stand_weight = stand_weight
 
     def forward(self, batch):
-        return {"tag_logits": self.tag_head(self.dropout(self.norm(self.encode(batch))))}
+        features = self.dropout(self.norm(self.encode(batch)))
+        out = {"tag_logits": self.tag_head(features)}
+        if self.stand_head is not None:
+            out["stand_logits"] = self.stand_head(features).squeeze(-1)
+        return out
 
     def _step(self, batch, stage: str):
-        logits = self(batch)["tag_logits"]
-        labels = batch["tag_labels"]
+        out = self(batch)
+        logits, labels = out["tag_logits"], batch["tag_labels"]
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         mask = labels != IGNORE
         acc = ((logits.argmax(-1) == labels) & mask).sum() / mask.sum().clamp(min=1)
         bs = labels.shape[0]
+        if self.stand_head is not None:  # the mean over labelled tokens; 0 (still in the graph: DDP) if none
+            stand = batch["stand_labels"]
+            labelled = (stand != IGNORE).to(out["stand_logits"].dtype)
+            stand_loss = nn.functional.binary_cross_entropy_with_logits(
+                out["stand_logits"], stand.clamp(min=0).to(labelled.dtype), weight=labelled,
+                reduction="sum") / labelled.sum().clamp(min=1)
+            loss = loss + self.stand_weight * stand_loss
+            self.log(f"{stage}_stand_loss", stand_loss, batch_size=bs, sync_dist=stage == "val")
         self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
         self.log(f"{stage}_token_acc", acc, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
         return loss

@@ -3,6 +3,7 @@
 A package is a directory::
 
     findial_model.json   task, labels, backbone spec (a Hydra `_target_` config), lora, max_length, ...
+                         (a NER model with a stand head: ``stand_head: {weight, threshold}``)
     weights.safetensors  the trainable tensors only (LoRA adapters + task heads)
     adapter/             the same adapters in peft's own format, for use outside findial
 
@@ -40,7 +41,8 @@ def build_module(meta: dict, backbone_path: Path):
         return IntentModule(str(backbone_path), meta["intents"], meta.get("emotions", []), meta["lora"], meta["optim"],
                             pooling=meta.get("pooling", "mean"), label_smoothing=meta.get("label_smoothing", 0.0),
                             encoder=meta.get("encoder"))
-    return NERModule(str(backbone_path), meta["tags"], meta["lora"], meta["optim"], encoder=meta.get("encoder"))
+    return NERModule(str(backbone_path), meta["tags"], meta["lora"], meta["optim"], encoder=meta.get("encoder"),
+                     stand_weight=meta["stand_head"]["weight"] if "stand_head" in meta else None)
 
 
 def save_package(module, meta: dict, target: str | Path, files: dict[str, str | Path] | None = None) -> Path:

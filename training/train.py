@@ -103,6 +103,10 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
                     turns=str(task.get("turns", "all")))
     elif task.name == "ner":
         meta.update(tags=labelbook.bio_tags, term_matching=str(task.get("term_matching", "glossary")))
+        stand = task.get("stand_head") or {}
+        if stand.get("enabled"):  # kept so that loading rebuilds the head and the tracker reads its threshold
+            meta["stand_head"] = {"weight": float(stand.get("weight", 0.5)),
+                                  "threshold": float(stand.get("threshold", 0.5))}
     else:
         raise ValueError(f"task.name={task.name!r}: expected 'intent' or 'ner'")
     return meta
@@ -136,7 +140,8 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
         encode = partial(encode_intent, tokenizer, max_length=task.max_length, intents=meta["intents"],
                          emotions=meta["emotions"], previous_intent=meta.get("previous_intent", False))
     else:
-        encode = partial(encode_ner, tokenizer, max_length=task.max_length, tags=meta["tags"])
+        encode = partial(encode_ner, tokenizer, max_length=task.max_length, tags=meta["tags"],
+                         state_slots=labelbook.state_slots if "stand_head" in meta else None)
     dm = TurnDataModule(cfg.data.train_file, cfg.data.val_file, lambda r: encode(r), tokenizer, labelbook, glossary,
                         batch_size=task.batch_size, context_turns=context_turns, seed=cfg.seed,
                         bucket=cfg.data.get("length_bucketing", True),
