@@ -139,6 +139,24 @@ class _Checker:
                 self.fail(f"{f}.{slot}", f"unknown glossary term {value!r}")
 
 
+def json_lines(path: str | Path) -> Iterable[tuple[int, Any, str | None]]:
+    """``(line number, record, None)`` per non-blank line of a JSON Lines file, or ``(line number, None,
+    message)`` for a line that is not valid UTF-8 or JSON."""
+    with Path(path).open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield lineno, None, f"not valid JSON: {exc.msg} at column {exc.colno}"
+
+
 def load_corpus(path: str | Path, labelbook: LabelBook | None = None, glossary: Glossary | None = None,
                 require_nlu: bool = True) -> list[dict]:
     """Read and validate one JSON Lines corpus file; raise CorpusError listing every problem."""
@@ -148,29 +166,19 @@ def load_corpus(path: str | Path, labelbook: LabelBook | None = None, glossary: 
     checker = _Checker(str(path), labelbook, glossary, require_nlu)
     dialogues: list[dict] = []
     seen: dict[str, int] = {}
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            checker.line = lineno
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                checker.fail("(line)", f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                checker.fail("(line)", f"not valid JSON: {exc.msg} at column {exc.colno}")
-                continue
-            before = len(checker.problems)
-            checker.check_dialogue(record)
-            if isinstance(record, dict) and isinstance(record.get("id"), str):
-                if record["id"] in seen:
-                    checker.fail("id", f"duplicate id {record['id']!r} (first on line {seen[record['id']]})")
-                seen.setdefault(record["id"], lineno)
-            if len(checker.problems) == before:
-                dialogues.append(record)
+    for lineno, record, problem in json_lines(path):
+        checker.line = lineno
+        if problem:
+            checker.fail("(line)", problem)
+            continue
+        before = len(checker.problems)
+        checker.check_dialogue(record)
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            if record["id"] in seen:
+                checker.fail("id", f"duplicate id {record['id']!r} (first on line {seen[record['id']]})")
+            seen.setdefault(record["id"], lineno)
+        if len(checker.problems) == before:
+            dialogues.append(record)
     if checker.problems:
         raise CorpusError(checker.problems)
     return dialogues

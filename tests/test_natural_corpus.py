@@ -160,3 +160,12 @@ def test_the_corpus_meets_the_issue(built, labels):
     assert s["intents_missing"] == []
     assert all(n > 0 for n in s["emotions"].values()) and all(n > 0 for n in s["entity_labels"].values()), s
     assert s["glossary_terms_used"] >= 150
+
+
+def test_an_id_in_two_files_is_an_error(tmp_path, labels):
+    one = {"id": "dup-1", "lang": "en", "turns": [{"user": "hi", "intent": "greeting", "entities": []}]}
+    write(tmp_path, one, name="batch-01.jsonl")
+    write(tmp_path, one, name="batch-02.jsonl")
+    _, errors, _ = convert_paths([tmp_path], *labels)
+    assert [(Path(e.path).name, e.field) for e in errors] == [("batch-02.jsonl", "id")]
+    assert "batch-01.jsonl" in errors[0].message

@@ -23,14 +23,13 @@ Every problem is reported as ``file:line: field: message``; a file with a proble
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from pathlib import Path
 
 import yaml
 
-from findial.data.corpus import CorpusError, Problem
+from findial.data.corpus import CorpusError, Problem, json_lines
 from findial.data.generator.fillers import Fillers
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.state import DialogueStateTracker
@@ -74,34 +73,24 @@ class AuthoringConverter:
         path = str(path)
         out, errors, warnings = [], [], []
         seen: dict[str, int] = {}
-        with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                def err(field, msg, _l=lineno):
-                    errors.append(Problem(path, _l, field, msg))
+        for lineno, record, problem in json_lines(path):
+            def err(field, msg, _l=lineno):
+                errors.append(Problem(path, _l, field, msg))
 
-                def warn(field, msg, _l=lineno):
-                    warnings.append(Problem(path, _l, field, msg))
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    err("(line)", f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    err("(line)", f"not valid JSON: {exc.msg} at column {exc.colno}")
-                    continue
-                before = len(errors)
-                dialogue = self.convert_dialogue(record, err, warn)
-                did = record.get("id") if isinstance(record, dict) else None
-                if isinstance(did, str):
-                    if did in seen:
-                        err("id", f"duplicate id {did!r} (first on line {seen[did]})")
-                    seen.setdefault(did, lineno)
-                if dialogue is not None and len(errors) == before:
-                    out.append(dialogue)
+            def warn(field, msg, _l=lineno):
+                warnings.append(Problem(path, _l, field, msg))
+            if problem:
+                err("(line)", problem)
+                continue
+            before = len(errors)
+            dialogue = self.convert_dialogue(record, err, warn)
+            did = record.get("id") if isinstance(record, dict) else None
+            if isinstance(did, str):
+                if did in seen:
+                    err("id", f"duplicate id {did!r} (first on line {seen[did]})")
+                seen.setdefault(did, lineno)
+            if dialogue is not None and len(errors) == before:
+                out.append(dialogue)
         return ([] if errors else out), errors, warnings
 
     # ------------------------------------------------------------------ one dialogue
@@ -301,16 +290,16 @@ def convert_paths(paths, labelbook: LabelBook, glossary: Glossary):
     for p in map(Path, paths):
         files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
     dialogues, errors, warnings = [], [], []
+    first: dict[str, Path] = {}
     for f in files:
         d, e, w = conv.convert_file(f)
         dialogues += d
         errors += e
         warnings += w
-    ids: dict[str, str] = {}
-    for d in dialogues:
-        if d["id"] in ids:
-            errors.append(Problem(d["id"], 0, "id", f"duplicate id across files (also in {ids[d['id']]})"))
-        ids.setdefault(d["id"], d["id"])
+        for dialogue in d:
+            if dialogue["id"] in first:
+                errors.append(Problem(str(f), 0, "id", f"duplicate id {dialogue['id']!r} (also in {first[dialogue['id']]})"))
+            first.setdefault(dialogue["id"], f)
     return dialogues, errors, warnings
 
 
