@@ -40,19 +40,23 @@ class DialogueStateTracker:
             self._slots_of.setdefault(label, []).append(slot)
         self._term_labels = frozenset(labelbook.terminology_labels)
 
+    def slots_of(self, label: str) -> list[str]:
+        """The slots a mention of ``label`` fills (none for PII, RATE, ...)."""
+        return self._slots_of.get(label, [])
+
+    def value_of(self, ent: Mapping, text: str) -> str | None:
+        """The slot value a mention gives: its ``term_id`` for a terminology label (None for an unknown
+        surface form: never guess a term), else its surface text."""
+        return ent.get("term_id") if ent["label"] in self._term_labels else text[ent["start"]:ent["end"]]
+
     def update(self, state: Mapping[str, str], entities: Iterable[Mapping], text: str) -> dict:
         """The state after one user turn; ``state`` is left untouched."""
         new = dict(state)
         for ent in sorted(entities, key=lambda e: (e["start"], e["end"])):
-            slots = self._slots_of.get(ent["label"])
-            if not slots or ent.get("stands", 1.0) < self.stand_threshold:
+            slots = self.slots_of(ent["label"])
+            value = self.value_of(ent, text)
+            if not slots or value is None or ent.get("stands", 1.0) < self.stand_threshold:
                 continue
-            if ent["label"] in self._term_labels:
-                value = ent.get("term_id")
-                if value is None:  # unknown surface form: never guess a term
-                    continue
-            else:
-                value = text[ent["start"]:ent["end"]]
             for slot in slots:
                 new[slot] = value
         return new

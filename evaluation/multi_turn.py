@@ -55,7 +55,7 @@ def multi_turn_breakdown(gold: Sequence[dict], pred: Sequence[dict], slots: Sequ
         groups["all"].append((intent_ok, state_ok))
         for name in names:
             groups[name].append((intent_ok, state_ok))
-        for slot in set(g_state) | set(p_state) | set(slots):
+        for slot in set(g_state) | set(p_state):
             kind = kinds.get(slot, "absent")
             if kind == "absent" and slot not in p_state:
                 continue

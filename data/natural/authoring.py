@@ -63,9 +63,6 @@ class AuthoringConverter:
         self.tracker = DialogueStateTracker(labelbook)
         self.matcher = GlossaryMatcher(glossary)
         self.lexicon = yaml.safe_load(_LEXICON.read_text(encoding="utf-8"))
-        self._slots_of: dict[str, list[str]] = {}
-        for slot, label in labelbook.state_slots.items():
-            self._slots_of.setdefault(label, []).append(slot)
 
     # ------------------------------------------------------------------ one file
     def convert_file(self, path: str | Path) -> tuple[list[dict], list[Problem], list[Problem]]:
@@ -160,12 +157,12 @@ class AuthoringConverter:
         if entities is None:
             return None
         self._warn_untagged_terms(text, entities, where, warn)
-        folded = self.tracker.update(state, entities, text)
-        new_state = folded
         if "state" in t:
             new_state = self._written_state(t["state"], state, entities, text, f"{where}.state", err)
             if new_state is None:
                 return None
+        else:
+            new_state = self.tracker.update(state, entities, text)
         phenomena = t.get("phenomena") or []
         if not isinstance(phenomena, list) or any(p not in PHENOMENA for p in phenomena):
             err(f"{where}.phenomena", f"{phenomena!r}: a list of {list(PHENOMENA)}")
@@ -264,9 +261,8 @@ class AuthoringConverter:
             return None
         mentioned: dict[str, set] = {}
         for e in entities:
-            value = e.get("term_id") if e["label"] in self.lb.terminology_labels else text[e["start"]:e["end"]]
-            for slot in self._slots_of.get(e["label"], ()):
-                mentioned.setdefault(slot, set()).add(value)
+            for slot in self.tracker.slots_of(e["label"]):
+                mentioned.setdefault(slot, set()).add(self.tracker.value_of(e, text))
         ok = True
         for slot in before:
             if slot not in written:
