@@ -16,6 +16,7 @@ from pathlib import Path
 
 from findial import tracking
 from findial.data.pii import redact_json
+from findial.gates import as_gates
 
 from .html_report import HEADERS, esc, fmt, gate_cell, page, table
 from .evaluate import build_report, predict, write_report
@@ -67,15 +68,15 @@ def _delta(a, b):
     return None if a is None or b is None else a - b
 
 
-def metric_rows(a: dict, b: dict, gates: dict[str, float]) -> list[dict]:
+def metric_rows(a: dict, b: dict, gates) -> list[dict]:
     """One row per metric: a, b, delta (a - b), and for gate metrics the minimum and each side's pass."""
-    rows = []
+    rows, gates = [], as_gates(gates)
     gate_first = [*gates, *(m for m in METRICS if m not in gates)]
     for name in gate_first:
         va, vb = a["metrics"].get(name), b["metrics"].get(name)
         row = {"metric": name, "a": va, "b": vb, "delta": _delta(va, vb)}
         if name in gates:
-            row.update(minimum=gates[name], a_passed=a["gates"][name]["passed"], b_passed=b["gates"][name]["passed"])
+            row.update(minimum=gates[name].minimum, a_passed=a["gates"][name]["passed"], b_passed=b["gates"][name]["passed"])
         rows.append(row)
     return rows
 
@@ -97,7 +98,7 @@ def _side(ref: str, report: dict, report_dir: str) -> dict:
                                                                                  report["gates"].values())}
 
 
-def compare(a_ref: str, b_ref: str, data_file: str | Path, gates: dict[str, float], eval_set: str | None = None,
+def compare(a_ref: str, b_ref: str, data_file: str | Path, gates, eval_set: str | None = None,
             out_dir: str | Path | None = None, device: str = "auto", experiment: str = "findial-compare",
             html_errors: int = 50) -> CompareResult:
     check_ref("a", a_ref)
@@ -210,7 +211,7 @@ def _delta_cls(v) -> str:
 def _value_cell(row: dict, side: str):
     if "minimum" not in row:
         return row[side]
-    raw, cls = gate_cell(row[side], row["minimum"])
+    raw, cls = gate_cell(row[side], row[f"{side}_passed"])
     return f"{esc(fmt(row[side]))} {raw}", "num " + cls
 
 

@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from findial import registry, tracking
+from findial import gates as gate_check, registry, tracking
+from findial.policy import Policy, load as load_policy
 from findial.data.corpus import fingerprint, load_corpus
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.pii import default_masker, redact_json
@@ -31,15 +32,6 @@ class EvalResult:
     model: tuple[str, str] | None
     report_html: Path | None = None
     files: dict = field(default_factory=dict)  # name -> path of every file written (reports, plots)
-
-
-def gate_results(metrics: dict, gates: dict[str, float]) -> dict:
-    out = {}
-    for name, minimum in gates.items():
-        value = metrics.get(name)
-        out[name] = {"value": value, "minimum": minimum,
-                     "passed": value is not None and value >= minimum}
-    return out
 
 
 def error_rows(gold: list[dict], pred: list[dict], limit: int = 2000) -> list[dict]:
@@ -105,7 +97,7 @@ def build_report(p: Predictions, gates: dict[str, float]) -> dict:
         breakdowns["branch"] = tables.breakdown(p.gold, p.pred, p.labelbook, "branch", gates)
     return {"model": p.model_ref, "registered": list(p.registered) if p.registered else None,
             "eval_set": p.eval_set, "data_file": p.data_file, "data_fingerprint": p.data_fingerprint,
-            "metrics": metrics, "gates": gate_results(metrics, gates),
+            "metrics": metrics, "gates": gate_check.check(gates, metrics),
             "prediction_seconds": round(p.seconds, 2),
             "turns_per_second": round(metrics.get("n_user_turns", 0) / max(p.seconds, 1e-9), 1),
             "intents": tables.intent_table(p.gold, p.pred, p.labelbook),
@@ -149,9 +141,17 @@ def breakdown_metrics(report: dict) -> dict[str, float]:
     return {k: v for k, v in flat.items() if v is not None}
 
 
-def evaluate(model_ref: str, data_file: str | Path, gates: dict[str, float], eval_set: str | None = None,
-             report_dir: str | Path | None = None, device: str = "auto", experiment: str = "findial-eval") -> EvalResult:
+def evaluate(model_ref: str, data_file: str | Path, gates=None, eval_set: str | None = None,
+             report_dir: str | Path | None = None, device: str = "auto", experiment: str = "findial-eval",
+             policy: Policy | None = None) -> EvalResult:
+    """Score ``model_ref`` on ``data_file``; ``gates`` (metric -> minimum or ``Gate``; default: the policy's NLU
+    gates) are reported. A registered version's metrics are recorded on it, unless ``eval_set`` is a policy set
+    and the data is not the file it binds: then ``policy.EvalSetMismatch``, before anything is written."""
+    policy = policy or load_policy()
+    gates = policy.gates_for("nlu") if gates is None else gates
     p = predict(model_ref, data_file, eval_set, device)
+    if p.registered:
+        policy.check_recordable("nlu", p.eval_set, p.data_fingerprint, data_file)
     report = build_report(p, gates)
     metrics, gate_table, registered, data_fp = report["metrics"], report["gates"], p.registered, p.data_fingerprint
     files = write_report(report, p, report_dir or tempfile.mkdtemp(prefix="findial-report-"))

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from findial.data.pii import PII_LABELS, redact_json
+from findial.gates import passes
 
 from .report import HEADLINE, multi_turn_rows
 from .tables import BREAKDOWN_METRICS
@@ -87,10 +88,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence], css_class: str = "",
     return "".join(out)
 
 
-def gate_cell(value, minimum) -> tuple[str, str]:
+def gate_cell(value, passed: bool) -> tuple[str, str]:
     if value is None:
         return '<span class="missing">missing</span>', ""
-    return ('<span class="pass">pass</span>', "pass") if value >= minimum else ('<span class="fail">FAIL</span>', "fail")
+    return ('<span class="pass">pass</span>', "pass") if passed else ('<span class="fail">FAIL</span>', "fail")
 
 
 def image_tag(png: bytes | str | Path, alt: str) -> str:
@@ -110,14 +111,14 @@ def _gates_section(gates: dict) -> str:
               f'<div class="banner fail">{len(failing)} of {len(gates)} gates do not pass: {esc(", ".join(failing))}</div>')
     rows = []
     for name, g in gates.items():
-        raw, cls = gate_cell(g["value"], g["minimum"])
+        raw, cls = gate_cell(g["value"], g["passed"])
         rows.append([name, g["value"], g["minimum"], (raw, cls)])
     return "<h2 id=\"gates\">Gates</h2>" + banner + table(["metric", "value", "minimum", "result"], rows, "gates")
 
 
 def _metric_cell(name: str, value, gates: dict) -> object:
     if name in gates and value is not None:
-        return esc(fmt(value)), "num " + ("pass" if value >= gates[name]["minimum"] else "fail")
+        return esc(fmt(value)), "num " + ("pass" if passes(value, gates[name]["minimum"]) else "fail")
     return value
 
 

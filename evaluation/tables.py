@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from findial.data.labelbook import LabelBook
+from findial.gates import as_gates, passes
 
 from .metrics import _user_turns, evaluate_dialogues, prf
 
@@ -104,7 +105,7 @@ def confidence_summary(gold: Sequence[dict], pred: Sequence[dict], bins: int = 1
 
 
 def breakdown(gold: Sequence[dict], pred: Sequence[dict], labelbook: LabelBook, key: str,
-              gates: dict[str, float] | None = None) -> dict[str, dict]:
+              gates=None) -> dict[str, dict]:
     """The headline metrics of ``evaluate_dialogues`` on the dialogues of each value of ``key``.
 
     ``key`` is a dialogue field (``lang``, ``branch``); dialogues without it are grouped under
@@ -121,6 +122,7 @@ def breakdown(gold: Sequence[dict], pred: Sequence[dict], labelbook: LabelBook, 
         m = evaluate_dialogues(sub_gold, [by_id[d["id"]] for d in sub_gold if d["id"] in by_id], labelbook)
         row = {k: m.get(k) for k in BREAKDOWN_METRICS}
         if gates:
-            row["gates_passed"] = {k: None if m.get(k) is None else m[k] >= v for k, v in gates.items()}
+            row["gates_passed"] = {k: None if m.get(k) is None else passes(m[k], g.minimum)
+                                   for k, g in as_gates(gates).items()}
         out[value] = row
     return out

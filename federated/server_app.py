@@ -100,8 +100,8 @@ def serve(grid: Grid, cfg) -> dict:
     if version is not None and cfg.get("evaluate_after", True):
         from findial.evaluation.evaluate import evaluate
 
-        ev = evaluate(f"models:/{cfg.registry.model_name}/{version}", cfg.data.test_file, dict(cfg.gates),
-                      eval_set=str(cfg.eval_set), report_dir=out_dir / "report", device=str(cfg.get("device", "auto")))
+        ev = evaluate(f"models:/{cfg.registry.model_name}/{version}", cfg.data.test_file, eval_set=str(cfg.eval_set),
+                      report_dir=out_dir / "report", device=str(cfg.get("device", "auto")))
         summary["evaluation"] = {"eval_set": str(cfg.eval_set), "report": str(ev.report_json),
                                  "gates": {k: v["passed"] for k, v in ev.gates.items()}}
     summary["rounds_report"] = [r.as_dict() for r in reports]

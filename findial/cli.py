@@ -21,6 +21,7 @@ Plain subcommands:
     findial data natural check PATH  check hand-written dialogues in the authoring format (data/natural)
     findial data natural build       build the natural corpus's splits from its sources
     findial fed simulate [overrides] federated training across branches: findial fed simulate rounds=2
+    findial audit verify [--log F]   check the promotion audit log's hash chain (and the registry's heads)
 """
 from __future__ import annotations
 
@@ -118,6 +119,7 @@ def cmd_run(cfg: DictConfig) -> None:
     from findial.evaluation.evaluate import evaluate
     from findial.training.train import train_task
 
+    _refuse_policy_overrides(cfg, "run")
     _configure_tracking(cfg)
     out = _out_dir()
     members = _member_configs(cfg)
@@ -138,22 +140,21 @@ def cmd_run(cfg: DictConfig) -> None:
             "findial.intent_run_id": results["intent"].run_id, "findial.ner_run_id": results["ner"].run_id}
     version = registry.register(bundle, name, tags, info)
     print(f"registered {name} v{version}")
-    ev = evaluate(f"models:/{name}/{version}", cfg.data.test_file, dict(cfg.gates), eval_set=cfg.eval_set,
-                  report_dir=out / "report")
+    ev = evaluate(f"models:/{name}/{version}", cfg.data.test_file, eval_set=cfg.eval_set, report_dir=out / "report")
     print(Path(ev.report_md).read_text(encoding="utf-8"))
     for eval_set, data_file in (cfg.data.get("eval_sets") or {}).items():  # recorded beside the gated set
-        extra = evaluate(f"models:/{name}/{version}", data_file, dict(cfg.gates), eval_set=eval_set,
-                         report_dir=out / f"report-{eval_set}")
-        print(f"{eval_set}: " + ", ".join(f"{k} {extra.metrics[k]:.4f}" for k in cfg.gates
+        extra = evaluate(f"models:/{name}/{version}", data_file, eval_set=eval_set, report_dir=out / f"report-{eval_set}")
+        print(f"{eval_set}: " + ", ".join(f"{k} {extra.metrics[k]:.4f}" for k in extra.gates
                                           if extra.metrics.get(k) is not None) + f" ({extra.report_json.parent})")
-    decision = registry.promote(name, version, cfg.registry.alias, cfg.eval_set, dict(cfg.gates),
-                                user=_user(), audit_log=Path(cfg.paths.home) / "audit" / "promotions.jsonl")
+    decision = registry.promote(name, version, cfg.registry.alias, cfg.eval_set,
+                                audit_log=Path(cfg.paths.home) / "audit" / "promotions.jsonl")
     print(decision.summary())
     print(f"reports: {ev.report_json.parent}\nMLflow: {cfg.logger.tracking_uri}")
 
 
 def cmd_eval(cfg: DictConfig) -> None:
     from findial.evaluation.evaluate import evaluate
+    from findial.policy import EvalSetMismatch
 
     _configure_tracking(cfg)
     if cfg.get("task") and cfg.task.name == "response":  # findial eval task=response model_ref=...|package=DIR
@@ -161,18 +162,35 @@ def cmd_eval(cfg: DictConfig) -> None:
 
         eval_command(cfg, _out_dir())
         return
-    ev = evaluate(cfg.model_ref, cfg.data_file, dict(cfg.gates), eval_set=cfg.eval_set,
-                  report_dir=cfg.report_dir or _out_dir(), device=cfg.device)
+    try:
+        ev = evaluate(cfg.model_ref, cfg.data_file, eval_set=cfg.eval_set, report_dir=cfg.report_dir or _out_dir(),
+                      device=cfg.device)
+    except EvalSetMismatch as exc:
+        raise SystemExit(f"findial eval: {exc}") from None
     print(Path(ev.report_md).read_text(encoding="utf-8"))
     print(f"report: {ev.report_json}")
+
+
+def _refuse_policy_overrides(cfg: DictConfig, command: str) -> None:
+    from findial.policy import POLICY_FILE, promoter
+
+    given = [k for k in ("gates", "user", "policy") if k in cfg]
+    if given:
+        raise SystemExit(f"findial {command}: {', '.join(given)} cannot be given: the gates and evaluation sets come "
+                         f"from the promotion policy {POLICY_FILE} (changed by review, not by argument) and the "
+                         f"promoter is the environment's user ({promoter()})")
 
 
 def cmd_promote(cfg: DictConfig) -> None:
     from findial import registry
 
+    _refuse_policy_overrides(cfg, "promote")
     _configure_tracking(cfg)
-    decision = registry.promote(cfg.model_name, str(cfg.version), cfg.alias, cfg.eval_set, dict(cfg.gates),
-                                user=cfg.user, audit_log=cfg.audit_log)
+    try:
+        decision = registry.promote(cfg.model_name, str(cfg.version), cfg.alias, cfg.eval_set, audit_log=cfg.audit_log)
+    except registry.PromotionError as exc:
+        print(f"findial promote: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(decision.summary())
     if not decision.promoted:
         print("refused:\n  " + "\n  ".join(decision.failures), file=sys.stderr)
@@ -198,10 +216,11 @@ def cmd_serve(cfg: DictConfig) -> None:
 
 def cmd_compare(cfg: DictConfig) -> None:
     from findial.evaluation.compare import compare, newest_version, render_table
+    from findial.policy import load as load_policy
 
     _configure_tracking(cfg)
     a = cfg.a or f"models:/{cfg.model_name}/{newest_version(cfg.model_name)}"
-    result = compare(a, cfg.b, cfg.data_file, dict(cfg.gates), eval_set=cfg.eval_set,
+    result = compare(a, cfg.b, cfg.data_file, load_policy().gates_for("nlu"), eval_set=cfg.eval_set,
                      out_dir=cfg.report_dir or _out_dir(), device=cfg.device, html_errors=cfg.html_errors)
     print(render_table(result.comparison))
     print(f"comparison: {result.files['compare_html']} (MLflow run {result.run_id})")
@@ -219,13 +238,6 @@ def cmd_sweep(cfg: DictConfig) -> None:
           f"best {res.best_metrics} with {res.best_params} (MLflow run {res.best_run_id})\n"
           f"best config: {res.experiment_file}\nretrain:  {cmds['train']}\n"
           f"or:       {cmds['train_experiment']}\nregister: {cmds['run_experiment']}")
-
-
-def _user() -> str:
-    import getpass
-    import os
-
-    return os.environ.get("FINDIAL_USER") or getpass.getuser()
 
 
 HYDRA_COMMANDS = {"train": ("train", cmd_train), "run": ("pipeline", cmd_run), "eval": ("eval", cmd_eval),
@@ -278,6 +290,33 @@ def cmd_data(argv: list[str]) -> int:
     return status
 
 
+def cmd_audit(argv: list[str]) -> int:
+    from findial import audit, registry
+
+    p = argparse.ArgumentParser(prog="findial audit")
+    sub = p.add_subparsers(dest="action", required=True)
+    v = sub.add_parser("verify", help="check the promotion audit log: hash chain, and the registry's last record")
+    home = Path(os.environ.get("FINDIAL_HOME", "findial-runs"))
+    v.add_argument("--log", default=str(home / "audit" / "promotions.jsonl"), help="the audit log")
+    v.add_argument("--tracking-uri", default=f"sqlite:///{(home / 'mlflow.db').resolve()}",
+                   help="the MLflow store holding each model's audit head (none: check the chain only)")
+    args = p.parse_args(argv)
+    heads = {}
+    if args.tracking_uri != "none":
+        import mlflow
+
+        mlflow.set_tracking_uri(args.tracking_uri)
+        mlflow.set_registry_uri(args.tracking_uri)
+        heads = registry.audit_heads()
+    problems = audit.verify(args.log, heads)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    n = len(audit.records(args.log)) if not problems else "?"
+    print(f"{args.log}: " + (f"intact ({n} records, heads of {len(heads)} registered models match)" if not problems
+                             else f"{len(problems)} problem(s)"))
+    return 1 if problems else 0
+
+
 def _cmd_natural(args) -> int:
     from findial.data.labelbook import Glossary, LabelBook
     from findial.data.natural.authoring import convert_paths
@@ -311,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     cmd, rest = argv[0], argv[1:]
     if cmd == "data":
         raise SystemExit(cmd_data(rest))
+    if cmd == "audit":
+        raise SystemExit(cmd_audit(rest))
     if cmd == "fed":
         from findial.federated.command import main as fed_main
 

@@ -4,29 +4,25 @@ Two kinds of model go through the registry the same way: an NLU bundle (``bundle
 NER packages, ``findial-nlu``) and a response-generation package (``findial_model.json`` of task
 ``response``, ``findial-response``). Evaluation results are stored as model-version tags
 ``eval.<eval_set>.<metric>``; promotion reads them, so a version that was never evaluated on the
-named set has no metrics and cannot be promoted. A version tagged ``findial.task=response`` is
-gated by ``configs/gates/response.yaml`` unless the gates given name response metrics.
+named set has no metrics and cannot be promoted. The gates, and the data fingerprint each evaluation set
+must have been scored with, come from the promotion policy (``configs/policy.yaml``, ``findial.policy``)
+of the version's kind (tag ``findial.task=response``: a response model, else NLU).
 """
 from __future__ import annotations
 
 import datetime as dt
-import importlib.resources
 import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
-from findial import tracking
+from findial import audit, gates, tracking
+from findial.policy import Policy, load as load_policy, promoter
 
 BUNDLE_ARTIFACT = "model"
 DESCRIPTIONS = {"nlu": "findial NLU bundle: intent (+emotion) and NER models",
                 "response": "findial response model: LoRA adapters of a causal LM that write the agent's reply"}
-RESPONSE_GATES = Path(str(importlib.resources.files("findial.configs") / "gates" / "response.yaml"))
-RESPONSE_METRICS = ("bleu", "chrf", "rouge_l", "term_recall", "term_grounding", "pii_clean_rate",
-                    "compliance_clean_rate")
 
 
 def _client():
@@ -160,6 +156,26 @@ def record_evaluation(name: str, version: str, eval_set: str, metrics: dict, dat
             client.set_model_version_tag(name, version, f"eval.{eval_set}.{k}", repr(float(v)))
 
 
+class PromotionError(ValueError):
+    """A promotion that cannot even be decided (no such version): nothing is audited."""
+
+
+def kind_of(tags: dict[str, str]) -> str:
+    return "response" if tags.get("findial.task") == "response" else "nlu"
+
+
+def eval_metrics(tags: dict[str, str], eval_set: str) -> dict[str, float]:
+    prefix = f"eval.{eval_set}."
+    out = {}
+    for k, v in tags.items():
+        if k.startswith(prefix) and k[len(prefix):] not in ("data_fingerprint", "run_id"):
+            try:
+                out[k[len(prefix):]] = float(v)
+            except ValueError:
+                continue
+    return out
+
+
 @dataclass
 class Decision:
     model_name: str
@@ -175,64 +191,70 @@ class Decision:
     data_fingerprint: str | None = None
     eval_run_id: str | None = None
     previous_version: str | None = None
+    results: dict = field(default_factory=dict)  # gates.check: per gate value, minimum, passed, reason
 
     def summary(self) -> str:
         head = (f"PROMOTED {self.model_name} v{self.version} -> @{self.alias}" if self.promoted
                 else f"REFUSED {self.model_name} v{self.version} -> @{self.alias}")
         lines = [head + f" (eval set {self.eval_set})"]
-        for metric, minimum in self.gates.items():
-            value = self.metrics.get(metric)
-            state = "missing" if value is None else ("pass" if value >= minimum else "FAIL")
-            lines.append(f"  {metric:<24} {'-' if value is None else f'{value:.4f}':>8}  >= {minimum:<6} {state}")
+        for metric, r in self.results.items():
+            value, state = r["value"], "pass" if r["passed"] else ("missing" if r["value"] is None else "FAIL")
+            vs = f"  (champion {r['champion']:.4f}, max regression {r['max_regression']})" if "champion" in r else ""
+            lines.append(f"  {metric:<24} {'-' if value is None else f'{value:.4f}':>8}  >= {r['minimum']:<6} "
+                         f"{state}{vs}")
+        lines += [f"  {f}" for f in self.failures if f.split(":")[0] not in self.results]
         return "\n".join(lines)
 
 
-def load_gates(path: str | Path = RESPONSE_GATES) -> dict[str, float]:
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return {k: float(v) for k, v in raw.items()}
+def _version(client, name: str, version: str):
+    from mlflow.exceptions import MlflowException
 
-
-def gates_for(task: str | None, gates: dict[str, float]) -> dict[str, float]:
-    """The gates that apply to a model of ``task``: the NLU gates (``gates=default``) mean nothing to a
-    response model, so unless ``gates`` names a response metric, configs/gates/response.yaml applies."""
-    if task == "response" and not set(gates) & set(RESPONSE_METRICS):
-        return load_gates()
-    return dict(gates)
-
-
-def check_gates(tags: dict[str, str], eval_set: str, gates: dict[str, float]) -> tuple[dict, list[str]]:
-    metrics, failures = {}, []
-    for metric, minimum in gates.items():
-        raw = tags.get(f"eval.{eval_set}.{metric}")
-        if raw is None:
-            failures.append(f"{metric}: missing (no evaluation of this version on {eval_set!r} reported it)")
-            continue
-        value = float(raw)
-        metrics[metric] = value
-        if not value >= minimum:
-            failures.append(f"{metric}: {value:.4f} < {minimum}")
-    return metrics, failures
-
-
-def promote(name: str, version: str, alias: str, eval_set: str, gates: dict[str, float], user: str,
-            audit_log: str | Path) -> Decision:
-    """Move ``alias`` to ``version`` only if every gate metric is present and passes. Always audited.
-
-    A response model (tag ``findial.task=response``) is held to ``gates_for("response", gates)``."""
-    client = _client()
-    mv = client.get_model_version(name, str(version))
-    gates = gates_for(mv.tags.get("findial.task"), gates)
-    metrics, failures = check_gates(mv.tags, eval_set, gates)
+    if not str(version).isdigit():
+        raise PromotionError(f"version={version!r}: a model version is a number (findial-nlu versions: "
+                             f"the registry's Models page, or `findial compare`)")
     try:
-        previous = str(client.get_model_version_by_alias(name, alias).version)
-    except Exception:  # no such alias yet
-        previous = None
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise PromotionError(f"{name} has no version {version}") from None
+
+
+def _champion(client, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception:  # no such alias (or model) yet
+        return None
+
+
+def promote(name: str, version: str, alias: str, eval_set: str, audit_log: str | Path,
+            policy: Policy | None = None) -> Decision:
+    """Move ``alias`` to ``version`` only if the version's evaluation on ``eval_set`` is one the policy binds
+    (same data fingerprint) and passes every gate of its kind, including the no-regression tolerance against
+    the version ``alias`` names now. Always audited; the promoter is ``policy.promoter()``."""
+    policy = policy or load_policy()
+    client = _client()
+    mv = _version(client, name, str(version))
+    kind = kind_of(mv.tags)
+    kind_gates = policy.gates_for(kind)
+    metrics = {m: v for m, v in eval_metrics(mv.tags, eval_set).items() if m in kind_gates}
+    fp = mv.tags.get(f"eval.{eval_set}.data_fingerprint")
+    failures = [f"eval set: {p}"] if (p := policy.eval_set_problem(kind, eval_set, fp)) else []
+    champion = _champion(client, name, alias)
+    champion_metrics = None
+    if champion is not None and str(champion.version) != str(version):
+        if champion.tags.get(f"eval.{eval_set}.data_fingerprint") == fp:
+            champion_metrics = eval_metrics(champion.tags, eval_set)
+        elif any(g.max_regression is not None for g in kind_gates.values()):
+            failures.append(f"champion: v{champion.version} has no evaluation on {eval_set!r} with data fingerprint "
+                            f"{fp} to compare with; evaluate it first: findial eval "
+                            f"model_ref=models:/{name}@{alias} eval_set={eval_set} data_file=...")
+    results = gates.check(kind_gates, metrics, champion_metrics)
+    failures = gates.failures(results) + failures
     decision = Decision(
         model_name=name, version=str(version), alias=alias, eval_set=eval_set, promoted=not failures,
-        user=user, timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        gates=dict(gates), metrics=metrics, failures=failures,
-        data_fingerprint=mv.tags.get(f"eval.{eval_set}.data_fingerprint"),
-        eval_run_id=mv.tags.get(f"eval.{eval_set}.run_id"), previous_version=previous)
+        user=promoter(), timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        gates={m: {"minimum": g.minimum, "max_regression": g.max_regression} for m, g in kind_gates.items()},
+        metrics=metrics, failures=failures, data_fingerprint=fp, eval_run_id=mv.tags.get(f"eval.{eval_set}.run_id"),
+        previous_version=None if champion is None else str(champion.version), results=results)
     _audit(decision, audit_log)  # the record exists before the alias moves
     if decision.promoted:
         client.set_registered_model_alias(name, alias, str(version))
@@ -241,12 +263,16 @@ def promote(name: str, version: str, alias: str, eval_set: str, gates: dict[str,
 
 
 def _audit(decision: Decision, audit_log: str | Path) -> None:
-    record = asdict(decision)
-    path = Path(audit_log)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    tracking.atomic_write_text(path, old + json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+    record = audit.append(audit_log, asdict(decision), then=lambda r: _client().set_registered_model_tag(
+        decision.model_name, audit.HEAD_TAG, r["hash"]))
     with tracking.run("findial-promotions", f"promote-{decision.model_name}-v{decision.version}",
                       tags={"findial.promoted": str(decision.promoted), "findial.model": decision.model_name,
                             "findial.version": decision.version, "findial.user": decision.user}):
         tracking.log_json(record, "audit.json")
         tracking.log_metrics(decision.metrics)
+
+
+def audit_heads() -> dict[str, str]:
+    """Registered model name -> the hash of its last audited promotion, as the registry holds it."""
+    return {m.name: m.tags[audit.HEAD_TAG] for m in _client().search_registered_models(max_results=1000)
+            if m.tags.get(audit.HEAD_TAG)}

@@ -1,6 +1,6 @@
 """The response model goes through the registry like the NLU bundle: `findial train task=response`
 registers it, `findial eval task=response model_ref=...` records its metrics on the version and
-`findial promote model_name=findial-response` gates it with configs/gates/response.yaml."""
+`findial promote model_name=findial-response` gates it with the policy's response gates (configs/policy.yaml)."""
 import json
 import sys
 from pathlib import Path
@@ -8,11 +8,19 @@ from pathlib import Path
 import pytest
 
 from findial import registry, tracking
+from findial.policy import Policy, load as load_policy
 
 MINI = Path(__file__).parent / "fixtures" / "mini.jsonl"
 NAME = "findial-response"
 # low enough for a tiny random model; the PII gate stays at 1.0: the Responder masks every reply
-LOW_GATES = ["gates=response", "gates.chrf=0", "gates.term_grounding=0", "gates.compliance_clean_rate=0"]
+LOW_GATES = {"pii_clean_rate": 1.0, "compliance_clean_rate": 0.0, "term_grounding": 0.0, "chrf": 0.0}
+
+
+def low_policy(home: Path) -> Policy:
+    """Gates a tiny random model passes, on the mini set as its evaluation recorded it (library API only:
+    the command line always uses configs/policy.yaml)."""
+    fp = mlflow_client(home).get_model_version(NAME, "1").tags["eval.mini.data_fingerprint"]
+    return Policy.of({"response": LOW_GATES}, {"response": {"mini": fp}})
 
 
 def mlflow_client(home: Path):
@@ -72,20 +80,20 @@ def test_eval_records_metrics_and_promotion_uses_the_response_gates(response_mod
     assert findial(monkeypatch, home, "eval", "task=response", f"model_ref=models:/{NAME}/1", f"data_file={MINI}",
                    "eval_set=mini", "device=cpu") == 0
     tags = mlflow_client(home).get_model_version(NAME, "1").tags
-    for metric in registry.load_gates():
+    for metric in load_policy().gates_for("response"):
         float(tags[f"eval.mini.{metric}"])  # every response gate metric is recorded on the version
     assert tags["eval.mini.run_id"] and tags["eval.mini.data_fingerprint"]
     # a package directory is still scored, and outside the registry nothing is recorded
     assert findial(monkeypatch, home, "eval", "task=response", f"package={package}", f"data_file={MINI}",
                    "eval_set=dir", "device=cpu") == 0
     assert not any(k.startswith("eval.dir.") for k in mlflow_client(home).get_model_version(NAME, "1").tags)
-    # the NLU default gates mean nothing to a response model: the response gates apply
-    status = findial(monkeypatch, home, "promote", f"model_name={NAME}", "version=1", "eval_set=mini")
+    # the NLU gates mean nothing to a response model: the policy's response gates apply (and mini is no policy set)
+    assert findial(monkeypatch, home, "promote", f"model_name={NAME}", "version=1", "eval_set=mini") == 1
     record = audit(home)[-1]
-    assert set(record["gates"]) == set(registry.load_gates()) and (status == 0) == record["promoted"]
-    assert findial(monkeypatch, home, "promote", f"model_name={NAME}", "version=1", "eval_set=mini",
-                   *LOW_GATES) == 0
-    assert audit(home)[-1]["promoted"] is True and alias_version(home) == "1"
+    assert set(record["gates"]) == set(load_policy().gates_for("response")) and record["promoted"] is False
+    tracking.configure(f"sqlite:///{home}/mlflow.db", home / "mlartifacts")
+    decision = registry.promote(NAME, "1", "champion", "mini", home / "audit" / "promotions.jsonl", low_policy(home))
+    assert decision.promoted and audit(home)[-1]["promoted"] is True and alias_version(home) == "1"
 
 
 def test_an_unevaluated_version_is_refused(response_model, monkeypatch, capsys):
@@ -93,9 +101,9 @@ def test_an_unevaluated_version_is_refused(response_model, monkeypatch, capsys):
     tracking.configure(f"sqlite:///{home}/mlflow.db", home / "mlartifacts")
     version = registry.register(package, NAME, {"findial.task": "response", "findial.backbone": "tiny_lm"})
     before = alias_version(home)
-    assert findial(monkeypatch, home, "promote", f"model_name={NAME}", f"version={version}", "eval_set=mini",
-                   *LOW_GATES) == 1
-    assert "chrf: missing" in capsys.readouterr().err
+    decision = registry.promote(NAME, version, "champion", "mini", home / "audit" / "promotions.jsonl",
+                                low_policy(home))
+    assert not decision.promoted and "chrf: missing" in decision.failures
     record = audit(home)[-1]
     assert record["promoted"] is False and record["version"] == version and record["metrics"] == {}
     assert alias_version(home) == before != version

@@ -502,7 +502,10 @@ def response_home(home, tmp_path_factory):
 
 
 def test_respond_answers_with_the_promoted_response_model_and_picks_up_a_new_one(response_home, response_model):
+    from mlflow import MlflowClient
+
     from findial import registry, tracking
+    from findial.policy import Policy
     from findial.training.generation.evaluate import evaluate_response_model
 
     home, (_, package, _) = response_home, response_model
@@ -511,8 +514,10 @@ def test_respond_answers_with_the_promoted_response_model_and_picks_up_a_new_one
 
     def evaluate_and_promote(version: str) -> None:  # the gated path, with gates a tiny random model passes
         evaluate_response_model(f"models:/findial-response/{version}", MINI, eval_set="mini", limit=2)
-        decision = registry.promote("findial-response", version, "champion", "mini", low_gates, "test",
-                                    home / "audit" / "promotions.jsonl")
+        fp = MlflowClient().get_model_version("findial-response", version).tags["eval.mini.data_fingerprint"]
+        policy = Policy.of({"response": low_gates}, {"response": {"mini": fp}})
+        decision = registry.promote("findial-response", version, "champion", "mini",
+                                    home / "audit" / "promotions.jsonl", policy)
         assert decision.promoted, decision.summary()
 
     def wait_for_responder(srv, version: str) -> dict:

@@ -6,8 +6,8 @@ Each agent turn is generated from its preceding turns and the gold intent and st
 turn (``intent_source="gold"``; the NLU predictions a server would feed can be scored by passing
 ``predictions``: dialogues predicted by ``NLUPipeline.predict_dialogues``). Metrics are those of
 ``findial.evaluation.generation_metrics``; the report (report.json, report.md, replies.jsonl, all
-masked) is written to ``report_dir``; gates (``configs/gates/response.yaml`` by default) are checked
-with ``registry.check_gates`` on the same ``eval.<eval_set>.<metric>`` tags a registered model gets.
+masked) is written to ``report_dir``; gates (the promotion policy's response gates, ``configs/policy.yaml``,
+by default) are checked with ``findial.gates.check``, the check promotion applies to the ``eval.<eval_set>.<metric>`` tags.
 ``evaluate_response_model("models:/findial-response/3", ...)`` scores a registered version and records
 its metrics on it (``registry.record_evaluation``), as ``findial eval`` does for an NLU bundle.
 """
@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from findial import registry, tracking
+from findial import gates as gate_check, registry, tracking
 from findial.data.corpus import fingerprint, load_corpus
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.pii import default_masker, redact_json
 from findial.evaluation import generation_metrics as gm
+from findial.policy import load as load_policy
 
 from .data import response_records
 from .responder import Responder, check_reply
@@ -108,22 +109,21 @@ def evaluate_responses(package: str | Path, data_file: str | Path, gates: dict[s
     labelbook = LabelBook.load(package / "ontology.yaml") if (package / "ontology.yaml").is_file() else LabelBook.load()
     dialogues = load_corpus(data_file, labelbook, glossary)
     eval_set = eval_set or Path(data_file).stem
+    policy, data_fp = load_policy(), fingerprint(dialogues)
+    if registered:
+        policy.check_recordable("response", eval_set, data_fp, data_file)
     rows = generate_replies(responder, dialogues, int(responder.meta.get("context_turns", 6)), predictions, limit)
     if not rows:
         raise ValueError(f"{data_file}: no agent turns to score")
     metrics = score_replies(rows, glossary, responder.rules)
     metrics["seconds_per_reply"] = (time.perf_counter() - started) / len(rows)
-    gates = registry.load_gates() if gates is None else dict(gates)
-    tags = {f"eval.{eval_set}.{k}": repr(float(v)) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    passed, failures = registry.check_gates(tags, eval_set, gates)
-    result = ResponseEvalResult(metrics, {k: {"minimum": v, "value": metrics.get(k),
-                                              "passed": not any(f.startswith(f"{k}:") for f in failures)}
-                                          for k, v in gates.items()}, failures, data_fingerprint=fingerprint(dialogues))
+    gate_table = gate_check.check(policy.gates_for("response") if gates is None else gates, metrics)
+    result = ResponseEvalResult(metrics, gate_table, gate_check.failures(gate_table),
+                                data_fingerprint=data_fp)
     report = {"package": model_ref or str(package), "registered": list(registered) if registered else None,
               "data_file": str(data_file), "eval_set": eval_set,
               "data_fingerprint": result.data_fingerprint, "backbone": responder.meta.get("backbone_name"),
-              "decoding": responder.decoding, "metrics": metrics, "gates": result.gates, "failures": failures}
+              "decoding": responder.decoding, "metrics": metrics, "gates": result.gates, "failures": result.failures}
     if report_dir is not None:
         result.files = _write_report(report, rows, Path(report_dir))
         result.report_json, result.report_md = result.files["report_json"], result.files["report_md"]
@@ -195,13 +195,11 @@ def render_markdown(report: dict, rows: list[dict], samples: int = 10) -> str:
 
 
 def eval_command(cfg, out_dir: Path) -> ResponseEvalResult:
-    """``findial eval task=response model_ref=models:/findial-response/N`` (or ``package=DIR``, which wins):
-    the NLU gates (``gates=default``) do not apply to a response model, so unless ``gates`` names
-    response metrics, configs/gates/response.yaml is used (``registry.gates_for``)."""
-    gates = registry.gates_for("response", dict(cfg.gates))
+    """``findial eval task=response model_ref=models:/findial-response/N`` (or ``package=DIR``, which wins),
+    reported against the promotion policy's response gates."""
     device = cfg.get("device") or "cpu"
     try:
-        result = evaluate_response_model(cfg.get("package") or cfg.model_ref, cfg.data_file, gates,
+        result = evaluate_response_model(cfg.get("package") or cfg.model_ref, cfg.data_file, None,
                                          eval_set=cfg.eval_set, report_dir=cfg.report_dir or out_dir, device=device,
                                          limit=cfg.get("limit"))
     except registry.WrongModelKind as exc:  # e.g. the default model_ref, the NLU champion
