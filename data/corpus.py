@@ -15,6 +15,11 @@ from typing import Any, Iterable
 from .labelbook import Glossary, LabelBook
 
 MAX_REPORTED = 50
+# Limits that keep one bad record from exhausting memory (a dialogue is a few kB; the longest bundled turn is
+# a few hundred characters): a longer line, turn or dialogue is an error naming it.
+MAX_LINE_BYTES = 1 << 20
+MAX_TEXT_CHARS = 4000
+MAX_TURNS = 200
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class _Checker:
         turns = d.get("turns")
         if not isinstance(turns, list) or not turns:
             return self.fail("turns", "required non-empty list")
+        if len(turns) > MAX_TURNS:
+            return self.fail("turns", f"{len(turns)} turns; at most {MAX_TURNS} per dialogue")
         for i, turn in enumerate(turns):
             self.check_turn(f"turns[{i}]", turn)
 
@@ -73,6 +80,8 @@ class _Checker:
         text = t.get("text")
         if not isinstance(text, str) or not text.strip():
             return self.fail(f"{where}.text", "required non-empty string")
+        if len(text) > MAX_TEXT_CHARS:
+            return self.fail(f"{where}.text", f"{len(text)} characters; at most {MAX_TEXT_CHARS} per turn")
         if speaker != "user":
             return
         lb = self.lb
@@ -139,11 +148,18 @@ class _Checker:
                 self.fail(f"{f}.{slot}", f"unknown glossary term {value!r}")
 
 
-def json_lines(path: str | Path) -> Iterable[tuple[int, Any, str | None]]:
+def json_lines(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterable[tuple[int, Any, str | None]]:
     """``(line number, record, None)`` per non-blank line of a JSON Lines file, or ``(line number, None,
-    message)`` for a line that is not valid UTF-8 or JSON."""
+    message)`` for a line that is too long (never read whole), not valid UTF-8 or not JSON."""
     with Path(path).open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        lineno = 0
+        while raw := fh.readline(max_line_bytes + 1):
+            lineno += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                while (rest := fh.readline(1 << 16)) and not rest.endswith(b"\n"):
+                    pass  # skip the rest of the line
+                yield lineno, None, f"line longer than {max_line_bytes} bytes"
+                continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -155,6 +171,8 @@ def json_lines(path: str | Path) -> Iterable[tuple[int, Any, str | None]]:
                 yield lineno, json.loads(line), None
             except json.JSONDecodeError as exc:
                 yield lineno, None, f"not valid JSON: {exc.msg} at column {exc.colno}"
+            except RecursionError:
+                yield lineno, None, "not valid JSON: nested too deeply"
 
 
 def load_corpus(path: str | Path, labelbook: LabelBook | None = None, glossary: Glossary | None = None,
@@ -179,6 +197,9 @@ def load_corpus(path: str | Path, labelbook: LabelBook | None = None, glossary: 
             seen.setdefault(record["id"], lineno)
         if len(checker.problems) == before:
             dialogues.append(record)
+    if not dialogues and not checker.problems:
+        checker.line = 0
+        checker.fail("(file)", "no dialogues: the file is empty")
     if checker.problems:
         raise CorpusError(checker.problems)
     return dialogues

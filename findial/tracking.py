@@ -51,10 +51,17 @@ def git_commit() -> str:
 
 
 @contextmanager
-def run(experiment: str, run_name: str, tags: dict[str, str] | None = None, nested: bool = False) -> Iterator[Any]:
+def run(experiment: str, run_name: str, tags: dict[str, str] | None = None, nested: bool = False,
+        run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run of ``experiment``; ``run_id``: continue that run (a resumed training) instead of a new one."""
     import mlflow
 
     base = {"findial.git_commit": git_commit()}
+    if run_id:
+        with mlflow.start_run(run_id=run_id, nested=nested) as active:
+            mlflow.set_tags({**base, **(tags or {})})
+            yield active
+        return
     with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name,
                           tags={**base, **(tags or {})}, nested=nested) as active:
         yield active

@@ -131,3 +131,39 @@ def test_turn_records_carry_context_and_dataset(labels):
     ds = to_dataset(dialogues)
     assert len(ds) == len(rows) == 17
     assert json.loads(ds[0]["state"]) == rows[0]["state"]
+
+
+def test_an_empty_file_is_an_error_not_an_empty_corpus(tmp_path, labels):
+    for content in ("", "\n\n  \n"):
+        path = tmp_path / "empty.jsonl"
+        path.write_text(content, encoding="utf-8")
+        with pytest.raises(CorpusError) as info:
+            load_corpus(path, *labels)
+        assert [(p.line, p.field) for p in info.value.problems] == [(0, "(file)")]
+        assert "file is empty" in str(info.value) and str(path) in str(info.value)
+
+
+def test_size_limits_name_the_line_and_field(tmp_path, labels):
+    import findial.data.corpus as corpus
+
+    long_text = good()
+    long_text["turns"][1]["text"] = "x" * (corpus.MAX_TEXT_CHARS + 1)
+    many_turns = good()
+    many_turns["id"] = "d3"
+    many_turns["turns"] = many_turns["turns"] * (corpus.MAX_TURNS // 2 + 1)
+    huge = json.dumps({**good(), "id": "d2", "padding": "y" * 50_000})
+    path = write(tmp_path, [long_text, huge, many_turns, {**good(), "id": "d4"}])
+    problems = [(lineno, problem) for lineno, _, problem in corpus.json_lines(path, max_line_bytes=20_000)]
+    assert problems[1] == (2, "line longer than 20000 bytes") and problems[3] == (4, None)  # the next line still read
+    with pytest.raises(CorpusError) as info:
+        load_corpus(path, *labels)
+    found = {(p.line, p.field): p.message for p in info.value.problems}
+    assert "at most 4000 per turn" in found[(1, "turns[1].text")]
+    assert "at most 200 per dialogue" in found[(3, "turns")]
+
+
+def test_deeply_nested_json_is_a_line_error(tmp_path, labels):
+    path = write(tmp_path, ["[" * 100_000 + "]" * 100_000, good()])
+    with pytest.raises(CorpusError) as info:
+        load_corpus(path, *labels)
+    assert [(p.line, p.message) for p in info.value.problems] == [(1, "not valid JSON: nested too deeply")]

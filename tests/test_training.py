@@ -327,3 +327,39 @@ def test_common_words_splits_a_word_one_tokenizer_keeps_whole_as_its_continuatio
                              [0.3, 0.05, 0.65],
                              [1.0, 0.0, 0.0]])
     assert torch.allclose(p, expected, atol=1e-6)
+
+
+def test_a_killed_run_is_continued_by_its_resume(tmp_path):
+    """SIGKILL leaves the MLflow run RUNNING; resume=last continues that run (FINISHED), not a second one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    env = {**os.environ, "FINDIAL_HOME": str(tmp_path), "CI": "true"}
+    args = [sys.executable, "-m", "findial.cli", "train", "task=ner", *DATA, "trainer.max_epochs=500"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob("runs/*/ner/checkpoints/last.ckpt")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    tracking.configure(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlartifacts")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("findial-ner")
+    (killed,) = client.search_runs([experiment.experiment_id])
+    assert killed.info.status == "RUNNING"
+    last = next(tmp_path.glob("runs/*/ner/checkpoints/last.ckpt"))
+    epochs = torch.load(last, weights_only=False)["epoch"] + 2  # one more epoch than the checkpoint holds
+    done = subprocess.run([*args[:-1], f"trainer.max_epochs={epochs}", "resume=last"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [killed.info.run_id] and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["findial.resumed_from"].endswith("last.ckpt")

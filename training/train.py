@@ -50,6 +50,29 @@ class TrainResult:
     metrics: dict
 
 
+RUN_ID_FILE = "mlflow_run_id"  # beside checkpoints/: the MLflow run a resumed training continues
+
+
+def _resumed_run_id(ckpt: str | None) -> str | None:
+    """The MLflow run that wrote checkpoint ``ckpt`` (``<task dir>/checkpoints/last.ckpt``), if it is recorded
+    and still in the store: a killed run left RUNNING (or FAILED) is continued, not duplicated."""
+    if not ckpt:
+        return None
+    marker = Path(ckpt).resolve().parent.parent / RUN_ID_FILE
+    if not marker.is_file():
+        return None
+    run_id = marker.read_text(encoding="utf-8").strip()
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        log.warning("resume: run %s (from %s) is not in this MLflow store; starting a new run", run_id, marker)
+        return None
+    return run_id
+
+
 def _resume_path(resume: str | None, home: str, task: str) -> str | None:
     if not resume:
         return None
@@ -156,10 +179,17 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
     tags = {"findial.task": task.name, "findial.data_fingerprint": data_fp, "findial.backbone": cfg.model.name,
             **(tags or {})}
     lead = is_launch_rank_zero()  # one MLflow run per job, however many processes train it
+    ckpt = _resume_path(cfg.get("resume"), cfg.paths.home, task.name)
+    resumed = _resumed_run_id(ckpt) if lead else None
+    if ckpt:
+        tags["findial.resumed_from"] = str(ckpt)
     with (tracking.run(cfg.logger.experiment_prefix + task.name, f"train-{task.name}-{cfg.model.name}",
-                       tags=tags) if lead else nullcontext()) as active:
+                       tags=tags, run_id=resumed) if lead else nullcontext()) as active:
         run_id = active.info.run_id if lead else ""
         if lead:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tracking.atomic_write_text(out_dir / RUN_ID_FILE, run_id)
+        if lead and not resumed:
             tracking.log_params({"task": OmegaConf.to_container(task, resolve=True), "model": meta["lora"],
                                  "model_name": cfg.model.name, "seed": cfg.seed, "data": resolved["data"],
                                  "trainer": resolved["trainer"]})
@@ -181,7 +211,7 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
                               + ([LearningRateMonitor(logging_interval="step")] if lead else [])
                               + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [])
                               + weight_averaging(task) + list(callbacks or []))
-        trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg.get("resume"), cfg.paths.home, task.name))
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         package = out_dir / "package"
         sharded = is_sharded(module, trainer.strategy)
