@@ -5,7 +5,10 @@ runs the model: ``LocalUnderstander`` (in-process batching, see ``batcher.py``)
 or ``RayUnderstander`` (model replicas behind a Ray Serve handle), and the
 responder of ``/v1/respond`` (``responder.build_responder``): a plugged-in
 ``Responder``, the ``PromotedResponder`` that polls the response model's alias
-(started and stopped with the app), or None.
+(started and stopped with the app), or None. ``api_keys`` (``auth.ApiKeys``, read
+from the settings when not given) is checked by the guard on every request, so it
+covers /docs, /openapi.json and /metrics too; with auth on, the OpenAPI schema
+declares the two ways of sending a key.
 """
 from __future__ import annotations
 
@@ -16,12 +19,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 import findial
 
+from .auth import ApiKeys
 from .errors import error_response, install_error_handlers, request_id
 from .guard import RequestGuard
 from .metrics import CONTENT_TYPE, Metrics
 from .responder import PromotedResponder
-from .schemas import (ERROR_RESPONSES, AgentTurnResult, DialogueTurnRequest, ErrorResponse, RespondRequest,
-                      RespondResult, SessionView, UnderstandRequest, Understanding)
+from .schemas import (ERROR_RESPONSES, SESSION_RESPONSES, UNAUTHORIZED, AgentTurnResult, DialogueTurnRequest,
+                      ErrorResponse, RespondRequest, RespondResult, SessionView, UnderstandRequest, Understanding)
 from .service import DialogueService
 from .settings import ServeSettings
 
@@ -32,7 +36,14 @@ The models are the NLU bundle and the response model behind the registry's servi
 promoted version is picked up without a restart."""
 
 
-def create_app(settings: ServeSettings, understander, responder=None, metrics: Metrics | None = None) -> FastAPI:
+SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer"},
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+OPEN = {"security": []}  # the probes need no key
+
+
+def create_app(settings: ServeSettings, understander, responder=None, metrics: Metrics | None = None,
+               api_keys: ApiKeys | None = None) -> FastAPI:
+    api_keys = api_keys or ApiKeys.from_settings(settings)
     metrics = metrics or getattr(understander, "metrics", None) or Metrics()
     if getattr(understander, "metrics", "n/a") is None:
         understander.metrics = metrics  # the batcher reads the in-flight count the guard keeps
@@ -55,7 +66,10 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
                   description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app)
-    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes, router=app)
+    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes, router=app,
+                       body_timeout_s=settings.limits.body_timeout_s, api_keys=api_keys)
+    if api_keys.required:
+        _declare_security(app)
 
     @app.post("/v1/understand", response_model=Understanding, responses=ERROR_RESPONSES,
               summary="Understand one user turn (stateless, or within a session)")
@@ -79,18 +93,18 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
             return await service.agent_turn(session_id, body.text, request_id(request))
         return await service.user_turn(body.text, body.lang, request_id(request), "dialogue", session_id=session_id)
 
-    @app.get("/v1/dialogue/{session_id}", response_model=SessionView,
-             responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    @app.get("/v1/dialogue/{session_id}", response_model=SessionView, responses=SESSION_RESPONSES,
              summary="A session: its (masked) turns with their understanding, state and hand-off status")
     async def get_dialogue(session_id: str):
         return service.existing_session(session_id).view()
 
-    @app.delete("/v1/dialogue/{session_id}", responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    @app.delete("/v1/dialogue/{session_id}", responses=SESSION_RESPONSES,
                 summary="End a session and forget its history")
     async def delete_dialogue(session_id: str, request: Request):
         return await service.delete_session(session_id, request_id(request))
 
-    @app.get("/healthz", summary="Liveness: the process answers; says which models it serves")
+    @app.get("/healthz", openapi_extra=OPEN,
+             summary="Liveness: the process answers; says which models it serves")
     async def healthz():
         status = await understander.status()
         return {"status": "ok", "ready": status["ready"], "model": status.get("model"),
@@ -98,7 +112,7 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
                 "response_model": service.responder_info(), "sessions": len(service.sessions)}
 
     @app.get("/readyz", summary="Readiness: 200 only when the NLU model is loaded (the response model is optional)",
-             responses={503: {"model": ErrorResponse}})
+             responses={503: {"model": ErrorResponse}}, openapi_extra=OPEN)
     async def readyz(request: Request):
         status = await understander.status()
         if not status["ready"]:
@@ -106,7 +120,7 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
                                   request_id(request))
         return JSONResponse({"ready": True, "model": status.get("model")})
 
-    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics", responses=UNAUTHORIZED)
     async def prometheus():
         status = await understander.status()
         model = status.get("model")
@@ -117,3 +131,17 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def _declare_security(app: FastAPI) -> None:
+    """Add the key schemes to the OpenAPI schema (an Authorize button in /docs)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -7,7 +7,9 @@ blocks on a forward pass, and the tokenizers and torch never see two batches at
 once. While a batch runs, the next one gathers: under load, batches grow by themselves.
 The first request of a batch waits for company only while other HTTP requests are in flight
 that have not reached the batcher yet (so a lone request never waits). Each batch takes
-``holder.current`` once, so a hot swap never splits a batch.
+``holder.current`` once, so a hot swap never splits a batch. When a batch's forward pass raises, its items
+are run again one by one (``understand_each``): an item the model cannot take fails
+alone, with a 500, and the others in its batch get their answers.
 """
 from __future__ import annotations
 
@@ -24,6 +26,25 @@ log = logging.getLogger("findial.serving")
 
 class ModelNotReady(RuntimeError):
     """No model is loaded yet (or none could be)."""
+
+
+def understand_each(pipeline, items: list[TurnInput]) -> list:
+    """``understand_batch``; when the batch raises, each item on its own: a result or the exception, per item."""
+    try:
+        return understand_batch(pipeline, items)
+    except Exception as exc:
+        if len(items) == 1:
+            return [exc]
+        log.warning("inference failed on a batch of %d (%s): running its items one by one", len(items),
+                    type(exc).__name__)
+    out = []
+    for item in items:
+        try:
+            out.append(understand_batch(pipeline, [item])[0])
+        except Exception as exc:
+            log.error("inference failed on an item: %s", type(exc).__name__, exc_info=exc)
+            out.append(exc)
+    return out
 
 
 class LocalUnderstander:
@@ -103,7 +124,7 @@ class LocalUnderstander:
             try:
                 if model is None:
                     raise ModelNotReady(self.holder.last_error or "the model is still loading")
-                results = await loop.run_in_executor(self._executor, understand_batch, model.pipeline,
+                results = await loop.run_in_executor(self._executor, understand_each, model.pipeline,
                                                      [item for item, _ in batch])
             except asyncio.CancelledError:
                 for _, fut in batch:
@@ -113,13 +134,14 @@ class LocalUnderstander:
             except Exception as exc:  # one bad batch must not stop the loop
                 if not isinstance(exc, ModelNotReady):
                     log.exception("inference failed on a batch of %d", len(batch))
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            if self.metrics:
+                results = [exc] * len(batch)
+            if self.metrics and model is not None:
                 self.metrics.count_batch(len(batch))
-            info = model.info()
+            info = model.info() if model is not None else {}
             for (_, fut), res in zip(batch, results):
-                if not fut.done():
+                if fut.done():
+                    continue
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
                     fut.set_result((res, info))

@@ -4,13 +4,16 @@ Two deployments in one Serve application (``findial``):
 
 - ``NLUModel``: ``replicas`` replicas, each with its own ``ModelHolder`` (so each
   polls the alias and hot-swaps on its own) and ``@serve.batch`` batching of the
-  turns routed to it;
+  turns routed to it (a batch that raises is run again item by item, as in
+  ``batcher.understand_each``: one bad item fails alone);
 - ``Gateway``: the FastAPI app of ``app.py`` as the HTTP ingress (Ray's proxy on
   ``host:port``), with a ``RayUnderstander`` that calls ``NLUModel`` through a
   deployment handle. It runs one replica: sessions, the audit writer and the
   request metrics live in its memory. The model replicas are what scales. Its
   responder (``/v1/respond``) comes from ``responder.build_responder``, as the
   local backend's: the response model behind its alias, polled in this replica.
+  The API keys (``auth.py``) are read once by ``findial serve``, before Ray starts,
+  and handed to the ingress app, so the guard checks them there as in the local backend.
 
 Ray is imported only here, so the local backend never needs it.
 """
@@ -23,10 +26,11 @@ import threading
 
 from ray import serve
 
-from .batcher import ModelNotReady
+from .auth import ApiKeys
+from .batcher import ModelNotReady, understand_each
 from .model_store import ModelHolder
 from .settings import ServeSettings
-from .understanding import TurnInput, understand_batch
+from .understanding import TurnInput
 
 log = logging.getLogger("findial.serving")
 APP_NAME = "findial"
@@ -57,9 +61,9 @@ class NLUReplica:
         model = self.holder.current
         if model is None:
             return [("not_ready", self.holder.last_error or "the model is still loading")] * len(items)
-        results = await asyncio.to_thread(understand_batch, model.pipeline, items)
+        results = await asyncio.to_thread(understand_each, model.pipeline, items)
         info = model.info()
-        return [("ok", r, info) for r in results]
+        return [("error", type(r).__name__) if isinstance(r, Exception) else ("ok", r, info) for r in results]
 
     async def understand(self, item: TurnInput) -> tuple:
         return await self.batched(item)
@@ -96,6 +100,8 @@ class RayUnderstander:
 
     async def understand(self, item: TurnInput) -> tuple[dict, dict]:
         answer = await self.handle.understand.remote(item)
+        if answer[0] == "error":
+            raise RuntimeError(f"inference failed on the model replica: {answer[1]}")
         if answer[0] != "ok":
             raise ModelNotReady(answer[1])
         return answer[1], answer[2]
@@ -108,8 +114,10 @@ class Gateway:
         self.model_handle = model_handle  # bound so that Serve deploys NLUModel with this app
 
 
-def build_app(settings: ServeSettings):
-    """The Serve application: Gateway (FastAPI ingress, 1 replica) -> NLUModel (``replicas`` replicas)."""
+def build_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
+    """The Serve application: Gateway (FastAPI ingress, 1 replica) -> NLUModel (``replicas`` replicas).
+    ``api_keys``: read from the settings here when not given."""
+    api_keys = api_keys or ApiKeys.from_settings(settings)
 
     def asgi_app():
         from .app import create_app
@@ -118,7 +126,7 @@ def build_app(settings: ServeSettings):
         from .server import prepare
 
         prepare(settings)
-        return create_app(settings, RayUnderstander(), build_responder(settings), Metrics())
+        return create_app(settings, RayUnderstander(), build_responder(settings), Metrics(), api_keys=api_keys)
 
     model = serve.deployment(NLUReplica, name=MODEL_DEPLOYMENT, num_replicas=settings.replicas,
                              max_ongoing_requests=max(8, 2 * settings.batching.max_batch_size),
@@ -129,9 +137,10 @@ def build_app(settings: ServeSettings):
     return gateway.bind(model.bind(settings))
 
 
-def serve_ray(settings: ServeSettings) -> None:
+def serve_ray(settings: ServeSettings, api_keys: ApiKeys | None = None) -> None:
     import ray
 
+    api_keys = api_keys or ApiKeys.from_settings(settings)  # no key with auth on: refused before Ray starts
     init = {"address": settings.ray.address, "include_dashboard": False, "log_to_driver": False}
     if settings.ray.address is None:
         if settings.ray.num_cpus:
@@ -144,12 +153,12 @@ def serve_ray(settings: ServeSettings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
-        from .server import describe_responder
+        serve.run(build_app(settings, api_keys), name=APP_NAME, route_prefix="/", blocking=False)
+        from .server import describe_auth, describe_responder
 
         print(f"findial serve (ray, {settings.replicas} model replicas): http://{settings.host}:{settings.port} "
-              f"(model {settings.model_ref}, responder {describe_responder(settings)}, docs at /docs, "
-              "schema at /openapi.json)", flush=True)
+              f"(model {settings.model_ref}, responder {describe_responder(settings)}, {describe_auth(api_keys)}, "
+              "docs at /docs, schema at /openapi.json)", flush=True)
         stop.wait()
     finally:
         log.info("shutting down Ray Serve")

@@ -1,30 +1,44 @@
 """Request and response bodies of the HTTP API (they make the OpenAPI schema at /openapi.json).
 
 Unknown fields are refused (a typo such as ``txt`` is a 422, not a silently empty turn).
+A text or session id holding an unpaired surrogate or a C0 control character other
+than ``\n \r \t`` (NUL, ...) is a 422 naming the field: no model or log sees one.
+``lang`` is one of the label book's languages, zh or en.
 Every text the API returns is masked: personal data never comes back.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-LANG = r"^[a-z]{2,3}$"
+_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
+def _plain(value: str) -> str:
+    if _UNSAFE.search(value):
+        raise ValueError("must not contain control characters (other than \\n \\r \\t) or unpaired surrogates")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain)]
+Lang = Literal["zh", "en"]
 
 
 class ContextTurn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     speaker: Literal["user", "agent"]
-    text: str
+    text: Text
 
 
 class UnderstandRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"text": "我的信用卡昨天丢了"}, {"text": "and the annual fee?", "session_id": "call-42"}]})
-    text: str = Field(description="The user's turn. Personal data is masked before any model or log sees it.")
-    session_id: str | None = Field(None, description="Continue (or start) a server-side session: its history is "
+    text: Text = Field(description="The user's turn. Personal data is masked before any model or log sees it.")
+    session_id: Text | None = Field(None, description="Continue (or start) a server-side session: its history is "
                                    "the intent model's context and its state accumulates.")
-    lang: str | None = Field(None, pattern=LANG, description="zh or en; detected from the text when absent.")
+    lang: Lang | None = Field(None, description="zh or en; detected from the text when absent.")
     context: list[ContextTurn] = Field(default_factory=list, description="Preceding turns, oldest first, for a "
                                        "stateless call (ignored with session_id).")
 
@@ -36,10 +50,10 @@ class RespondRequest(UnderstandRequest):
 class DialogueTurnRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"text": "I lost my credit card"}, {"speaker": "agent", "text": "I have blocked it."}]})
-    text: str
+    text: Text
     speaker: Literal["user", "agent"] = Field("user", description="user turns are understood; agent turns "
                                               "are recorded (as context) and checked against the compliance rules")
-    lang: str | None = Field(None, pattern=LANG)
+    lang: Lang | None = None
 
 
 class Entity(BaseModel):
@@ -120,10 +134,18 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
-ERROR_RESPONSES = {
-    400: {"model": ErrorResponse, "description": "body is not valid UTF-8 or not valid JSON"},
-    413: {"model": ErrorResponse, "description": "body or text too large"},
-    415: {"model": ErrorResponse, "description": "body is not JSON"},
-    422: {"model": ErrorResponse, "description": "missing, unknown or invalid fields; empty text"},
-    503: {"model": ErrorResponse, "description": "no model loaded yet (/v1/respond: no response model promoted)"},
+def _error(description: str) -> dict:
+    return {"model": ErrorResponse, "description": description}
+
+
+UNAUTHORIZED = {401: _error("missing or invalid API key (when auth is on); WWW-Authenticate: Bearer")}
+ERROR_RESPONSES = {  # the routes that take a body
+    400: _error("body is not valid UTF-8, not valid JSON, or nested too deeply"),
+    **UNAUTHORIZED,
+    408: _error("the body did not arrive within limits.body_timeout_s"),
+    413: _error("body or text too large"),
+    415: _error("body is not JSON"),
+    422: _error("missing, unknown or invalid fields; empty text; control characters"),
+    503: _error("no model loaded yet (/v1/respond: no response model promoted)"),
 }
+SESSION_RESPONSES = {**UNAUTHORIZED, 404: _error("no such session"), 422: _error("invalid session id")}

@@ -1,4 +1,8 @@
-"""``findial serve``: build the app for the configured backend and run it until Ctrl-C / SIGTERM."""
+"""``findial serve``: build the app for the configured backend and run it until Ctrl-C / SIGTERM.
+
+The API keys are read first (``auth.ApiKeys.from_settings``): with auth on and no key
+configured, it refuses to start (``SettingsError`` naming ``auth``) before loading anything.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,6 +12,7 @@ import warnings
 from findial import tracking
 from findial.data.pii import install_log_redaction
 
+from .auth import ApiKeys
 from .settings import ServeSettings
 
 log = logging.getLogger("findial.serving")
@@ -26,7 +31,7 @@ def prepare(settings: ServeSettings) -> None:
         torch.set_num_threads(settings.torch_threads)
 
 
-def build_local_app(settings: ServeSettings):
+def build_local_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
     from .app import create_app
     from .batcher import LocalUnderstander
     from .metrics import Metrics
@@ -36,26 +41,32 @@ def build_local_app(settings: ServeSettings):
     metrics = Metrics()
     holder = ModelHolder.for_nlu(settings)
     understander = LocalUnderstander(holder, settings.batching.max_batch_size, settings.batching.max_wait_ms, metrics)
-    return create_app(settings, understander, build_responder(settings), metrics)
+    return create_app(settings, understander, build_responder(settings), metrics, api_keys)
 
 
 def serve(settings: ServeSettings) -> None:
+    api_keys = ApiKeys.from_settings(settings)
     prepare(settings)
     if settings.backend == "ray":
         from .ray_backend import serve_ray
 
-        return serve_ray(settings)
+        return serve_ray(settings, api_keys)
     import uvicorn
 
-    app = build_local_app(settings)
+    app = build_local_app(settings, api_keys)
     print(f"findial serve: http://{settings.host}:{settings.port} (model {settings.model_ref}, responder "
-          f"{describe_responder(settings)}, docs at /docs, schema at /openapi.json)", flush=True)
+          f"{describe_responder(settings)}, {describe_auth(api_keys)}, docs at /docs, schema at /openapi.json)",
+          flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
                 timeout_graceful_shutdown=settings.graceful_shutdown_s, access_log=True, ws="none")
 
 
 def describe_responder(settings: ServeSettings) -> str:
     return settings.responder.target or settings.responder.model_ref or "none"
+
+
+def describe_auth(api_keys: ApiKeys) -> str:
+    return f"API key required ({len(api_keys.keys)} configured)" if api_keys.required else "no API key required"
 
 
 def serve_from_config(cfg: dict) -> None:

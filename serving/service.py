@@ -1,6 +1,7 @@
 """What the endpoints do: mask, understand, decide on hand-off, keep sessions, audit.
 
-Order of work for a user turn: check the text (422 empty, 413 too long), mask
+Order of work for a user turn: check the text (422 empty, also when it holds only
+whitespace, control or format characters; 413 too long), mask
 its personal data, take the session's history and state (under the session's
 lock, so turns are understood in order), understand it (the understander
 batches and runs the model off the event loop), apply the hand-off policy,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import unicodedata
 
 from .audit import AuditLog
 from .batcher import ModelNotReady
@@ -35,7 +37,7 @@ class DialogueService:
 
     # ------------------------------------------------------------------ checks
     def check_text(self, text: str, field: str) -> tuple[str, list[str]]:
-        if not text.strip():
+        if all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text):
             raise ApiError(422, "empty_text", f"{field}: must contain some text", [{"field": field}])
         if len(text) > self.limits.max_text_chars:
             raise ApiError(413, "text_too_long", f"{field}: {len(text)} characters, more than the limit of "
@@ -52,8 +54,8 @@ class DialogueService:
     def existing_session(self, session_id: str) -> Session:
         s = self.sessions.get(self.session_id(session_id, "path.session_id"))
         if s is None:
-            raise ApiError(404, "session_not_found", f"no session {session_id!r} (never started, deleted or "
-                           "expired)", [{"field": "path.session_id"}])
+            raise ApiError(404, "session_not_found", "no such session (never started, deleted or expired)",
+                           [{"field": "path.session_id"}])
         return s
 
     # ------------------------------------------------------------------ responder

@@ -25,7 +25,7 @@ class SessionIdError(ValueError):
 
 def check_session_id(session_id: str) -> str:
     """An opaque id: 1-128 of [A-Za-z0-9_.:-], and no personal data (a phone number is no session id)."""
-    if not SESSION_ID.match(session_id):
+    if not SESSION_ID.fullmatch(session_id):  # fullmatch: "$" would let a trailing newline through
         raise SessionIdError("session id must be 1-128 characters of A-Z a-z 0-9 _ . : - (starting with a letter "
                              "or digit)")
     if not default_masker().is_clean(session_id):

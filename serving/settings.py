@@ -1,7 +1,8 @@
 """Serving settings: ``configs/serve.yaml`` as checked, typed, picklable dataclasses.
 
 ``ServeSettings.from_mapping`` takes the resolved config (a plain dict) and names
-the field of any bad value (``serve.yaml: handoff.min_confidence: ...``).
+the field of any bad value (``serve.yaml: handoff.min_confidence: ...``). The API keys
+themselves are read when the server starts (``auth.ApiKeys.from_settings``), not here.
 """
 from __future__ import annotations
 
@@ -45,6 +46,14 @@ class LimitSettings:
     max_context_turns: int = 50
     max_sessions: int = 10000
     session_ttl_s: float = 3600.0
+    body_timeout_s: float = 10.0     # a request body not received within this -> 408 body_timeout
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    keys_file: str | None = None            # one key per line, # comments
+    keys_env: str | None = "FINDIAL_API_KEYS"  # comma-separated keys
+    required: str | bool = "auto"           # auto: on unless host is loopback; true; false
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ class ServeSettings:
     replicas: int = 2
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     handoff: HandoffSettings = field(default_factory=HandoffSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     responder: ResponderSettings = field(default_factory=ResponderSettings)
@@ -116,8 +126,8 @@ class ServeSettings:
         for key in ("intents", "emotions"):
             if key in handoff:
                 handoff[key] = tuple(handoff[key] or ())
-        nested = {"batching": BatchingSettings, "limits": LimitSettings, "audit": AuditSettings,
-                  "responder": ResponderSettings, "ray": RaySettings}
+        nested = {"batching": BatchingSettings, "limits": LimitSettings, "auth": AuthSettings,
+                  "audit": AuditSettings, "responder": ResponderSettings, "ray": RaySettings}
         built = {k: _build(t, cfg.get(k) or {}, f"{source}: {k}") for k, t in nested.items()}
         built["handoff"] = _build(HandoffSettings, handoff, f"{source}: handoff")
         top = {k: v for k, v in cfg.items() if k not in built}
@@ -148,6 +158,10 @@ class ServeSettings:
                 bad(f"limits.{name}", "must be >= 1")
         if self.limits.max_body_bytes < self.limits.max_text_chars:
             bad("limits.max_body_bytes", "must be at least limits.max_text_chars")
+        if not self.limits.body_timeout_s > 0:
+            bad("limits.body_timeout_s", f"must be > 0, got {self.limits.body_timeout_s}")
+        if not (isinstance(self.auth.required, bool) or self.auth.required == "auto"):
+            bad("auth.required", f"must be auto, true or false, got {self.auth.required!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             bad("device", f"must be cpu, cuda, cuda:N or auto, got {self.device!r}")
 

@@ -234,6 +234,13 @@ BAD_INPUTS = [  # (method, path, raw body or JSON, headers, status, error code)
     ("POST", "/v1/respond", {}, None, 422, "invalid_request"),
     ("GET", "/v1/nothing", None, None, 404, "not_found"),
     ("PUT", "/v1/understand", {"text": "hi"}, None, 405, "method_not_allowed"),
+    ("POST", "/v1/understand", b"[" * 120_000, None, 400, "too_deeply_nested"),
+    ("POST", "/v1/understand", b'{"text": "lost \\ud800 card"}', None, 422, "invalid_request"),
+    ("POST", "/v1/understand", b'{"text": "nul \\u0000"}', None, 422, "invalid_request"),
+    ("POST", "/v1/understand", {"text": "\u200b\u3000"}, None, 422, "empty_text"),
+    ("POST", "/v1/understand", {"text": "hi", "lang": "fr"}, None, 422, "invalid_request"),
+    ("POST", "/v1/dialogue/ok-1", {"text": "hi", "lang": "fr"}, None, 422, "invalid_request"),
+    ("POST", "/v1/understand", b'{"text": "hi"}', {"content-type": f"text/{CARD}"}, 415, "unsupported_media_type"),
 ]
 
 
@@ -247,6 +254,29 @@ def test_bad_input_is_a_clear_4xx(server, method, path, body, headers, status, c
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"] and r.json()["request_id"]
+    assert CARD not in r.text  # nothing sent comes back
+
+
+def test_a_bad_request_does_not_fail_the_others_in_its_batch(server):
+    """A lone surrogate once failed its whole inference batch with 500s; now it is refused alone (422)."""
+    bodies = [json.dumps({"text": f"查询余额 {i}"}).encode() for i in range(15)]
+    bodies[7:7] = [b'{"text": "card \\ud800 lost"}']
+    results = [None] * len(bodies)
+
+    def one(i):
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60) as http:
+            results[i] = http.post("/v1/understand", content=bodies[i], headers={"content-type": "application/json",
+                                                                                  "x-request-id": CARD})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = [r.status_code for r in results]
+    assert statuses == [200] * 7 + [422] + [200] * 8, statuses
+    assert results[7].json()["error"]["details"][0]["field"] == "body.text"
+    assert all(r.headers["x-request-id"] != CARD and CARD not in r.text for r in results)
 
 
 def test_server_survives_bad_input_and_counts_it(server):
@@ -431,6 +461,83 @@ def test_a_plugged_in_responder_replies_within_the_session(thread_server):
     records = audit_events(settings)
     assert [x["event"] for x in records] == ["respond"] * 3 and records[-1]["response"] is None
     assert all(x["model"]["version"] is None and x["model"]["ref"] == settings.model_ref for x in records)
+
+
+# -------------------------------------------------------------------------------- fuzzing from the OpenAPI schema
+def fuzz(schema, max_examples: int, headers: dict | None = None) -> dict:
+    """Every operation of the schema, with valid and invalid data (schemathesis, seeded): no response may be a
+    5xx, and each must be JSON (or text) conforming to the responses the schema declares. {(operation, status): n}"""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                                   status_code_conformance)
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    seen: dict = {}
+    for result in schema.get_all_operations():
+        op = result.ok()
+        for mode in GenerationMode:
+            @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+            @given(case=op.as_strategy(generation_mode=mode))
+            def run(case):
+                response = case.call(headers=headers)
+                key = (op.label, response.status_code)
+                seen[key] = seen.get(key, 0) + 1
+                case.validate_response(response, checks=checks)
+
+            try:
+                run()
+            except Unsatisfiable:  # no invalid value exists (no parameters, or a free-form path string)
+                assert mode is GenerationMode.NEGATIVE and not op.body
+    return seen
+
+
+@pytest.fixture()
+def asgi_app(bundle, compose, tmp_path):
+    """The app on the tiny model, in process (schemathesis calls it through ASGI), with given overrides."""
+    from omegaconf import OmegaConf
+    from schemathesis.python import asgi
+
+    from findial.serving.app import create_app
+    from findial.serving.batcher import LocalUnderstander
+    from findial.serving.model_store import ModelHolder
+    from findial.serving.settings import ServeSettings
+
+    def make(*overrides: str):
+        cfg = OmegaConf.to_container(compose("serve", [f"model_ref={bundle}", f"audit.path={tmp_path}/fuzz.jsonl",
+                                                       *overrides]), resolve=True)
+        settings = ServeSettings.from_mapping(cfg)
+        holder = ModelHolder(settings.model_ref, settings.download_dir, poll_interval_s=0)
+        assert holder.check_once()  # loaded before the first request
+        return create_app(settings, LocalUnderstander(holder, max_wait_ms=2), ScriptedResponder())
+
+    yield make
+    asgi.shutdown_lifespans()
+
+
+def test_the_api_survives_fuzzing_from_its_own_openapi_schema(asgi_app):
+    import schemathesis
+
+    seen = fuzz(schemathesis.openapi.from_asgi("/openapi.json", asgi_app()), max_examples=30)
+    ops = {op for op, _ in seen}
+    assert len(ops) == 8 and all(status < 500 for _, status in seen)
+    for op in ("POST /v1/understand", "POST /v1/respond", "POST /v1/dialogue/{session_id}"):
+        assert seen.get((op, 200)) and seen.get((op, 422)), seen  # the model answered, and bad input was refused
+
+
+def test_fuzzing_with_auth_on_and_the_key_sent(asgi_app, monkeypatch):
+    import schemathesis
+
+    key = "fuzz-key-0123456789abcdef"
+    monkeypatch.setenv("FINDIAL_API_KEYS", key)
+    app = asgi_app("host=0.0.0.0")
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {key}"})
+    seen = fuzz(schema, max_examples=10, headers={"Authorization": f"Bearer {key}"})
+    assert seen.get(("POST /v1/understand", 200)) and not any(status in (401, 500) for _, status in seen), seen
+    assert not any(status == 401 for _, status in fuzz(schema, max_examples=3, headers={"X-API-Key": key}))
 
 
 # ----------------------------------------------------------------------------------------------- hot reload
