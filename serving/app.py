@@ -38,7 +38,7 @@ promoted version is picked up without a restart."""
 
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer"},
                     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
-OPEN = {"security": []}  # the probes need no key
+NO_KEY = {"security": []}  # the probes need no key (auth.OPEN)
 
 
 def create_app(settings: ServeSettings, understander, responder=None, metrics: Metrics | None = None,
@@ -103,7 +103,7 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
     async def delete_dialogue(session_id: str, request: Request):
         return await service.delete_session(session_id, request_id(request))
 
-    @app.get("/healthz", openapi_extra=OPEN,
+    @app.get("/healthz", openapi_extra=NO_KEY,
              summary="Liveness: the process answers; says which models it serves")
     async def healthz():
         status = await understander.status()
@@ -112,7 +112,7 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
                 "response_model": service.responder_info(), "sessions": len(service.sessions)}
 
     @app.get("/readyz", summary="Readiness: 200 only when the NLU model is loaded (the response model is optional)",
-             responses={503: {"model": ErrorResponse}}, openapi_extra=OPEN)
+             responses={503: {"model": ErrorResponse}}, openapi_extra=NO_KEY)
     async def readyz(request: Request):
         status = await understander.status()
         if not status["ready"]:
