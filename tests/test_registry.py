@@ -192,3 +192,21 @@ def test_every_promotion_is_audited_in_a_verified_chain(store):
     lines = (tmp / "audit.jsonl").read_text().splitlines()
     (tmp / "audit.jsonl").write_text(lines[0] + "\n")  # the refusal removed from the end
     assert "removed from the end" in audit_log.verify(tmp / "audit.jsonl", registry.audit_heads())[0]
+
+
+def _promote_in_process(args):
+    home, version = args
+    tracking.configure(f"sqlite:///{home}/mlflow.db", f"{home}/artifacts")
+    return registry.promote("findial-nlu", version, "champion", "test-set", f"{home}/audit.jsonl", POLICY).promoted
+
+
+def test_six_concurrent_promotions_leave_six_chained_records(store):
+    import multiprocessing
+
+    tmp, new_version = store
+    versions = [new_version({"terminology_f1": 0.95, "multi_turn_accuracy": 0.95}) for _ in range(6)]
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        pool.map(_promote_in_process, [(str(tmp), v) for v in versions])
+    recs = audit(tmp)
+    assert sorted(r["version"] for r in recs) == sorted(versions)
+    assert audit_log.verify(tmp / "audit.jsonl", registry.audit_heads()) == []
