@@ -139,3 +139,16 @@ def test_unknown_alias_fails_before_predicting(compared, tmp_path):
     with pytest.raises(ValueError, match=r"b=models:/findial-nlu@nope: no such registered model version or alias"):
         compare("models:/findial-nlu/2", "models:/findial-nlu@nope", MINI, GATES, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_refuses_another_file_under_the_gated_set_name(compared, capsys):
+    """`findial eval data_file=my_own.jsonl eval_set=bundled-test` must not overwrite the version's real evaluation."""
+    from findial.cli import main
+
+    client = compared["client"]
+    before = client.get_model_version("findial-nlu", "1").tags
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "model_ref=models:/findial-nlu/1", f"data_file={MINI}", "eval_set=bundled-test",
+              f"paths.home={compared['home']}", "device=cpu"])
+    assert "binds it to data fingerprint" in str(info.value) and "nothing was recorded" in str(info.value)
+    assert client.get_model_version("findial-nlu", "1").tags == before
