@@ -363,3 +363,14 @@ def test_a_killed_run_is_continued_by_its_resume(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs] == [killed.info.run_id] and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["findial.resumed_from"].endswith("last.ckpt")
+
+
+def test_a_package_of_a_newer_format_is_refused_by_name(tmp_path):
+    from findial.training.package import FORMAT_VERSION
+
+    for version in (FORMAT_VERSION + 1, "1", 0):
+        (tmp_path / "findial_model.json").write_text(json.dumps({"task": "ner", "format_version": version}))
+        with pytest.raises(ValueError, match=r"findial_model.json: format_version .* reads package formats 1\.\."):
+            read_meta(tmp_path)
+    (tmp_path / "findial_model.json").write_text(json.dumps({"task": "ner", "format_version": FORMAT_VERSION}))
+    assert read_meta(tmp_path)["task"] == "ner"

@@ -24,8 +24,7 @@ from transformers import AutoTokenizer
 
 from .modules import IntentModule, NERModule
 
-FORMAT_VERSION = 1
-MODULES = {"intent": IntentModule, "ner": NERModule}
+FORMAT_VERSION = 1  # of findial_model.json + weights; read_meta refuses a newer one
 
 
 def resolve_backbone(spec: dict | str) -> Path:
@@ -85,10 +84,16 @@ def check_member(name: str, member_meta: dict, main_meta: dict, where: str | Pat
 
 
 def read_meta(path: str | Path) -> dict:
+    """The package's meta; refuses a package written in a newer format than this findial reads."""
     f = Path(path) / "findial_model.json"
     if not f.is_file():
         raise FileNotFoundError(f"{path}: not a findial model package (no findial_model.json)")
-    return json.loads(f.read_text(encoding="utf-8"))
+    meta = json.loads(f.read_text(encoding="utf-8"))
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"{f}: format_version {version!r}: this findial reads package formats 1..{FORMAT_VERSION}; "
+                         f"load it with the findial version that wrote it, or retrain")
+    return meta
 
 
 def load_package(path: str | Path, device: str | torch.device = "cpu"):
