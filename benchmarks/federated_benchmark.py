@@ -51,7 +51,7 @@ def centralised(cfg, out_dir: Path) -> tuple[dict, float]:
     from omegaconf import OmegaConf
 
     from findial import tracking
-    from findial.data.corpus import load_corpora
+    from findial.data.corpus import load_corpus
     from findial.data.labelbook import Glossary, LabelBook
     from findial.evaluation.metrics import evaluate_dialogues
     from findial.training.inference import NLUPipeline

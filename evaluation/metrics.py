@@ -88,7 +88,9 @@ def terminology_prf(gold: Sequence[Dialogue], pred: Sequence[Dialogue],
     ``labels`` defaults to the ``terminology: true`` labels of the bundled label book.
     """
     labels = frozenset(_default_terminology_labels() if labels is None else labels)
-    key = lambda e: (e["start"], e["end"], e["label"], e.get("term_id")) if e["label"] in labels else None
+    def key(e):
+        return (e["start"], e["end"], e["label"], e.get("term_id")) if e["label"] in labels else None
+
     g_c, p_c = _mentions(gold, pred, key)
     return prf(sum((g_c & p_c).values()), sum(g_c.values()), sum(p_c.values()))
 

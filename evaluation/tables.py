@@ -97,7 +97,9 @@ def confidence_summary(gold: Sequence[dict], pred: Sequence[dict], bins: int = 1
             counts[min(max(int(v * bins), 0), bins - 1)] += 1
         return counts
 
-    mean = lambda v: sum(v) / len(v) if v else None
+    def mean(v):
+        return sum(v) / len(v) if v else None
+
     return {"edges": [round(i / bins, 6) for i in range(bins + 1)],
             "correct": hist(correct), "incorrect": hist(wrong),
             "n_correct": len(correct), "n_incorrect": len(wrong), "no_confidence": missing,

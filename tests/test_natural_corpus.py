@@ -9,7 +9,7 @@ from findial.data.corpus import CorpusError, corpus_files, load_corpora, load_co
 from findial.data.generator.fillers import id_ok, luhn_ok
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.natural import build as natural_build
-from findial.data.natural.authoring import AuthoringConverter, convert_paths
+from findial.data.natural.authoring import convert_paths
 
 NATURAL = Path(natural_build.__file__).resolve().parent
 

@@ -15,7 +15,7 @@ from findial.training.package import load_package, read_meta
 from findial.training.train import task_meta, train_task
 
 MINI = str(Path(__file__).parent / "fixtures" / "mini.jsonl")
-DATA = [f"data=custom", f"data.train_file={MINI}", f"data.val_file={MINI}", "model=tiny",
+DATA = ["data=custom", f"data.train_file={MINI}", f"data.val_file={MINI}", "model=tiny",
         "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
 
 

@@ -453,7 +453,7 @@ class Builder:
         langs, lw = list(self.cfg["lang_share"]), list(self.cfg["lang_share"].values())
         self.fillers.split = split
         n_multi = round(n * self.cfg["multi_turn_share"])
-        cover = [(i, l) for i in self.intents for l in LANGS]
+        cover = [(i, lang) for i in self.intents for lang in LANGS]
         self.rng.shuffle(cover)
         kinds = ["multi"] * n_multi + ["single"] * (n - n_multi)
         self.rng.shuffle(kinds)
