@@ -41,7 +41,7 @@ class NLUReplica:
     """One model replica: a holder that polls the alias, and batched understanding."""
 
     def __init__(self, settings: ServeSettings):
-        from .server import prepare
+        from .process import prepare
 
         prepare(settings)
         if not settings.torch_threads:
@@ -123,7 +123,7 @@ def build_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
         from .app import create_app
         from .metrics import Metrics
         from .responder import build_responder
-        from .server import prepare
+        from .process import prepare
 
         prepare(settings)
         return create_app(settings, RayUnderstander(), build_responder(settings), Metrics(), api_keys=api_keys)
@@ -154,7 +154,7 @@ def serve_ray(settings: ServeSettings, api_keys: ApiKeys | None = None) -> None:
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_app(settings, api_keys), name=APP_NAME, route_prefix="/", blocking=False)
-        from .server import describe_auth, describe_responder
+        from .process import describe_auth, describe_responder
 
         print(f"findial serve (ray, {settings.replicas} model replicas): http://{settings.host}:{settings.port} "
               f"(model {settings.model_ref}, responder {describe_responder(settings)}, {describe_auth(api_keys)}, "

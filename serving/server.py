@@ -6,29 +6,12 @@ configured, it refuses to start (``SettingsError`` naming ``auth``) before loadi
 from __future__ import annotations
 
 import logging
-import os
-import warnings
-
-from findial import tracking
-from findial.data.pii import install_log_redaction
 
 from .auth import ApiKeys
+from .process import describe_auth, describe_responder, prepare
 from .settings import ServeSettings
 
 log = logging.getLogger("findial.serving")
-
-
-def prepare(settings: ServeSettings) -> None:
-    """What every serving process needs first: masked logging, the MLflow store, torch threads."""
-    install_log_redaction()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in the server log
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    if settings.tracking_uri:
-        tracking.configure(settings.tracking_uri, settings.artifact_root or "mlartifacts")
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
 
 
 def build_local_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
@@ -59,14 +42,6 @@ def serve(settings: ServeSettings) -> None:
           flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
                 timeout_graceful_shutdown=settings.graceful_shutdown_s, access_log=True, ws="none")
-
-
-def describe_responder(settings: ServeSettings) -> str:
-    return settings.responder.target or settings.responder.model_ref or "none"
-
-
-def describe_auth(api_keys: ApiKeys) -> str:
-    return f"API key required ({len(api_keys.keys)} configured)" if api_keys.required else "no API key required"
 
 
 def serve_from_config(cfg: dict) -> None:
