@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from omegaconf import OmegaConf
 
-    from findial.cli import _setup
+    from findial.runtime import setup as _setup
     from findial.data.benchmarks import resolve_datasets_dir
     from findial.data.pii import redact_json
     from findial.tracking import atomic_write_text, git_commit

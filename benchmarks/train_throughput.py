@@ -38,7 +38,7 @@ def _compose(model: str, overrides: list[str]):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from findial.cli import _setup
+    from findial.runtime import setup as _setup
 
     _setup()
     with initialize_config_module("findial.configs", version_base="1.3"):

@@ -35,30 +35,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from findial.runtime import data_path as _data_path, setup as _setup
+
 log = logging.getLogger("findial")
-
-
-def _data_path(rel: str) -> str:
-    import findial.data
-
-    return str(Path(findial.data.__file__).resolve().parent / rel)
-
-
-def _setup() -> None:
-    from findial.data.pii import install_log_redaction
-
-    if not OmegaConf.has_resolver("findial_data"):
-        OmegaConf.register_new_resolver("findial_data", _data_path)
-        OmegaConf.register_new_resolver("findial_abspath", os.path.abspath)
-    install_log_redaction()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars per model load
-    try:  # keep the console to what a user needs: no per-tensor load reports or weight-loading bars
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def _out_dir() -> Path:

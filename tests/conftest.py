@@ -54,7 +54,7 @@ def compose(tmp_path):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from findial.cli import _setup
+    from findial.runtime import setup as _setup
 
     _setup()
 

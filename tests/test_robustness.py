@@ -94,7 +94,7 @@ def bundle(tmp_path_factory):
     """intent + NER trained for a few epochs on the mini corpus with the tiny backbone, as one bundle."""
     from hydra import compose, initialize_config_module
 
-    from findial.cli import _setup
+    from findial.runtime import setup as _setup
     from findial.training.train import train_task
 
     _setup()
