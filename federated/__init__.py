@@ -6,7 +6,8 @@ aggregates them (FedAvg, FedProx or FedAdam), evaluates per branch and globally 
 each round to MLflow, and registers the result as an NLU bundle that goes through `findial eval` /
 `findial promote` like a centrally trained one.
 
-    config.py       the Hydra `fed` config (configs/fed.yaml + configs/federated/), shipped to every app
+    config.py       the Hydra `fed` config (configs/fed.yaml + configs/federated/); what a branch accepts from
+                    the server's run config and what it owns (privacy, data) in deployment
     partition.py    which branch a node is and its dialogues
     models.py       the two task models and the ArrayRecord of their trainable tensors
     local.py        local training (Lightning) and scoring (findial eval metrics)

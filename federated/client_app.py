@@ -3,15 +3,20 @@
 A reply holds exactly two records: ``arrays`` (an ArrayRecord of float32 LoRA adapter and head tensors,
 after the configured clipping/noise) and ``metrics`` (a MetricRecord of int/float scalars). No text,
 no token ids, no per-example values: dialogues stay in the branch.
+
+In deployment the branch accepts from the server's run config only the federation keys of
+``config.BRANCH_KEYS`` and takes its privacy settings and data from its own node config; a refused
+override is answered with an error reply naming it, before anything trains (``config.py``).
 """
 from __future__ import annotations
 
 import math
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from .config import resolver
+from .config import RefusedOverride, resolver
 from .local import score_dialogues, train_local
 from .models import build_task_models, load_record, to_record
 from .partition import branch_dialogues, branch_of
@@ -72,15 +77,29 @@ def handle_evaluate(cfg, msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
+def refusal_mod(config_for):
+    """First mod: a run config the branch refuses is answered with an error reply naming the key."""
+
+    def mod(msg: Message, ctxt: Context, call_next) -> Message:
+        try:
+            config_for(ctxt)
+        except RefusedOverride as e:
+            return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=str(e)), reply_to=msg)
+        return call_next(msg, ctxt)
+
+    return mod
+
+
 def make_client_app(bound_config: dict | None = None) -> ClientApp:
-    """A ClientApp configured by ``bound_config`` (simulation) or by the run config (deployment)."""
-    config_for = resolver(bound_config)
+    """A ClientApp configured by ``bound_config`` (simulation) or, in deployment, by the accepted part of
+    the run config and the branch's own node config (``config.branch_config``)."""
+    config_for = resolver(bound_config, branch=True)
 
     def plan_for(context: Context) -> PrivacyPlan:
         cfg = config_for(context)
         return PrivacyPlan.from_config(cfg.privacy, bool(cfg.get("secure_aggregation", False)))
 
-    app = ClientApp(mods=[privacy_mod(plan_for)])
+    app = ClientApp(mods=[refusal_mod(config_for), privacy_mod(plan_for)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

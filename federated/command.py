@@ -57,7 +57,7 @@ def render(summary: dict) -> str:
 def _simulate(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from findial.cli import _setup
+    from findial.runtime import setup as _setup
 
     from .simulation import simulate
 

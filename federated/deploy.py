@@ -8,8 +8,10 @@
     python -m findial.federated.deploy result HOME SINCE                 summary of the federation run after SINCE
 
 The Flower App is a folder with a ``pyproject.toml`` whose components are this package's
-``server_app:app`` and ``client_app:app``; the run config carries the Hydra overrides, so the ServerApp
-and every ClientApp compose the same ``configs/fed.yaml``.
+``server_app:app`` and ``client_app:app``; the run config carries the Hydra overrides: all of them under
+``overrides`` (the ServerApp's), those a branch accepts also under ``branch-overrides`` (every ClientApp
+composes ``configs/fed.yaml`` with those, its privacy settings and data coming from its own node config:
+see ``config.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from findial.tracking import atomic_write_text
 
-from .config import RUN_CONFIG_KEY, normalize_overrides
+from .config import BRANCH_RUN_CONFIG_KEY, RUN_CONFIG_KEY, branch_refusal, normalize_overrides
 
 APP_NAME = "findial-federated"
 CONNECTION = "findial"
@@ -33,7 +35,8 @@ def _toml_str(value: str) -> str:
 
 
 def write_app(target: str | Path, overrides: list[str]) -> Path:
-    """The Flower App folder (pyproject.toml) and ``run_config.toml`` with the Hydra overrides."""
+    """The Flower App folder (pyproject.toml) and ``run_config.toml``: every override for the server, the
+    ones a branch accepts (``config.branch_refusal``) also for the branches."""
     import flwr
 
     target = Path(target)
@@ -59,9 +62,13 @@ clientapp = "findial.federated.client_app:app"
 
 [tool.flwr.app.config]
 {RUN_CONFIG_KEY} = ""
+{BRANCH_RUN_CONFIG_KEY} = ""
 """)
-    text = " ".join(shlex.quote(o) for o in normalize_overrides(overrides))
-    atomic_write_text(target / "run_config.toml", f"{RUN_CONFIG_KEY} = {_toml_str(text)}\n")
+    overrides = normalize_overrides(overrides)
+    text = " ".join(shlex.quote(o) for o in overrides)
+    branch = " ".join(shlex.quote(o) for o in overrides if branch_refusal(o) is None)
+    atomic_write_text(target / "run_config.toml", f"{RUN_CONFIG_KEY} = {_toml_str(text)}\n"
+                                                  f"{BRANCH_RUN_CONFIG_KEY} = {_toml_str(branch)}\n")
     return target
 
 

@@ -1,25 +1,51 @@
 """Differential privacy for the federation: Flower's clipping/noise mods and wrappers, and the budget.
 
-Modes (``privacy.mode`` in ``configs/fed.yaml``):
+Modes (``privacy.mode`` in ``configs/fed.yaml``; a branch's own mode comes from its node config, see
+``config.py``):
 
-- ``central``: every branch clips its update to ``clipping_norm`` (Flower's ``fixedclipping_mod``) and
-  the server adds Gaussian noise to the mean (Flower's ``DifferentialPrivacyClientSideFixedClipping``
-  wrapper). The noise is calibrated to ``min_train_clients`` (m): with n >= m replies the effective noise
-  multiplier is ``noise_multiplier * n / m`` >= ``noise_multiplier``, and a round with fewer than m
-  replies is not applied, so accounting with ``noise_multiplier`` is conservative. Updates are
-  averaged uniformly (an example-weighted mean would let a large branch exceed the clipping bound).
-- ``local``: every branch clips its update and adds its own noise before it leaves the branch (Flower's
-  ``LocalDpMod``, std = C * sqrt(2 ln(1.25/delta0)) / epsilon0), so the server never sees a clean update.
+- ``central``: every branch clips its update u to ||u|| <= C = ``clipping_norm`` (Flower's
+  ``fixedclipping_mod``) and the server adds Gaussian noise to the uniform mean of the n updates it
+  received (Flower's ``DifferentialPrivacyClientSideFixedClipping``). Only averaging aggregators
+  (``fedavg``, ``fedprox``: the server step is the plain mean) are accepted: the wrapper noises what
+  ``aggregate_train`` returns, and FedAdam's adaptive step on the clean mean has no bounded sensitivity,
+  so its noise would not give the reported epsilon (Flower's own accountant refuses such strategies too).
+- ``local``: every branch clips its update to C and adds its own noise before it leaves the branch
+  (Flower's ``LocalDpMod`` with sensitivity 2C), so the server never sees a clean update.
 
-Budget: branch-level (epsilon, delta) over the rounds actually released, by the exact composition of
-Gaussian mechanisms under Gaussian differential privacy (Dong, Roth & Su 2019, "Gaussian Differential
-Privacy", Cor. 3.3 and Thm. 2.7): T releases with noise multiplier z are mu-GDP with mu = sqrt(T) / z, and
-mu-GDP implies (epsilon, delta(epsilon))-DP with
+Noise multiplier of a round (what is accounted), derived from Flower's code:
+
+- central: the wrapper adds N(0, s^2) to every coordinate of the mean with
+  ``s = compute_stdv(z, C, m) = z * C / m`` (``flwr.supercore.differential_privacy``), where z is
+  ``noise_multiplier`` and m = ``num_sampled_clients`` = ``sampling.min_train_clients``. The mean is over
+  the n >= m replies actually received (fewer and the round is not applied). One branch's influence on a
+  mean of n updates of norm <= C: replace-one, ||(u - u')/n|| <= 2C/n; add/remove-one,
+  mean_n - mean_(n-1) = (u - mean_(n-1))/n and ||u - mean_(n-1)|| <= 2C, so again 2C/n. The round is a
+  Gaussian mechanism of sensitivity 2C/n and std z*C/m, i.e. of noise multiplier
+  ``z_eff = (z*C/m) / (2C/n) = z * n / (2m)`` (z/2 at n = m). Each applied round is accounted with the
+  z_eff of its n; the check before a round (``privacy.max_epsilon``) uses the worst case n = m.
+- local: ``LocalDpMod`` adds std ``s = 2C * sqrt(2 ln(1.25/delta0)) / epsilon0`` to each branch's
+  clipped update; its sensitivity is 2C (two clipped updates differ by at most 2C), so every round is a
+  release of noise multiplier ``z = sqrt(2 ln(1.25/delta0)) / epsilon0`` for the branch. A branch's noisy
+  update reaches the server when it replies, applied or not, so every round in which branches were asked
+  to train is accounted. In deployment each branch sets its own epsilon0/delta0: the server's figure is
+  that of a branch configured like the server's ``privacy.local_*``.
+
+Budget: branch-level (epsilon, delta) over those releases, by the exact composition of Gaussian
+mechanisms under Gaussian differential privacy (Dong, Roth & Su 2019, "Gaussian Differential Privacy",
+Cor. 3.3 and Thm. 2.7): releases with noise multipliers z_i are mu-GDP with mu^2 = sum 1/z_i^2 (T equal
+ones: mu = sqrt(T) / z), and mu-GDP implies (epsilon, delta(epsilon))-DP with
 
     delta(epsilon) = Phi(-epsilon/mu + mu/2) - exp(epsilon) * Phi(-epsilon/mu - mu/2).
 
 No amplification by sampling is claimed (every available branch trains every round). An RDP bound
-(Mironov 2017) is computed beside it as a cross-check: it must never be smaller.
+(Mironov 2017) over the same releases is computed beside it as a cross-check: it must never be smaller
+(``tests/test_federated_privacy.py`` also checks both against Flower's ``RdpAccountant``).
+
+What epsilon does not cover: only the adapter/head tensors are protected. Everything else a branch sends
+travels in clear and is outside the budget: its MetricRecords (training loss and accuracy per round, the
+federated evaluation's per-branch accuracy, F1 and their support counts), its number of examples
+(``num-examples``, user turns), whether and when it replied (participation, failures, timing, message
+sizes), and its identity (branch name, node id). The server logs all of these to MLflow.
 
 Secure aggregation: Flower 1.41 implements SecAgg+ only as ``flwr.server.workflow.SecAggPlusWorkflow``
 (which requires the legacy ``LegacyContext`` and legacy ``flwr.server.strategy`` strategies) and the
@@ -36,13 +62,25 @@ from dataclasses import asdict, dataclass
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from flwr.serverapp import GaussianPrivacyEvent, PrivacySpent
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 MODES = ("none", "central", "local")
+AVERAGING = ("fedavg", "fedprox")  # aggregators whose server step is the plain mean: central DP holds for them
 SECAGG_UNAVAILABLE = (
     "secure_aggregation=true: SecAgg+ in flwr 1.41 exists only for the legacy API "
     "(flwr.server.workflow.SecAggPlusWorkflow needs a LegacyContext and a flwr.server.strategy strategy; "
     "flwr.client.mod.secaggplus_mod reads the legacy fitres.* records), not for the Message API strategies "
     "findial uses. Use privacy.mode=local to keep clean updates from the server instead.")
+NOT_COVERED = ("metrics (MetricRecords: per-branch training and evaluation metrics and their support counts), "
+               "example counts, participation, timing and message sizes travel in clear")
+
+
+def central_aggregation_error(name: str) -> str:
+    return (f"privacy.mode=central with aggregation.name={name!r}: Flower's central-DP wrapper adds its noise "
+            f"after the strategy's aggregate_train, and {name}'s server step is not the plain mean (FedAdam "
+            f"applies an adaptive Adam step to it, whose sensitivity is unbounded), so the reported epsilon would "
+            f"not hold; Flower's own accountant refuses such strategies too. Use federated=fedavg or "
+            f"federated=fedprox with central DP, or privacy.mode=local (noise before the server step).")
 
 
 # --------------------------------------------------------------------------- accounting
@@ -87,11 +125,17 @@ def gdp_epsilon(mu: float, delta: float) -> float:
 RDP_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024])
 
 
-def rdp_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
-    """Upper bound from Renyi DP: T Gaussian releases have RDP T*alpha/(2 z^2); eps = min rdp + log(1/delta)/(alpha-1)."""
-    if releases == 0:
+def rdp_bound(mu_squared: float, delta: float) -> float:
+    """Upper bound from Renyi DP: Gaussian releases z_i have RDP alpha * sum(1/z_i^2) / 2 = alpha * mu^2 / 2;
+    eps = min over alpha of rdp + log(1/delta)/(alpha-1)."""
+    if mu_squared == 0:
         return 0.0
-    return min(releases * a / (2 * noise_multiplier ** 2) + math.log(1 / delta) / (a - 1) for a in RDP_ORDERS)
+    return min(a * mu_squared / 2 + math.log(1 / delta) / (a - 1) for a in RDP_ORDERS)
+
+
+def rdp_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """The RDP bound of T Gaussian releases of noise multiplier z."""
+    return rdp_bound(releases / noise_multiplier ** 2, delta)
 
 
 def classic_noise_multiplier(epsilon: float, delta: float) -> float:
@@ -148,9 +192,11 @@ class PrivacyPlan:
     max_epsilon: float | None = None
     local_epsilon: float | None = None
     local_delta: float | None = None
+    min_train_clients: int = 1      # m: central noise is calibrated to it (Flower's num_sampled_clients)
 
     @classmethod
-    def from_config(cls, privacy, secure_aggregation: bool = False) -> "PrivacyPlan":
+    def from_config(cls, privacy, secure_aggregation: bool = False, aggregation: str | None = None,
+                    min_train_clients: int = 1) -> "PrivacyPlan":
         if secure_aggregation:
             raise ValueError(SECAGG_UNAVAILABLE)
         mode = str(privacy.get("mode", "none"))
@@ -158,11 +204,14 @@ class PrivacyPlan:
             raise ValueError(f"privacy.mode={mode!r}: expected one of {', '.join(MODES)}")
         if mode == "none":
             return cls("none")
+        if mode == "central" and aggregation is not None and aggregation not in AVERAGING:
+            raise ValueError(central_aggregation_error(aggregation))
         clip = float(privacy.clipping_norm)
         if clip <= 0:
             raise ValueError(f"privacy.clipping_norm={clip}: must be > 0")
         common = dict(clipping_norm=clip, target_delta=float(privacy.target_delta),
-                      max_epsilon=None if privacy.get("max_epsilon") is None else float(privacy.max_epsilon))
+                      max_epsilon=None if privacy.get("max_epsilon") is None else float(privacy.max_epsilon),
+                      min_train_clients=max(1, int(min_train_clients)))
         if mode == "central":
             z = float(privacy.noise_multiplier)
             if z <= 0:
@@ -174,20 +223,50 @@ class PrivacyPlan:
         return cls("local", noise_multiplier=classic_noise_multiplier(eps0, delta0), local_epsilon=eps0,
                    local_delta=delta0, **common)
 
+    @classmethod
+    def for_federation(cls, cfg) -> "PrivacyPlan":
+        """The server's plan from the whole ``fed`` config (refuses central DP with a non-averaging aggregator)."""
+        return cls.from_config(cfg.privacy, bool(cfg.get("secure_aggregation", False)),
+                               aggregation=str(cfg.aggregation.name),
+                               min_train_clients=int(cfg.sampling.min_train_clients))
+
+    @property
+    def noise_std(self) -> float:
+        """Std of the noise per coordinate: central z*C/m on the mean (Flower's compute_stdv), local 2C*z per update."""
+        if self.mode == "central":
+            return self.noise_multiplier * self.clipping_norm / self.min_train_clients
+        return self.noise_multiplier * 2 * self.clipping_norm if self.mode == "local" else 0.0
+
     def accountant(self) -> GaussianAccountant | None:
         return GaussianAccountant(self.target_delta) if self.mode != "none" else None
 
-    def event(self, participants: int) -> GaussianPrivacyEvent:
-        return GaussianPrivacyEvent(noise_multiplier=self.noise_multiplier, sample_size=max(1, participants),
-                                    population_size=max(1, participants))
+    def event(self, replies: int | None = None) -> GaussianPrivacyEvent:
+        """The release of a round aggregating ``replies`` updates; None: the worst case an applied round can be.
+
+        central: z_eff = z * n / (2m) (noise z*C/m on a mean of sensitivity 2C/n; worst case n = m);
+        local: every branch's own release has z, whatever n.
+        """
+        n = max(1, self.min_train_clients if replies is None else int(replies))
+        z = self.noise_multiplier * n / (2 * self.min_train_clients) if self.mode == "central" else self.noise_multiplier
+        return GaussianPrivacyEvent(noise_multiplier=z, sample_size=n, population_size=n)
+
+    def released(self, asked: int, replies: int, applied: bool) -> GaussianPrivacyEvent | None:
+        """What a round released, to account: central, the noisy mean of an applied round; local, the noisy
+        updates of the branches asked to train (they left the branches whether or not the round was applied)."""
+        if self.mode == "central" and applied:
+            return self.event(replies)
+        if self.mode == "local" and asked > 0:
+            return self.event(asked)
+        return None
 
     def summary(self, accountant: GaussianAccountant | None) -> dict:
         if self.mode == "none" or accountant is None:
             return {"mode": self.mode}
         out = {k: v for k, v in asdict(self).items() if v is not None}
         out.update(epsilon=accountant.get_epsilon(), delta=self.target_delta, releases=accountant.num_releases,
-                   mu=accountant.mu, accounting="gdp-exact (Dong, Roth & Su 2019), no sampling amplification",
-                   epsilon_rdp_bound=rdp_epsilon(self.noise_multiplier, accountant.num_releases, self.target_delta))
+                   mu=accountant.mu, noise_std=self.noise_std, noise_multipliers_accounted=accountant.noise_multipliers,
+                   accounting="gdp-exact (Dong, Roth & Su 2019), no sampling amplification",
+                   epsilon_rdp_bound=rdp_bound(accountant.mu_squared, self.target_delta), not_covered=NOT_COVERED)
         return out
 
 
@@ -197,19 +276,26 @@ def privacy_mod(plan_for):
     """A ClientApp mod applying the branch's configured mode with Flower's own mods.
 
     ``plan_for(context)`` returns the PrivacyPlan of this branch: the mode comes from the branch's own
-    configuration, not from the server's message, so a server cannot switch local noise off.
+    configuration, not from the server's message, so a server cannot switch local noise off. The server
+    may ask for more, never less: a clipping norm in its message (Flower's central-DP wrapper sends one)
+    is applied when it is tighter than the branch's own, or when the branch has none.
     """
 
     def mod(msg: Message, ctxt: Context, call_next) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctxt)
         plan = plan_for(ctxt)
-        if plan.mode == "central":
-            return fixedclipping_mod(msg, ctxt, call_next)
-        if plan.mode == "local":
-            return LocalDpMod(plan.clipping_norm, plan.clipping_norm, plan.local_epsilon,
+        config = next(iter(msg.content.config_records.values()), None)
+        asked = config.get(KEY_CLIPPING_NORM) if config is not None else None
+        norms = ([plan.clipping_norm] if plan.mode != "none" else []) + ([float(asked)] if asked is not None else [])
+        if not norms:
+            return call_next(msg, ctxt)
+        if plan.mode == "local":  # sensitivity of a clipped update: 2C (replace-one)
+            return LocalDpMod(min(norms), 2 * plan.clipping_norm, plan.local_epsilon,
                               plan.local_delta)(msg, ctxt, call_next)
-        return call_next(msg, ctxt)
+        if config is not None:
+            config[KEY_CLIPPING_NORM] = min(norms)
+        return fixedclipping_mod(msg, ctxt, call_next)
 
     return mod
 
@@ -217,10 +303,19 @@ def privacy_mod(plan_for):
 # --------------------------------------------------------------------------- server side
 
 def wrap_strategy(strategy, plan: PrivacyPlan, min_train_clients: int):
-    """Central mode: Flower's client-side fixed-clipping wrapper (server noise, clients clip)."""
+    """Central mode: Flower's client-side fixed-clipping wrapper (server noise, clients clip).
+
+    Only a strategy whose ``aggregate_train`` is FedAvg's (the plain mean) is accepted, as Flower's own
+    accountant requires: the wrapper noises whatever ``aggregate_train`` returns.
+    """
     if plan.mode != "central":
         return strategy
-    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
+    if not isinstance(strategy, FedAvg) or type(strategy).aggregate_train is not FedAvg.aggregate_train:
+        raise ValueError(central_aggregation_error(type(strategy).__name__.lower()))
+    if max(1, min_train_clients) != plan.min_train_clients:  # the noise and its accounting must use the same m
+        raise ValueError(f"sampling.min_train_clients={min_train_clients}, but the privacy plan is calibrated to "
+                         f"{plan.min_train_clients} (build it with PrivacyPlan.for_federation)")
     return DifferentialPrivacyClientSideFixedClipping(strategy, plan.noise_multiplier, plan.clipping_norm,
-                                                      num_sampled_clients=max(1, min_train_clients))
+                                                      num_sampled_clients=plan.min_train_clients)

@@ -3,6 +3,8 @@
 Like ``Strategy.start`` (configure -> send_and_receive -> aggregate, for training then evaluation), plus:
 bytes sent and received, which branches took part, which failed or timed out, a minimum number of
 replies below which the round's update is not applied, the privacy budget, and a report per round.
+The budget composes what each round released (``PrivacyPlan.released``: in central mode the noisy mean
+of an applied round, accounted with the noise multiplier of its number of replies; see ``privacy.py``).
 """
 from __future__ import annotations
 
@@ -94,8 +96,9 @@ def run_rounds(grid, strategy, arrays: ArrayRecord, cfg, plan: PrivacyPlan, acco
         report = RoundReport(rnd)
         t0 = time.perf_counter()
         wait_for_nodes(grid, int(cfg.sampling.min_available_clients), float(cfg.timeouts.connect_s))
+        # the worst case over the rounds that could be applied (central: n = min_train_clients replies)
         if accountant is not None and plan.max_epsilon is not None and \
-                accountant.would_exceed(plan.event(min_replies), plan.max_epsilon):
+                accountant.would_exceed(plan.event(), plan.max_epsilon):
             log.warning("round %d not started: it would exceed privacy.max_epsilon=%s", rnd, plan.max_epsilon)
             break
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({"local-epochs": int(cfg.local_epochs)}),
@@ -108,12 +111,12 @@ def run_rounds(grid, strategy, arrays: ArrayRecord, cfg, plan: PrivacyPlan, acco
             new, metrics = strategy.aggregate_train(rnd, good)
             if new is not None:
                 arrays, report.applied = float32(new), True
-                if accountant is not None:
-                    accountant.compose(plan.event(len(good)))
             report.train = dict(metrics or {})
         else:
             log.warning("round %d: %d of %d branches replied, fewer than sampling.min_train_clients=%d: "
                         "the global model is kept", rnd, len(good), len(messages), min_replies)
+        if accountant is not None and (event := plan.released(len(messages), len(good), report.applied)):
+            accountant.compose(event)
         eval_messages = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
         good_eval, _ = _exchange(grid, eval_messages, timeout, report)
         if good_eval:

@@ -57,7 +57,7 @@ def serve(grid: Grid, cfg) -> dict:
     from findial.data.labelbook import Glossary, LabelBook
 
     tracking.configure(cfg.logger.tracking_uri, cfg.logger.artifact_root)
-    plan = PrivacyPlan.from_config(cfg.privacy, bool(cfg.get("secure_aggregation", False)))
+    plan = PrivacyPlan.for_federation(cfg)
     accountant = plan.accountant()
     models = build_task_models(cfg, cache=False)
     strategy = build_strategy(cfg, plan)

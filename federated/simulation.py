@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from .client_app import make_client_app
 from .config import plain
+from .privacy import PrivacyPlan
 from .rounds import FederationError
 from .server_app import make_server_app
 
@@ -39,6 +40,7 @@ def _ray_scratch():
 
 def simulate(cfg: DictConfig) -> dict:
     """Run the federation of ``cfg.branches`` for ``cfg.rounds`` rounds; returns the server's summary."""
+    PrivacyPlan.for_federation(cfg)  # a refused privacy setting fails here, before Ray or any round
     import ray
     from flwr.simulation import run_simulation
 

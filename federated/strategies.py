@@ -1,10 +1,13 @@
-"""Aggregation strategies from the config: Flower's FedAvg, FedProx, FedAdam (Message API), DP-wrapped by mode."""
+"""Aggregation strategies from the config: Flower's FedAvg, FedProx, FedAdam (Message API), DP-wrapped by mode.
+
+Central DP is accepted only with fedavg and fedprox (the server step is the plain mean; see ``privacy.py``).
+"""
 from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-from .privacy import PrivacyPlan, wrap_strategy
+from .privacy import AVERAGING, PrivacyPlan, central_aggregation_error, wrap_strategy
 
 NAMES = ("fedavg", "fedprox", "fedadam")
 # bookkeeping keys a client sends beside its metrics; never averaged
@@ -44,6 +47,8 @@ def build_strategy(cfg, plan: PrivacyPlan):
     name = str(agg.name)
     if name not in NAMES:
         raise ValueError(f"aggregation.name={name!r}: expected one of {', '.join(NAMES)} (configs/federated/)")
+    if plan.mode == "central" and name not in AVERAGING:
+        raise ValueError(central_aggregation_error(name))
     uniform = plan.mode == "central" or not bool(sampling.weighted)
     common = dict(fraction_train=float(sampling.fraction_train), fraction_evaluate=1.0,
                   min_train_nodes=int(sampling.min_train_clients), min_evaluate_nodes=1,

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from findial.runtime import data_path as _data_path, setup as _setup
+from findial.runtime import data_path, setup
 
 log = logging.getLogger("findial")
 
@@ -234,7 +234,7 @@ def cmd_data(argv: list[str]) -> int:
     v = sub.add_parser("validate", help="validate corpus files against a label book")
     v.add_argument("files", nargs="+")
     g = sub.add_parser("generate", help="regenerate the bundled corpus")
-    g.add_argument("--out", default=_data_path("corpus"), help="output folder")
+    g.add_argument("--out", default=data_path("corpus"), help="output folder")
     g.add_argument("--seed", type=int, default=13)
     g.add_argument("--scale", type=float, default=1.0, help="multiplies the number of dialogues")
     g.add_argument("--train-supplement", type=float, help="extra train dialogues drawing the train-only templates, "
@@ -244,8 +244,8 @@ def cmd_data(argv: list[str]) -> int:
     n.add_argument("paths", nargs="*", help="check: authoring files or folders of them")
     n.add_argument("--max-warnings", type=int, default=40)
     for q in (v, n):
-        q.add_argument("--ontology", default=_data_path("spec/ontology.yaml"))
-        q.add_argument("--glossary", default=_data_path("spec/glossary.yaml"))
+        q.add_argument("--ontology", default=data_path("spec/ontology.yaml"))
+        q.add_argument("--glossary", default=data_path("spec/glossary.yaml"))
     args = p.parse_args(argv)
     if args.action == "natural":
         return _cmd_natural(args)
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__)
         raise SystemExit(0)
-    _setup()
+    setup()
     cmd, rest = argv[0], argv[1:]
     if cmd == "data":
         raise SystemExit(cmd_data(rest))

@@ -13,8 +13,13 @@
 #   DROP_BRANCH     drop-out drill: kill this branch's SuperNode once round DROP_ROUND (default 2) has started
 #   FED_TIMEOUT     seconds the whole run may take (default 3600)
 #   KEEP_WORKDIR=1  keep the certificates, keys and process logs (printed path)
-# A branch's own data: give its SuperNode a file instead of the shared corpus with
-#   NODE_CONFIG_<branch>="train-file='/data/train.jsonl' val-file='/data/val.jsonl'"
+# A branch's own data and privacy are set on its SuperNode, never by the server:
+#   NODE_CONFIG_<branch>="train-file='/data/train.jsonl' val-file='/data/val.jsonl' privacy-mode='local'
+#                         privacy-clipping-norm=1.0 privacy-local-epsilon=2.0 privacy-local-delta=1e-5"
+#   (or privacy-file='/etc/findial/privacy.yaml'); without train-file, the bundled corpus of that branch.
+# The overrides given here reach the server whole; branches receive only the federation keys they accept
+# (rounds, local_epochs, seed, model, tasks, aggregation, sampling: federated/config.py); data.* and
+# paths.* overrides reach the server only.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV_BIN=${VENV_BIN:-$ROOT/.venv/bin}

@@ -123,7 +123,9 @@ def test_aggregation_of_known_arrays_is_the_weighted_mean(compose, tmp_path, nam
 
     a = {"intent/w": np.array([1.0, 2.0], dtype=np.float32), "ner/b": np.array([[0.0]], dtype=np.float32)}
     b = {"intent/w": np.array([5.0, -2.0], dtype=np.float32), "ner/b": np.array([[4.0]], dtype=np.float32)}
-    metrics = lambda n, i: {"num-examples": n, "unit-weight": 1, "branch-index": i, "intent_train_loss": float(n)}
+    def metrics(n, i):
+        return {"num-examples": n, "unit-weight": 1, "branch-index": i, "intent_train_loss": float(n)}
+
     replies = [_reply(a, metrics(1, 0), 1), _reply(b, metrics(3, 1), 2)]
 
     cfg = compose("fed", [f"federated={name}"])

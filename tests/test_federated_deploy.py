@@ -1,7 +1,6 @@
 """scripts/fed_deploy.sh from a clean shell: SuperLink + 3 SuperNodes with TLS and node authentication,
 a branch killed mid-run, a completed federation, and nothing left running or lying around afterwards."""
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -34,7 +33,11 @@ def test_deployment_script_runs_a_federation_and_cleans_up(tmp_path):
         d.mkdir()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(user_home), "TMPDIR": str(tmp), "FINDIAL_HOME": str(runs),
            "BRANCHES": "shanghai,beijing,shenzhen", "DROP_BRANCH": "shenzhen", "DROP_ROUND": "2",
-           "FINDIAL_TEST_MARKER": marker, "FED_TIMEOUT": "1500"}
+           "FINDIAL_TEST_MARKER": marker, "FED_TIMEOUT": "1500",
+           # a branch's data and privacy are its own (node config); data.* in the overrides is the server's
+           **{f"NODE_CONFIG_{b}": f"train-file='{MINI}' val-file='{MINI}'" for b in ("shanghai", "shenzhen")},
+           "NODE_CONFIG_beijing": f"train-file='{MINI}' val-file='{MINI}' privacy-mode='local' "
+                                  "privacy-local-epsilon=50.0"}
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "fed_deploy.sh"), "model=tiny", "data=custom", f"data.train_file={MINI}",
          f"data.val_file={MINI}", "rounds=2", "timeouts.round_s=120"],

@@ -57,7 +57,9 @@ def test_simulation_of_three_branches_survives_a_dropped_branch(tmp_path):
     from findial.federated.privacy import gdp_epsilon
 
     assert privacy["mode"] == "central" and privacy["releases"] == 2
-    assert privacy["epsilon"] == gdp_epsilon(math.sqrt(2) / 0.5, 1e-5)
+    # noise 0.5 * C / 2 (min_train_clients) on means of 3, then 2 replies of sensitivity 2C/n: z_eff = 0.5 * n / 4
+    assert privacy["noise_multipliers_accounted"] == [0.375, 0.25]
+    assert privacy["epsilon"] == gdp_epsilon(math.sqrt(1 / 0.375 ** 2 + 1 / 0.25 ** 2), 1e-5)
 
     from mlflow import MlflowClient
 
