@@ -98,10 +98,15 @@ def cmd_run(cfg: DictConfig) -> None:
     from findial.evaluation.evaluate import evaluate
     from findial.training.train import train_task
 
+    from findial.training.tasks import task_settings
+
     _refuse_policy_overrides(cfg, "run")
+    members = _member_configs(cfg)
+    for where, task in [("tasks.intent", cfg.tasks.intent), ("tasks.ner", cfg.tasks.ner),
+                        *((f"members.{n}.task", m.members[n].task) for n, m in members.items())]:
+        task_settings(task, where)  # every task setting checked before the first model trains
     _configure_tracking(cfg)
     out = _out_dir()
-    members = _member_configs(cfg)
     results = {name: train_task(cfg, cfg.tasks[name], out) for name in ("intent", "ner")}
     member_results = {name: train_task(mcfg, mcfg.members[name].task, out / f"member-{name}")
                       for name, mcfg in members.items()}

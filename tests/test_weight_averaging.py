@@ -7,11 +7,11 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from findial.training.averaging import TailAveraging
+from findial.training.tasks import WeightAveraging
 from findial.training.train import weight_averaging
 
 
@@ -118,9 +118,9 @@ def test_it_switches_itself_off_under_sharded_parameters_only(strategy):
 
 
 def test_config_switches_it_on_and_rejects_bad_values():
-    assert weight_averaging(OmegaConf.create({"weight_averaging": {"start": None, "every_n_steps": 10}})) == []
-    assert weight_averaging(OmegaConf.create({})) == []
-    (cb,) = weight_averaging(OmegaConf.create({"weight_averaging": {"start": 0.25, "every_n_steps": 4}}))
+    assert weight_averaging(WeightAveraging(None, 10)) == []
+    assert weight_averaging(WeightAveraging()) == []
+    (cb,) = weight_averaging(WeightAveraging(0.25, 4))
     assert isinstance(cb, TailAveraging) and (cb.start, cb.every_n_steps) == (0.25, 4)
     with pytest.raises(ValueError, match="start"):
         TailAveraging(start=1.0)

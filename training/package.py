@@ -22,8 +22,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from .modules import IntentModule, NERModule
-
 FORMAT_VERSION = 1  # of findial_model.json + weights; read_meta refuses a newer one
 
 
@@ -36,12 +34,12 @@ def resolve_backbone(spec: dict | str) -> Path:
 
 
 def build_module(meta: dict, backbone_path: Path):
-    if meta["task"] == "intent":
-        return IntentModule(str(backbone_path), meta["intents"], meta.get("emotions", []), meta["lora"], meta["optim"],
-                            pooling=meta.get("pooling", "mean"), label_smoothing=meta.get("label_smoothing", 0.0),
-                            encoder=meta.get("encoder"))
-    return NERModule(str(backbone_path), meta["tags"], meta["lora"], meta["optim"], encoder=meta.get("encoder"),
-                     stand_weight=meta["stand_head"]["weight"] if "stand_head" in meta else None)
+    """The Lightning module of the package's task (``tasks.TASKS``)."""
+    from .tasks import TASKS
+
+    if meta.get("task") not in TASKS:
+        raise ValueError(f"findial_model.json: task {meta.get('task')!r} is not one of {', '.join(TASKS)}")
+    return TASKS[meta["task"]].module(meta, str(backbone_path))
 
 
 def save_package(module, meta: dict, target: str | Path, files: dict[str, str | Path] | None = None) -> Path:

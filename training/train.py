@@ -1,12 +1,12 @@
 """Train one task (intent or ner) from a composed Hydra config, tracked in MLflow."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -23,9 +23,9 @@ from findial.data.term_matcher import GlossaryMatcher, settled_forms
 
 from .averaging import TailAveraging
 from .datamodule import TurnDataModule
-from .features import encode_intent, encode_ner
 from .package import build_module, resolve_backbone, save_package
 from .strategies import consolidated_trainable_state, is_launch_rank_zero, is_sharded, rebuilt_module
+from .tasks import TASKS, IntentTask, NERTask, WeightAveraging, task_settings
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,9 @@ def _per_task(model: DictConfig, key: str, per_task_key: str, task_name: str) ->
     return out
 
 
-def _intent_list(task: DictConfig, key: str, labelbook: LabelBook) -> list[str]:
-    """``task.<key>``, a list of intents, without those the label book lacks (named in a warning: the
-    default lists name the default label book's intents, another book may not have them all)."""
-    names = list(task.get(key) or ())
-    unknown = [i for i in names if i not in labelbook.intents]
-    if unknown:
-        log.warning("task.%s: %s not in the label book, ignored", key, unknown)
-    return [i for i in names if i not in unknown]
-
-
-def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context_turns: int) -> dict:
+def task_meta(task, model: DictConfig, labelbook: LabelBook, context_turns: int) -> dict:
+    """The package meta of ``task`` (typed settings, or a task config to type)."""
+    task = task if isinstance(task, (IntentTask, NERTask)) else task_settings(task)
     meta = {
         "task": task.name, "backbone": OmegaConf.to_container(model.backbone, resolve=True),
         "backbone_name": model.name, "max_length": task.max_length, "context_turns": context_turns,
@@ -116,31 +108,12 @@ def task_meta(task: DictConfig, model: DictConfig, labelbook: LabelBook, context
     encoder = _per_task(model, "encoder", "task_encoder", task.name)
     if encoder:  # backbone config overrides, kept so that loading rebuilds the same encoder
         meta["encoder"] = encoder
-    if task.name == "intent":
-        meta.update(intents=labelbook.intents, emotions=labelbook.emotions if task.get("emotion", True) else [],
-                    previous_intent=bool(task.get("previous_intent", False)),
-                    non_task_intents=_intent_list(task, "non_task_intents", labelbook),
-                    stateless_intents=_intent_list(task, "stateless_intents", labelbook),
-                    pooling=str(task.get("pooling", "mean")),
-                    label_smoothing=float(task.get("label_smoothing", 0.0)),
-                    turns=str(task.get("turns", "all")))
-    elif task.name == "ner":
-        meta.update(tags=labelbook.bio_tags, term_matching=str(task.get("term_matching", "glossary")))
-        stand = task.get("stand_head") or {}
-        if stand.get("enabled"):  # kept so that loading rebuilds the head and the tracker reads its threshold
-            meta["stand_head"] = {"weight": float(stand.get("weight", 0.5)),
-                                  "threshold": float(stand.get("threshold", 0.5))}
-    else:
-        raise ValueError(f"task.name={task.name!r}: expected 'intent' or 'ner'")
-    return meta
+    return {**meta, **TASKS[task.name].meta(task, labelbook)}
 
 
-def weight_averaging(task: DictConfig) -> list:
+def weight_averaging(wa: WeightAveraging) -> list:
     """The tail weight-averaging callback when ``task.weight_averaging.start`` is set, else none."""
-    wa = task.get("weight_averaging") or {}
-    if wa.get("start") is None:
-        return []
-    return [TailAveraging(wa.start, wa.get("every_n_steps", 10))]
+    return [] if wa.start is None else [TailAveraging(wa.start, wa.every_n_steps)]
 
 
 def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dict[str, str] | None = None,
@@ -152,25 +125,23 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
     ``run_id=""``. ``tags`` are added to the run (e.g. a sweep's parent run id),
     ``callbacks`` to the Trainer.
     """
+    task = task_settings(task)  # a bad task setting fails here, before any data or model is loaded
+    kind = TASKS[task.name]
     L.seed_everything(cfg.seed, workers=True)
     labelbook = LabelBook.load(cfg.labels.ontology)
     glossary = Glossary.load(cfg.labels.glossary)
-    context_turns = task.get("context_turns", cfg.data.context_turns) if task.name == "intent" else 0
+    context_turns = 0 if not kind.uses_context else \
+        (cfg.data.context_turns if task.context_turns is None else task.context_turns)
     meta = task_meta(task, cfg.model, labelbook, context_turns)
     backbone = resolve_backbone(meta["backbone"])
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
-    if task.name == "intent":
-        encode = partial(encode_intent, tokenizer, max_length=task.max_length, intents=meta["intents"],
-                         emotions=meta["emotions"], previous_intent=meta.get("previous_intent", False))
-    else:
-        encode = partial(encode_ner, tokenizer, max_length=task.max_length, tags=meta["tags"],
-                         state_slots=labelbook.state_slots if "stand_head" in meta else None)
-    dm = TurnDataModule(cfg.data.train_file, cfg.data.val_file, lambda r: encode(r), tokenizer, labelbook, glossary,
+    encode = kind.encoder(tokenizer, task, meta, labelbook)
+    dm = TurnDataModule(cfg.data.train_file, cfg.data.val_file, encode, tokenizer, labelbook, glossary,
                         batch_size=task.batch_size, context_turns=context_turns, seed=cfg.seed,
                         bucket=cfg.data.get("length_bucketing", True),
                         non_task_intents=meta.get("non_task_intents", ()), turns=meta.get("turns", "all"))
     dm.setup()
-    if task.name == "ner":  # common glossary words the train annotation tags every time (term_matcher.py)
+    if "term_matching" in meta:  # a tagger: the common glossary words the train annotation tags every time
         meta["settled_forms"] = settled_forms(dm.train_dialogues, GlossaryMatcher(glossary))
     data_fp = fingerprint(dm.train_dialogues + dm.val_dialogues, cfg.labels.ontology, cfg.labels.glossary)
     module = build_module(meta, backbone)
@@ -190,7 +161,7 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
             out_dir.mkdir(parents=True, exist_ok=True)
             tracking.atomic_write_text(out_dir / RUN_ID_FILE, run_id)
         if lead and not resumed:
-            tracking.log_params({"task": OmegaConf.to_container(task, resolve=True), "model": meta["lora"],
+            tracking.log_params({"task": dataclasses.asdict(task), "model": meta["lora"],
                                  "model_name": cfg.model.name, "seed": cfg.seed, "data": resolved["data"],
                                  "trainer": resolved["trainer"]})
             tracking.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
@@ -210,7 +181,7 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
                                                          monitor="val_loss", save_top_k=1)]
                               + ([LearningRateMonitor(logging_interval="step")] if lead else [])
                               + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [])
-                              + weight_averaging(task) + list(callbacks or []))
+                              + weight_averaging(task.weight_averaging) + list(callbacks or []))
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         package = out_dir / "package"
