@@ -8,9 +8,9 @@ Both take the JSON tables of ``evaluation.tables`` and write the PNG atomically.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
+
+from findial import tracking
 
 CELL_INCHES = 0.24
 DPI = 120
@@ -28,16 +28,7 @@ def _figure(width: float, height: float):
 def _save(fig, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = tracking.atomic_write_bytes(path, buf.getvalue())
     return path
 
 

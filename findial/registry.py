@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,10 +38,7 @@ def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str
     ``IntentPredictor``, ``EntityPredictor``)."""
     from findial.training.package import check_member, read_meta
 
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with tracking.atomic_directory(target) as tmp:
         shutil.copytree(intent_package, tmp / "intent")
         shutil.copytree(ner_package, tmp / "ner")
         added: dict[str, list[str]] = {}
@@ -61,12 +57,7 @@ def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str
         for name in ("ontology.yaml", "glossary.yaml"):
             shutil.copyfile(Path(intent_package) / name, tmp / name)
         tracking.atomic_write_text(tmp / "bundle.json", json.dumps(info, indent=2, ensure_ascii=False))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+    return Path(target)
 
 
 def model_kind(path: str | Path) -> str | None:

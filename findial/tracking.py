@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -109,17 +110,51 @@ def log_metrics(metrics: dict[str, Any], prefix: str = "", step: int | None = No
         mlflow.log_metrics(clean, step=step)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``path`` through a temporary file beside it, renamed into place: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make reports and corpora private to the writer
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_directory(target: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name beside ``target``; when the block ends without an error, rename
+    it into place, so a directory that exists is complete. An existing ``target`` is replaced, or, with
+    ``keep_existing`` (a cache another process may fill first), kept."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        if keep_existing:
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process finished first: keep its copy
+                if not target.is_dir():
+                    raise
+        else:
+            old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
+            if old is not None:
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

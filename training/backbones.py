@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import string
-import tempfile
 from pathlib import Path
+
+from findial.tracking import atomic_directory
 
 from .e5_converter import cache_root
 
@@ -56,11 +55,9 @@ def tiny(hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, interme
     spec = dict(h=hidden_size, l=num_layers, a=num_heads, i=intermediate_size, seed=seed, v=vocab)
     key = hashlib.sha256(json.dumps(spec, ensure_ascii=False).encode()).hexdigest()[:12]
     target = cache_root(cache_dir) / f"tiny-bert-{key}"
-    target.parent.mkdir(parents=True, exist_ok=True)
     if (target / "config.json").is_file():
         return target
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with atomic_directory(target, keep_existing=True) as tmp:  # another process may build the same one
         (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         tok = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
         tok.save_pretrained(tmp)
@@ -69,10 +66,4 @@ def tiny(hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, interme
                          num_attention_heads=num_heads, intermediate_size=intermediate_size,
                          max_position_embeddings=512)
         BertModel(cfg).save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():  # lost a race with another process: fine if it won
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -50,12 +50,12 @@ import hashlib
 import importlib.resources
 import json
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from findial.tracking import atomic_directory
 
 __all__ = ["ensure_e5_small", "load_e5_small", "e5_bin_path", "cache_root"]
 
@@ -294,18 +294,8 @@ def ensure_e5_small(cache_dir: str | Path | None = None, variant: str = "origina
     target = root / f"e5-small-{_fingerprint(bin_path)}"
     if (target / "model.safetensors").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".e5-small-", dir=root))
-    try:
+    with atomic_directory(target, keep_existing=True) as tmp:  # another process may convert it too
         _convert(bin_path, tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep its copy
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -13,13 +13,13 @@ The frozen backbone is rebuilt from its spec (for the default, from the
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from findial.tracking import atomic_directory
 from transformers import AutoTokenizer
 
 FORMAT_VERSION = 1  # of findial_model.json + weights; read_meta refuses a newer one
@@ -44,10 +44,7 @@ def build_module(meta: dict, backbone_path: Path):
 
 def save_package(module, meta: dict, target: str | Path, files: dict[str, str | Path] | None = None) -> Path:
     """Write the package atomically; ``files`` (name -> path) are copied in beside it (e.g. the label book)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
+    with atomic_directory(target) as tmp:
         tensors = {k: v.contiguous() for k, v in module.trainable_state_dict().items()}
         save_file(tensors, str(tmp / "weights.safetensors"))
         module.encoder.save_pretrained(str(tmp / "adapter"))
@@ -55,16 +52,7 @@ def save_package(module, meta: dict, target: str | Path, files: dict[str, str | 
         for name, src in (files or {}).items():
             shutil.copyfile(src, tmp / name)
         (tmp / "findial_model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return Path(target)
 
 
 LABEL_KEYS = {"intent": "intents", "ner": "tags"}

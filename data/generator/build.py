@@ -23,10 +23,8 @@ How it works
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from findial.data.labelbook import Glossary, LabelBook
+from findial.tracking import atomic_write_text
 
 from .fillers import SLOT_LABEL, STATE_SLOT, Fillers
 from .markup import Matcher, Seg, assemble, autotag, consistent, parse
@@ -507,17 +506,7 @@ def summarize(splits: dict[str, list[dict]]) -> dict:
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def generate_corpus(out_dir: Path, seed: int = 13, scale: float = 1.0,
