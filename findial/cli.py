@@ -142,7 +142,7 @@ def cmd_eval(cfg: DictConfig) -> None:
 
     _configure_tracking(cfg)
     if cfg.get("task") and cfg.task.name == "response":  # findial eval task=response model_ref=...|package=DIR
-        from findial.training.generation.evaluate import eval_command
+        from findial.evaluation.responses import eval_command
 
         eval_command(cfg, _out_dir())
         return

@@ -14,7 +14,7 @@ from findial.data.labelbook import Glossary, LabelBook
 from findial.data.pii import default_masker
 from findial.training.generation.backbones import tiny_lm
 from findial.training.generation.data import ResponseDataModule, response_records
-from findial.training.generation.evaluate import evaluate_responses
+from findial.evaluation.responses import evaluate_responses
 from findial.training.generation.module import ResponseLMModule
 from findial.training.generation.prompts import IGNORE, encode_example, ensure_chat_template, prompt_ids
 from findial.training.generation.responder import Responder, ServingResponder

@@ -613,7 +613,7 @@ def test_respond_answers_with_the_promoted_response_model_and_picks_up_a_new_one
 
     from findial import registry, tracking
     from findial.policy import Policy
-    from findial.training.generation.evaluate import evaluate_response_model
+    from findial.evaluation.responses import evaluate_response_model
 
     home, (_, package, _) = response_home, response_model
     tracking.configure(f"sqlite:///{home}/mlflow.db", home / "mlartifacts")

@@ -8,6 +8,7 @@
 - ``package``    response-model packages
 - ``rules``      compliance rules (forbidden promises) checked on every reply
 - ``responder``  ``Responder(package_dir, device).respond(history, intent, state)``
-- ``evaluate``   ``evaluate_responses(package, data_file)``; ``evaluate_response_model(model_ref, data_file)``
-                 records the metrics on a registered version (``findial eval task=response``)
+
+Scoring lives beside the NLU evaluation: ``findial.evaluation.responses`` (``evaluate_responses``,
+``evaluate_response_model``; ``findial eval task=response`` records the metrics on a registered version).
 """

@@ -23,11 +23,11 @@ from findial import gates as gate_check, registry, tracking
 from findial.data.corpus import fingerprint, load_corpus
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.pii import default_masker, redact_json
-from findial.evaluation import generation_metrics as gm
 from findial.policy import load as load_policy
+from findial.training.generation.data import response_records
+from findial.training.generation.responder import Responder, check_reply
 
-from .data import response_records
-from .responder import Responder, check_reply
+from . import generation_metrics as gm
 
 
 @dataclass
