@@ -86,6 +86,39 @@ def load_record(models: TaskModels, record: ArrayRecord) -> None:
         module.load_state_dict(per_task[task], strict=False)
 
 
+# package meta keys that must agree for a package's tensors to be this federation's starting point
+WARM_START_KEYS = ("backbone_name", "lora", "intents", "emotions", "tags", "pooling", "stand_head")
+
+
+def warm_start(models: TaskModels, model_ref: str) -> dict[str, str]:
+    """Start from a trained NLU bundle (``models:/findial-nlu@champion``, a version or a bundle directory):
+    overwrite the trainable tensors of both tasks with its packages'. The packages must describe the same
+    models (backbone, adapters, labels, heads): a difference is an error naming the task and the key.
+    Returns what was loaded, for the run's tags."""
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from findial import registry
+    from findial.training.package import read_meta
+
+    with tempfile.TemporaryDirectory(prefix="findial-warm-") as tmp:
+        bundle, registered = registry.resolve_model(model_ref, tmp, expect="nlu")
+        for task in TASKS:
+            meta = read_meta(bundle / task)
+            for key in WARM_START_KEYS:
+                if meta.get(key) != models.metas[task].get(key):
+                    raise ValueError(f"warm_start={model_ref}: {task}.{key} differs from the federation's model "
+                                     f"({meta.get(key)!r} vs {models.metas[task].get(key)!r})")
+            state = load_file(str(bundle / task / "weights.safetensors"))
+            expected = set(models.modules[task].trainable_state_dict())
+            if set(state) != expected:
+                raise ValueError(f"warm_start={model_ref}: {task} weights do not match the federation's model")
+            models.modules[task].load_state_dict(state, strict=False)
+    return {"findial.federated.warm_start": model_ref,
+            **({"findial.federated.warm_start_version": registered[1]} if registered else {})}
+
+
 def message_bytes(msg: Message) -> int:
     """Payload bytes of a message: every record's ``count_bytes()`` (0 for an error reply)."""
     if msg.has_error():

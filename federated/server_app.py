@@ -20,7 +20,7 @@ from findial import tracking
 
 from .config import resolver
 from .local import score_dialogues
-from .models import build_task_models, exchange_sizes, load_record, to_record
+from .models import build_task_models, exchange_sizes, load_record, to_record, warm_start
 from .privacy import PrivacyPlan
 from .publish import publish
 from .rounds import RoundReport, run_rounds
@@ -60,6 +60,7 @@ def serve(grid: Grid, cfg) -> dict:
     plan = PrivacyPlan.for_federation(cfg)
     accountant = plan.accountant()
     models = build_task_models(cfg, cache=False)
+    started_from = warm_start(models, str(cfg.warm_start)) if cfg.get("warm_start") else {}
     strategy = build_strategy(cfg, plan)
     test = load_corpus(cfg.data.test_file, LabelBook.load(cfg.labels.ontology), Glossary.load(cfg.labels.glossary))
     out_dir = _out_dir(cfg)
@@ -70,7 +71,7 @@ def serve(grid: Grid, cfg) -> dict:
         return score_dialogues(models, cfg, test)
 
     tags = {"findial.federated": "true", "findial.backbone": str(cfg.model.name),
-            "findial.federated.strategy": str(cfg.aggregation.name), "findial.privacy.mode": plan.mode}
+            "findial.federated.strategy": str(cfg.aggregation.name), "findial.privacy.mode": plan.mode, **started_from}
     with tracking.run(f"{cfg.logger.experiment_prefix}federated",
                       f"fed-{cfg.aggregation.name}-{cfg.model.name}", tags=tags) as active:
         tracking.log_params({"branches": ",".join(cfg.branches), "rounds": int(cfg.rounds),

@@ -220,3 +220,32 @@ def test_fed_help(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "findial.cli", "fed", "simulat"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "unknown action 'simulat'" in bad.stderr
+
+
+def test_warm_start_loads_a_bundles_adapters_and_refuses_another_model(compose, tmp_path):
+    """The server can start the federation from a trained bundle (the champion) instead of fresh adapters."""
+    import torch
+
+    from findial.federated.models import build_task_models, to_record, warm_start
+    from findial.registry import make_bundle
+    from findial.training.package import save_package
+
+    cfg = compose("fed", fed_overrides(MINI))
+    trained = build_task_models(cfg, cache=False)
+    with torch.no_grad():
+        for module in trained.modules.values():
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.add_(0.5)  # "trained": anything but the fresh initialisation
+    labels = {"ontology.yaml": cfg.labels.ontology, "glossary.yaml": cfg.labels.glossary}
+    packages = {t: save_package(trained.modules[t], trained.metas[t], tmp_path / t, files=labels) for t in ("intent", "ner")}
+    bundle = make_bundle(packages["intent"], packages["ner"], tmp_path / "bundle", {})
+
+    fresh = build_task_models(cfg, cache=False)
+    assert not all((a.numpy() == b.numpy()).all() for a, b in zip(to_record(fresh).values(), to_record(trained).values()))
+    assert warm_start(fresh, str(bundle)) == {"findial.federated.warm_start": str(bundle)}
+    assert all((a.numpy() == b.numpy()).all() for a, b in zip(to_record(fresh).values(), to_record(trained).values()))
+
+    other = build_task_models(compose("fed", fed_overrides(MINI, "model.lora.r=8")), cache=False)
+    with pytest.raises(ValueError, match=r"warm_start=.*: intent.lora differs"):
+        warm_start(other, str(bundle))
