@@ -69,14 +69,14 @@ def _delta(a, b):
 
 
 def metric_rows(a: dict, b: dict, gates) -> list[dict]:
-    """One row per metric: a, b, delta (a - b), and for gate metrics the minimum and each side's pass."""
+    """One row per metric: a, b, delta (a - b), and for gate metrics the bound and each side's pass."""
     rows, gates = [], as_gates(gates)
     gate_first = [*gates, *(m for m in METRICS if m not in gates)]
     for name in gate_first:
         va, vb = a["metrics"].get(name), b["metrics"].get(name)
         row = {"metric": name, "a": va, "b": vb, "delta": _delta(va, vb)}
         if name in gates:
-            row.update(minimum=gates[name].minimum, a_passed=a["gates"][name]["passed"], b_passed=b["gates"][name]["passed"])
+            row.update(bound=gates[name].bound, a_passed=a["gates"][name]["passed"], b_passed=b["gates"][name]["passed"])
         rows.append(row)
     return rows
 
@@ -146,7 +146,7 @@ def _fmt_delta(v) -> str:
 
 
 def _gate(row: dict, side: str) -> str:
-    if "minimum" not in row:
+    if "bound" not in row:
         return ""
     return "missing" if row[side] is None else ("pass" if row[f"{side}_passed"] else "FAIL")
 
@@ -164,7 +164,7 @@ def render_table(comparison: dict) -> str:
     for r in comparison["metrics"]:
         cell_a = f"{fmt(r['a'])} {_gate(r, 'a')}".strip()
         cell_b = f"{fmt(r['b'])} {_gate(r, 'b')}".strip()
-        gate = f">= {r['minimum']}" if "minimum" in r else ""
+        gate = r.get("bound", "")
         lines.append(f"{r['metric']:<24} {cell_a:<{wa + 3}} {cell_b:<{wb + 3}} {_fmt_delta(r['delta']):>11}  {gate}")
     lines.append(f"all gates pass: a {'yes' if comparison['a']['all_gates_pass'] else 'no'}, "
                  f"b {'yes' if comparison['b']['all_gates_pass'] else 'no'}")
@@ -189,10 +189,10 @@ def render_markdown(comparison: dict) -> str:
              f"- a: `{a['model']}` ({_label(a)}), report `a/report.md`",
              f"- b: `{b['model']}` ({_label(b)}), report `b/report.md`",
              f"- data: `{comparison['data_file']}`; delta = a - b", "",
-             "| metric | a | gate a | b | gate b | delta | minimum |", "|---|---|---|---|---|---|---|"]
+             "| metric | a | gate a | b | gate b | delta | bound |", "|---|---|---|---|---|---|---|"]
     for r in comparison["metrics"]:
         lines.append(f"| {r['metric']} | {fmt(r['a'])} | {_gate(r, 'a')} | {fmt(r['b'])} | {_gate(r, 'b')} "
-                     f"| {_fmt_delta(r['delta'])} | {r.get('minimum', '')} |")
+                     f"| {_fmt_delta(r['delta'])} | {r.get('bound', '')} |")
     for key, rows in comparison["breakdowns"].items():
         groups = _pivot(rows)
         metrics = list(next(iter(groups.values()), {}))
@@ -209,7 +209,7 @@ def _delta_cls(v) -> str:
 
 
 def _value_cell(row: dict, side: str):
-    if "minimum" not in row:
+    if "bound" not in row:
         return row[side]
     raw, cls = gate_cell(row[side], row[f"{side}_passed"])
     return f"{esc(fmt(row[side]))} {raw}", "num " + cls
@@ -238,9 +238,9 @@ def render_html(comparison: dict) -> str:
                      f'{"all gates pass" if ok else "gates do not pass"}</div>')
     parts.append("</div>")
     rows = [[r["metric"], _value_cell(r, "a"), _value_cell(r, "b"),
-             (esc(_fmt_delta(r["delta"])), "num" + _delta_cls(r["delta"])), r.get("minimum")]
+             (esc(_fmt_delta(r["delta"])), "num" + _delta_cls(r["delta"])), r.get("bound")]
             for r in comparison["metrics"]]
-    parts += ["<h2>Metrics</h2>", table(["metric", "a", "b", "delta (a - b)", "gate minimum"], rows)]
+    parts += ["<h2>Metrics</h2>", table(["metric", "a", "b", "delta (a - b)", "gate"], rows)]
     for key, brows in comparison["breakdowns"].items():
         parts += [f"<h2>By {esc(key)}</h2><p class=\"meta\">each cell: a / b, then the delta</p>",
                   _breakdown_table(key, brows)]

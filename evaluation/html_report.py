@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from findial.data.pii import PII_LABELS, redact_json
-from findial.gates import passes
+from findial.gates import meets
 
 from .report import HEADLINE, multi_turn_rows
 from .tables import BREAKDOWN_METRICS
@@ -112,13 +112,13 @@ def _gates_section(gates: dict) -> str:
     rows = []
     for name, g in gates.items():
         raw, cls = gate_cell(g["value"], g["passed"])
-        rows.append([name, g["value"], g["minimum"], (raw, cls)])
-    return "<h2 id=\"gates\">Gates</h2>" + banner + table(["metric", "value", "minimum", "result"], rows, "gates")
+        rows.append([name, g["value"], g["bound"], (raw, cls)])
+    return "<h2 id=\"gates\">Gates</h2>" + banner + table(["metric", "value", "bound", "result"], rows, "gates")
 
 
 def _metric_cell(name: str, value, gates: dict) -> object:
     if name in gates and value is not None:
-        return esc(fmt(value)), "num " + ("pass" if passes(value, gates[name]["minimum"]) else "fail")
+        return esc(fmt(value)), "num " + ("pass" if meets(value, gates[name]) else "fail")
     return value
 
 

@@ -20,10 +20,10 @@ def render_markdown(report: dict) -> str:
              f"- dialogues: {m.get('n_dialogues')}, user turns: {m.get('n_user_turns')}, "
              f"multi-turn user turns: {m.get('n_multi_turn')}",
              f"- prediction: {report['prediction_seconds']} s ({report['turns_per_second']} turns/s)", "",
-             "## Gates", "", "| metric | value | minimum | result |", "|---|---|---|---|"]
+             "## Gates", "", "| metric | value | bound | result |", "|---|---|---|---|"]
     for name, g in report["gates"].items():
         result = "missing" if g["value"] is None else ("pass" if g["passed"] else "FAIL")
-        lines.append(f"| {name} | {_fmt(g['value'])} | {g['minimum']} | {result} |")
+        lines.append(f"| {name} | {_fmt(g['value'])} | {g['bound']} | {result} |")
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(m.get(k))} |" for k in HEADLINE]
     lines += ["", "## Entities (strict span + label)", "", "| label | precision | recall | f1 | support |",

@@ -181,10 +181,10 @@ def render_markdown(report: dict, rows: list[dict], samples: int = 10) -> str:
         lines += ["", "Compliance hits by rule: " + ", ".join(f"{k} {v}" for k, v in m["compliance_by_rule"].items())]
     if m.get("ungrounded_terms"):
         lines += ["", "Ungrounded glossary terms: " + ", ".join(f"{k} {v}" for k, v in m["ungrounded_terms"].items())]
-    lines += ["", "## Gates", "", "| metric | value | minimum | |", "|---|---|---|---|"]
+    lines += ["", "## Gates", "", "| metric | value | bound | |", "|---|---|---|---|"]
     for k, g in report["gates"].items():
         v = g["value"]
-        lines.append(f"| {k} | {'-' if v is None else f'{v:.4f}'} | {g['minimum']} | "
+        lines.append(f"| {k} | {'-' if v is None else f'{v:.4f}'} | {g['bound']} | "
                      f"{'pass' if g['passed'] else 'FAIL'} |")
     lines += ["", "## Sample replies", ""]
     for r in rows[:samples]:

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from findial.data.labelbook import LabelBook
-from findial.gates import as_gates, passes
+from findial.gates import as_gates
 
 from .metrics import _user_turns, evaluate_dialogues, prf
 
@@ -124,7 +124,7 @@ def breakdown(gold: Sequence[dict], pred: Sequence[dict], labelbook: LabelBook, 
         m = evaluate_dialogues(sub_gold, [by_id[d["id"]] for d in sub_gold if d["id"] in by_id], labelbook)
         row = {k: m.get(k) for k in BREAKDOWN_METRICS}
         if gates:
-            row["gates_passed"] = {k: None if m.get(k) is None else passes(m[k], g.minimum)
+            row["gates_passed"] = {k: None if m.get(k) is None else g.meets(m[k])
                                    for k, g in as_gates(gates).items()}
         out[value] = row
     return out

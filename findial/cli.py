@@ -22,6 +22,9 @@ Plain subcommands:
     findial data natural build       build the natural corpus's splits from its sources
     findial fed simulate [overrides] federated training across branches: findial fed simulate rounds=2
     findial audit verify [--log F]   check the promotion audit log's hash chain (and the registry's heads)
+    findial kb index [--kb FILE] [--out DIR]          (re)build the knowledge-base index (only changed articles)
+    findial kb search "QUERY" [--lang zh|en] [-k 5]   the best-matching articles
+    findial kb eval [--split validation|test]         recall@1, recall@5 and MRR per language, as JSON
 """
 from __future__ import annotations
 
@@ -301,6 +304,64 @@ def cmd_audit(argv: list[str]) -> int:
     return 1 if problems else 0
 
 
+def cmd_kb(argv: list[str]) -> int:
+    from findial.data.kb.load import DEFAULT_ARTICLES, DEFAULT_QUERIES, KBError, load_kb, load_queries
+    from findial.retrieval.index import DEFAULT_FUSION, DEFAULT_WEIGHT, FUSIONS, Retriever
+
+    home = Path(os.environ.get("FINDIAL_HOME", "findial-runs"))
+    p = argparse.ArgumentParser(prog="findial kb")
+    sub = p.add_subparsers(dest="action", required=True)
+    i = sub.add_parser("index", help="build or update the index: embeds only new and changed articles")
+    i.add_argument("--kb", default=str(DEFAULT_ARTICLES), help="the articles (JSON Lines, data/kb/README.md)")
+    i.add_argument("--model", help="embedding model directory (default: the bundled e5-small)")
+    s = sub.add_parser("search", help="the best-matching articles for a query")
+    s.add_argument("query")
+    s.add_argument("--lang", choices=["zh", "en"], help="only articles in this language")
+    s.add_argument("-k", type=int, default=5)
+    e = sub.add_parser("eval", help="recall@1, recall@5 and MRR per language on labelled queries")
+    e.add_argument("--split", choices=["validation", "test"], default="validation")
+    e.add_argument("--queries", default=str(DEFAULT_QUERIES))
+    e.add_argument("--report", help="the JSON file to write (default: <index dir>/eval-<split>.json)")
+    for q in (i, s, e):
+        q.add_argument("--out" if q is i else "--index", dest="index_dir", default=str(home / "kb-index"),
+                       help="the index directory")
+    for q in (s, e):
+        q.add_argument("--model", help="embedding model directory (default: the one the index was built with)")
+        q.add_argument("--fusion", choices=list(FUSIONS), default=DEFAULT_FUSION)
+        q.add_argument("--weight", type=float, default=DEFAULT_WEIGHT, help="the dense share: 1 dense, 0 BM25")
+    args = p.parse_args(argv)
+    try:
+        if args.action == "index":
+            t0 = time.perf_counter()
+            stats = Retriever(args.model).index(load_kb(args.kb), args.index_dir)
+            print(json.dumps({**stats, "index": args.index_dir, "seconds": round(time.perf_counter() - t0, 2)}))
+            return 0
+        r = Retriever.load(args.index_dir, args.model, fusion=args.fusion, weight=args.weight)
+        if args.action == "search":
+            titles = {d["id"]: d["title"] for d in r.docs}
+            for rank, (aid, score) in enumerate(r.search(args.query, args.lang, args.k), 1):
+                print(f"{rank}. {aid}  {score:.4f}  {titles[aid]}")
+            return 0
+        from findial.retrieval.evaluate import evaluate
+
+        queries = load_queries(args.queries, r.docs, split=args.split)
+        metrics = {"split": args.split, "queries_file": args.queries, "kb_version": r.manifest["kb_version"],
+                   "model_id": r.manifest["model_id"], "fusion": args.fusion, "weight": args.weight,
+                   **evaluate(r, queries)}
+    except (KBError, FileNotFoundError, ValueError) as exc:
+        print(f"findial kb {args.action}: {exc}", file=sys.stderr)
+        return 1
+    for lang in ("zh", "en"):
+        m = metrics[lang]
+        print(f"{lang}: recall@1 {m['recall@1']:.4f}  recall@5 {m['recall@5']:.4f}  MRR {m['mrr']:.4f}  "
+              f"({m['queries']} queries)")
+    report = Path(args.report or Path(args.index_dir) / f"eval-{args.split}.json")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(metrics, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {report}")
+    return 0
+
+
 def _cmd_natural(args) -> int:
     from findial.data.labelbook import Glossary, LabelBook
     from findial.data.natural.authoring import convert_paths
@@ -336,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(cmd_data(rest))
     if cmd == "audit":
         raise SystemExit(cmd_audit(rest))
+    if cmd == "kb":
+        raise SystemExit(cmd_kb(rest))
     if cmd == "fed":
         from findial.federated.command import main as fed_main
 

@@ -1,9 +1,9 @@
 """The one gate check: eval reports, the HTML report, breakdown tables, compare and promotion all call it.
 
-A gate is a minimum on one metric and, optionally, a tolerance against the current champion: with
-``max_regression`` set, a candidate also fails when its value is below the champion's value (on the same
-evaluation set) by more than the tolerance (as MLflow's ``MetricThreshold(min_absolute_change=...)``).
-A missing metric never passes.
+A gate bounds one metric from below (``minimum``, higher is better) or from above (``maximum``, lower is better:
+latencies, leak counts) and, optionally, against the current champion: with ``max_regression`` set, a candidate
+also fails when it is worse than the champion's value on the same evaluation set by more than the tolerance (as
+MLflow's ``MetricThreshold(min_absolute_change=...)``). A missing metric never passes.
 """
 from __future__ import annotations
 
@@ -14,13 +14,32 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Gate:
     metric: str
-    minimum: float
+    minimum: float | None = None
     max_regression: float | None = None  # vs the champion; None: no comparison
+    maximum: float | None = None         # instead of minimum, for a lower-is-better metric
 
+    def __post_init__(self):
+        if (self.minimum is None) == (self.maximum is None):
+            raise ValueError(f"gate {self.metric}: give exactly one of minimum and maximum")
 
-def passes(value: float | None, minimum: float) -> bool:
-    """Whether ``value`` meets ``minimum`` (a missing value never does)."""
-    return value is not None and value >= minimum
+    @property
+    def higher_is_better(self) -> bool:
+        return self.minimum is not None
+
+    def meets(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return value >= self.minimum if self.higher_is_better else value <= self.maximum
+
+    @property
+    def bound(self) -> str:
+        """The bound as shown in reports: ``>= 0.9`` or ``<= 150``."""
+        return f">= {self.minimum}" if self.higher_is_better else f"<= {self.maximum}"
+
+    def regressed(self, value: float, champion: float) -> bool:
+        """Worse than ``champion`` by more than ``max_regression``."""
+        return value < champion - self.max_regression if self.higher_is_better \
+            else value > champion + self.max_regression
 
 
 def as_gates(gates: Mapping) -> dict[str, Gate]:
@@ -28,22 +47,29 @@ def as_gates(gates: Mapping) -> dict[str, Gate]:
     return {m: g if isinstance(g, Gate) else Gate(m, float(g)) for m, g in gates.items()}
 
 
+def meets(value: float | None, row: Mapping) -> bool:
+    """Whether ``value`` meets the bound of a ``check`` row (a breakdown group's value against the gate)."""
+    return Gate("", row.get("minimum"), maximum=row.get("maximum")).meets(value)
+
+
 def check(gates: Mapping, metrics: Mapping, champion: Mapping | None = None) -> dict[str, dict]:
-    """Per gate: value, minimum, passed and, when it fails, why. ``champion``: the champion's metrics on the same
-    evaluation set (None: there is no champion, or none to compare with)."""
+    """Per gate: value, its bound (``minimum`` or ``maximum``, and ``bound`` as text), passed and, when it fails,
+    why. ``champion``: the champion's metrics on the same evaluation set (None: none to compare with)."""
     out = {}
     for name, gate in as_gates(gates).items():
         value = metrics.get(name)
-        row = {"value": value, "minimum": gate.minimum, "passed": passes(value, gate.minimum)}
+        key = "minimum" if gate.higher_is_better else "maximum"
+        row = {"value": value, key: getattr(gate, key), "bound": gate.bound, "passed": gate.meets(value)}
         if value is None:
             row["reason"] = "missing"
         elif not row["passed"]:
-            row["reason"] = f"{value:.4f} < {gate.minimum}"
+            row["reason"] = f"{value:.4f} {'<' if gate.higher_is_better else '>'} {getattr(gate, key)}"
         elif gate.max_regression is not None and champion is not None and champion.get(name) is not None:
-            floor = champion[name] - gate.max_regression
             row.update(champion=champion[name], max_regression=gate.max_regression)
-            if value < floor:
-                row.update(passed=False, reason=f"{value:.4f} < champion {champion[name]:.4f} - {gate.max_regression}")
+            if gate.regressed(value, champion[name]):
+                sign = "-" if gate.higher_is_better else "+"
+                row.update(passed=False, reason=f"{value:.4f} {'<' if gate.higher_is_better else '>'} champion "
+                                                f"{champion[name]:.4f} {sign} {gate.max_regression}")
         out[name] = row
     return out
 

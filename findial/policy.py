@@ -39,9 +39,6 @@ class Policy:
             raise PolicyError(f"{self.source}: no gates for model kind {kind!r}")
         return dict(self.gates[kind])
 
-    def minimums(self, kind: str) -> dict[str, float]:
-        return {m: g.minimum for m, g in self.gates_for(kind).items()}
-
     def eval_set_problem(self, kind: str, eval_set: str, data_fingerprint: str | None) -> str | None:
         """Why an evaluation on ``eval_set`` with ``data_fingerprint`` cannot count for promotion (None: it can)."""
         bound = self.eval_sets.get(kind, {})
@@ -64,7 +61,7 @@ class Policy:
     @classmethod
     def of(cls, gates: Mapping[str, Mapping], eval_sets: Mapping[str, Mapping[str, str]] | None = None,
            source: str = "(in code)") -> "Policy":
-        """``gates``: kind -> metric -> minimum or ``{minimum, max_regression}``."""
+        """``gates``: kind -> metric -> minimum, or ``{minimum | maximum, max_regression}``."""
         return cls({k: {m: _gate(m, g, f"{source}: {k}.gates.{m}") for m, g in gs.items()} for k, gs in gates.items()},
                    {k: dict(v) for k, v in (eval_sets or {}).items()}, source)
 
@@ -74,13 +71,15 @@ def _gate(metric: str, raw, where: str) -> Gate:
         return raw
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return Gate(metric, float(raw))
-    if not isinstance(raw, Mapping) or "minimum" not in raw or set(raw) - {"minimum", "max_regression"}:
-        raise PolicyError(f"{where}: expected {{minimum: N}} or {{minimum: N, max_regression: N}}, got {raw!r}")
+    if not isinstance(raw, Mapping) or len({"minimum", "maximum"} & set(raw)) != 1 \
+            or set(raw) - {"minimum", "maximum", "max_regression"}:
+        raise PolicyError(f"{where}: expected {{minimum: N}} or {{maximum: N}}, optionally with max_regression: N; "
+                          f"got {raw!r}")
     try:
-        reg = raw.get("max_regression")
-        return Gate(metric, float(raw["minimum"]), None if reg is None else float(reg))
+        num = {k: None if raw.get(k) is None else float(raw[k]) for k in ("minimum", "maximum", "max_regression")}
     except (TypeError, ValueError):
-        raise PolicyError(f"{where}: minimum and max_regression are numbers, got {raw!r}") from None
+        raise PolicyError(f"{where}: minimum, maximum and max_regression are numbers, got {raw!r}") from None
+    return Gate(metric, num["minimum"], num["max_regression"], num["maximum"])
 
 
 def load(path: str | Path = POLICY_FILE) -> Policy:

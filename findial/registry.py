@@ -182,7 +182,7 @@ class Decision:
     data_fingerprint: str | None = None
     eval_run_id: str | None = None
     previous_version: str | None = None
-    results: dict = field(default_factory=dict)  # gates.check: per gate value, minimum, passed, reason
+    results: dict = field(default_factory=dict)  # gates.check: per gate value, bound, passed, reason
 
     def summary(self) -> str:
         head = (f"PROMOTED {self.model_name} v{self.version} -> @{self.alias}" if self.promoted
@@ -191,7 +191,7 @@ class Decision:
         for metric, r in self.results.items():
             value, state = r["value"], "pass" if r["passed"] else ("missing" if r["value"] is None else "FAIL")
             vs = f"  (champion {r['champion']:.4f}, max regression {r['max_regression']})" if "champion" in r else ""
-            lines.append(f"  {metric:<24} {'-' if value is None else f'{value:.4f}':>8}  >= {r['minimum']:<6} "
+            lines.append(f"  {metric:<24} {'-' if value is None else f'{value:.4f}':>8}  {r['bound']:<9} "
                          f"{state}{vs}")
         lines += [f"  {f}" for f in self.failures if f.split(":")[0] not in self.results]
         return "\n".join(lines)
@@ -243,7 +243,7 @@ def promote(name: str, version: str, alias: str, eval_set: str, audit_log: str |
     decision = Decision(
         model_name=name, version=str(version), alias=alias, eval_set=eval_set, promoted=not failures,
         user=promoter(), timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        gates={m: {"minimum": g.minimum, "max_regression": g.max_regression} for m, g in kind_gates.items()},
+        gates={m: {"bound": g.bound, "max_regression": g.max_regression} for m, g in kind_gates.items()},
         metrics=metrics, failures=failures, data_fingerprint=fp, eval_run_id=mv.tags.get(f"eval.{eval_set}.run_id"),
         previous_version=None if champion is None else str(champion.version), results=results)
     _audit(decision, audit_log)  # the record exists before the alias moves

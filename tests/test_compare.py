@@ -70,9 +70,9 @@ def test_values_reproduce_each_versions_own_evaluation(compared):
                 assert row[side] == pytest.approx(recorded[side][name]), (name, side)
         if row["a"] is not None and row["b"] is not None:
             assert row["delta"] == pytest.approx(row["a"] - row["b"])
-    assert list(rows)[:2] == list(GATES)  # gate metrics first, each with its minimum and pass/fail per side
+    assert list(rows)[:2] == list(GATES)  # gate metrics first, each with its bound and pass/fail per side
     for gate, minimum in GATES.items():
-        assert rows[gate]["minimum"] == minimum
+        assert rows[gate]["bound"] == f">= {minimum}"
         for side in ("a", "b"):
             assert rows[gate][f"{side}_passed"] == (rows[gate][side] is not None and rows[gate][side] >= minimum)
     # different seeds, different models: the comparison is not comparing a model with itself
@@ -87,11 +87,11 @@ def test_printed_table_is_side_by_side_with_deltas_and_gates(compared):
         line = next(line for line in out.splitlines() if line.startswith(r["metric"] + " "))
         if isinstance(r["delta"], float):
             assert f"{r['delta']:+.4f}" in line
-        if "minimum" in r:
+        if "bound" in r:
             verdicts = re.findall(r"\b(pass|FAIL|missing)\b", line)
             assert verdicts == [("pass" if r["a_passed"] else "FAIL") if r["a"] is not None else "missing",
                                 ("pass" if r["b_passed"] else "FAIL") if r["b"] is not None else "missing"]
-            assert f">= {r['minimum']}" in line
+            assert r["bound"] in line
     assert "all gates pass: a no, b no" in out  # tiny random models fail the gates
 
 

@@ -210,3 +210,16 @@ def test_six_concurrent_promotions_leave_six_chained_records(store):
     recs = audit(tmp)
     assert sorted(r["version"] for r in recs) == sorted(versions)
     assert audit_log.verify(tmp / "audit.jsonl", registry.audit_heads()) == []
+
+
+def test_a_maximum_gate_bounds_a_lower_is_better_metric():
+    latency = gates.Gate("p95_ms", maximum=150.0, max_regression=10.0)
+    results = gates.check({"p95_ms": latency}, {"p95_ms": 140.0}, champion={"p95_ms": 120.0})
+    assert results["p95_ms"]["passed"] is False and results["p95_ms"]["bound"] == "<= 150.0"
+    assert gates.failures(results) == ["p95_ms: 140.0000 > champion 120.0000 + 10.0"]
+    assert gates.check({"p95_ms": latency}, {"p95_ms": 129.0}, champion={"p95_ms": 120.0})["p95_ms"]["passed"]
+    assert gates.failures(gates.check({"p95_ms": latency}, {"p95_ms": 151.0})) == ["p95_ms: 151.0000 > 150.0"]
+    with pytest.raises(ValueError, match="exactly one of minimum and maximum"):
+        gates.Gate("x", minimum=1.0, maximum=2.0)
+    policy = Policy.of({"nlu": {"p95_ms": {"maximum": 150}}})
+    assert policy.gates_for("nlu")["p95_ms"] == gates.Gate("p95_ms", maximum=150.0)
