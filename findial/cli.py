@@ -306,7 +306,7 @@ def cmd_audit(argv: list[str]) -> int:
 
 def cmd_kb(argv: list[str]) -> int:
     from findial.data.kb.load import DEFAULT_ARTICLES, DEFAULT_QUERIES, KBError, load_kb, load_queries
-    from findial.retrieval.index import DEFAULT_FUSION, DEFAULT_WEIGHT, FUSIONS, Retriever
+    from findial.data.kb.index import DEFAULT_FUSION, DEFAULT_WEIGHT, FUSIONS, Retriever
 
     home = Path(os.environ.get("FINDIAL_HOME", "findial-runs"))
     p = argparse.ArgumentParser(prog="findial kb")
@@ -342,7 +342,7 @@ def cmd_kb(argv: list[str]) -> int:
             for rank, (aid, score) in enumerate(r.search(args.query, args.lang, args.k), 1):
                 print(f"{rank}. {aid}  {score:.4f}  {titles[aid]}")
             return 0
-        from findial.retrieval.evaluate import evaluate
+        from findial.data.kb.scoring import evaluate
 
         queries = load_queries(args.queries, r.docs, split=args.split)
         metrics = {"split": args.split, "queries_file": args.queries, "kb_version": r.manifest["kb_version"],
