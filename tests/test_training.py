@@ -374,3 +374,14 @@ def test_a_package_of_a_newer_format_is_refused_by_name(tmp_path):
             read_meta(tmp_path)
     (tmp_path / "findial_model.json").write_text(json.dumps({"task": "ner", "format_version": FORMAT_VERSION}))
     assert read_meta(tmp_path)["task"] == "ner"
+
+
+def test_last_checkpoint_is_rewritten_every_epoch_even_without_a_new_best(compose, tmp_path):
+    """resume=last must continue from the latest epoch: Lightning's save_last alone writes last.ckpt only when a
+    new best is saved."""
+    _, result = _train(compose, tmp_path, "ner", 4, ["model.optim.lr=0.0", "model.optim.head_lr=0.0"])
+    ckpts = result.package_dir.parent / "checkpoints"
+    last = torch.load(ckpts / "last.ckpt", weights_only=False)
+    best = [p for p in ckpts.glob("epoch=*.ckpt")]
+    assert last["epoch"] == 3 and len(best) == 1  # no learning, so no new best after epoch 0; last is epoch 4's
+    assert torch.load(best[0], weights_only=False)["epoch"] == 0

@@ -30,6 +30,15 @@ from .tasks import TASKS, IntentTask, NERTask, WeightAveraging, task_settings
 log = logging.getLogger(__name__)
 
 
+def checkpoint_callbacks(directory: Path) -> list[ModelCheckpoint]:
+    """The best epoch by validation loss, and ``last.ckpt`` rewritten after every epoch (what ``resume=last``
+    continues from; Lightning's ``save_last`` writes it only when a new best is saved, so a run killed after its
+    best epoch would resume from there and lose the epochs since)."""
+    return [ModelCheckpoint(dirpath=str(directory), monitor="val_loss", save_top_k=1),
+            ModelCheckpoint(dirpath=str(directory), filename="last", monitor=None, save_top_k=1,
+                            enable_version_counter=False)]
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary file and renamed: never half-written."""
 
@@ -177,8 +186,7 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
             trainer_cfg["max_epochs"] = task.epochs
         trainer = instantiate(trainer_cfg, logger=logger, default_root_dir=str(out_dir),
                               plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,  # the data module shards
-                              callbacks=[ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True,
-                                                         monitor="val_loss", save_top_k=1)]
+                              callbacks=checkpoint_callbacks(out_dir / "checkpoints")
                               + ([LearningRateMonitor(logging_interval="step")] if lead else [])
                               + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [])
                               + weight_averaging(task.weight_averaging) + list(callbacks or []))

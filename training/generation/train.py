@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
@@ -19,7 +19,7 @@ from findial import tracking
 from findial.data.corpus import fingerprint
 from findial.data.labelbook import Glossary, LabelBook
 from findial.training.package import resolve_backbone
-from findial.training.train import AtomicCheckpointIO, TrainResult, _resume_path
+from findial.training.train import AtomicCheckpointIO, TrainResult, _resume_path, checkpoint_callbacks
 
 from .data import ResponseDataModule, response_records
 from .module import ResponseLMModule
@@ -83,8 +83,7 @@ def train_response(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> Tr
             trainer_cfg["max_epochs"] = task.epochs
         trainer = instantiate(trainer_cfg, logger=logger, default_root_dir=str(out_dir),
                               plugins=[AtomicCheckpointIO()],
-                              callbacks=[ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True,
-                                                         monitor="val_loss", save_top_k=1),
+                              callbacks=[*checkpoint_callbacks(out_dir / "checkpoints"),
                                          LearningRateMonitor(logging_interval="step")])
         trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg.get("resume"), cfg.paths.home, task.name))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
