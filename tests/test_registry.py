@@ -38,6 +38,17 @@ def alias_version(name, alias):
         return None
 
 
+def promote_cli(tmp, *args):
+    """`findial promote` as a user runs it (a subprocess: Hydra's in-process state stays out of other tests)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "findial.cli", "promote", *args, f"paths.home={tmp}",
+                           f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db"], capture_output=True, text=True,
+                          timeout=300)
+    return done.returncode, done.stderr
+
+
 def audit(tmp_path):
     path = tmp_path / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -92,15 +103,10 @@ def test_gate_exactly_at_threshold_passes():
 
 
 def test_promote_command_exits_nonzero_on_refusal(store, capsys):
-    from findial.cli import main
-
     tmp, new_version = store
     v = new_version({"terminology_f1": 0.5, "multi_turn_accuracy": 0.99})
-    with pytest.raises(SystemExit) as info:
-        main(["promote", f"version={v}", "eval_set=test-set", f"paths.home={tmp}",
-              f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db"])
-    assert info.value.code == 1
-    err = capsys.readouterr().err  # the reviewed policy file: its gates, and test-set is none of its eval sets
+    code, err = promote_cli(tmp, f"version={v}", "eval_set=test-set")
+    assert code == 1  # the reviewed policy file: its gates, and test-set is none of its eval sets
     assert "terminology_f1: 0.5000 < 0.9" in err and "'test-set' is not in the promotion policy" in err
     assert audit_path_records(tmp / "audit" / "promotions.jsonl")[-1]["promoted"] is False
 
@@ -120,29 +126,20 @@ def test_the_user_comes_from_the_environment_not_an_argument(store, monkeypatch)
 @pytest.mark.parametrize("override", ["gates.multi_turn_accuracy=0.0", "+gates.multi_turn_accuracy=0.0",
                                       "~gates.multi_turn_accuracy", "user=anyone", "+user=anyone"])
 def test_promote_refuses_gate_and_user_overrides(store, override, capsys):
-    from findial.cli import main
-
     tmp, new_version = store
     v = new_version({"terminology_f1": 0.95, "multi_turn_accuracy": 0.10})
-    with pytest.raises(SystemExit) as info:
-        main(["promote", f"version={v}", "eval_set=test-set", f"paths.home={tmp}",
-              f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db", override])
-    assert info.value.code not in (0, None)
+    code, _ = promote_cli(tmp, f"version={v}", "eval_set=test-set", override)
+    assert code not in (0, None)
     assert alias_version("findial-nlu", "champion") is None
     assert not (tmp / "audit" / "promotions.jsonl").exists()  # refused before anything was decided
 
 
 @pytest.mark.parametrize("version", ["999", "abc"])
 def test_promote_names_a_missing_version_without_a_traceback(store, version, capsys):
-    from findial.cli import main
-
     tmp, new_version = store
     new_version({"terminology_f1": 0.95, "multi_turn_accuracy": 0.95})
-    with pytest.raises(SystemExit) as info:
-        main(["promote", f"version={version}", "eval_set=test-set", f"paths.home={tmp}",
-              f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db"])
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and "Traceback" not in err
+    code, err = promote_cli(tmp, f"version={version}", "eval_set=test-set")
+    assert code == 2 and "Traceback" not in err
     assert (f"no version {version}" in err) if version.isdigit() else ("a model version is a number" in err)
 
 
