@@ -17,11 +17,19 @@ with ``name``, ``version`` and ``respond(understanding, history) -> str``.
 ``/v1/understand`` returns) and ``history`` the masked preceding turns
 (``[{"speaker", "text"}]``). A response that trips a compliance rule is withheld
 and the turn handed off.
+
+``responder.kind: grounded`` answers from the knowledge base instead (``serving/kb.py``): a deterministic
+template over the best article's sentences with its citation, no GPU and no registered model needed.
+Such a responder returns a ``Reply`` (text or None, cited article ids, the KB version, the hand-off reason
+when it does not answer); the service checks a reply that cites articles against them and the dialogue
+(``findial.data.kb.facts.check_grounding``) and withholds it, hand-off reason ``ungrounded``, when a figure
+in it (an amount, percentage, count of days, date) is in neither.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -37,6 +45,16 @@ class Responder(Protocol):
 
 class ResponderError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a grounded responder returns instead of a plain string."""
+    text: str | None                    # None: no answer, hand the turn off (``handoff_reason``)
+    citations: tuple[str, ...] = ()     # ids of the KB articles the text is drawn from
+    kb_version: str | None = None
+    handoff_reason: str | None = None   # e.g. no_kb_answer (retrieval confidence too low), ungrounded
+    sources: tuple[dict, ...] = ()      # the cited articles ({id, title, body, ...}): what the checker reads
 
 
 def load_responder(target: str | None, options: dict | None = None) -> Responder | None:
@@ -98,10 +116,15 @@ class PromotedResponder:
 
 def build_responder(settings) -> Responder | PromotedResponder | None:
     """The responder of a ``ServeSettings`` (both backends): ``responder.target`` (a custom "module:callable")
-    wins; else the model behind ``responder.model_ref``; else none (``/v1/respond`` answers 503)."""
+    wins; else with ``responder.kind: grounded`` the KB responder (``serving/kb.py``); else the model behind
+    ``responder.model_ref``; else none (``/v1/respond`` answers 503)."""
     cfg = settings.responder
     if cfg.target:
         return load_responder(cfg.target, cfg.options)
+    if cfg.kind == "grounded":
+        from .kb import KBResponder
+
+        return KBResponder.from_settings(settings)
     if not cfg.model_ref:
         return None
     from .model_store import ModelHolder

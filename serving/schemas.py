@@ -88,7 +88,8 @@ class Understanding(BaseModel):
     unknown_terms: list[str] = []
     handoff: bool = Field(description="true: hand this conversation to a human agent")
     handoff_reasons: list[str] = Field(description="low_confidence, intent:<name>, emotion:<name>, "
-                                       "compliance:<rule>")
+                                       "compliance:<rule>; /v1/respond also compliance:<rule>:response, "
+                                       "no_kb_answer, ungrounded")
 
 
 class ResponderRef(BaseModel):
@@ -99,6 +100,10 @@ class ResponderRef(BaseModel):
 class RespondResult(Understanding):
     response: str | None = Field(None, description="the reply; null when the turn is handed off")
     responder: ResponderRef
+    citations: list[str] | None = Field(None, description="ids of the knowledge-base articles the reply is "
+                                        "drawn from (responder.kind: grounded; [] when handed off); null for "
+                                        "a model responder")
+    kb_version: str | None = Field(None, description="the knowledge base answered from (12 hex characters)")
 
 
 class AgentTurnResult(BaseModel):

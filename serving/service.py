@@ -6,6 +6,11 @@ its personal data, take the session's history and state (under the session's
 lock, so turns are understood in order), understand it (the understander
 batches and runs the model off the event loop), apply the hand-off policy,
 update the session, write the audit record, answer.
+
+A responder's ``Reply`` (the grounded KB responder) adds ``citations`` and ``kb_version`` to the answer
+and the audit record; one that cites articles is fact-checked against them and the dialogue before it is
+sent (``check_grounding``): an unsupported figure withholds it, hand-off reason ``ungrounded``, and the
+audit record keeps the cited ids and the unsupported facts under ``grounding``.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from .batcher import ModelNotReady
 from .errors import ApiError
 from .handoff import HandoffPolicy
 from .metrics import Metrics
-from .responder import PromotedResponder
+from .responder import PromotedResponder, Reply
 from .sessions import Session, SessionIdError, SessionStore, check_session_id
 from .settings import ServeSettings
 from .understanding import TurnInput, detect_lang, mask_text
@@ -117,9 +122,9 @@ class DialogueService:
                "model": {k: model.get(k) for k in ("ref", "name", "version")}, "text": text, "lang": lang,
                "pii_masked": pii, **result,
                "entities": [{**e, "text": text[e["start"]:e["end"]]} for e in result["entities"]]}
-        response = None
+        response, grounding = None, {}
         if responder is not None:
-            response, reasons = await self._respond(responder, out, history, reasons)
+            response, reasons, grounding = await self._respond(responder, out, history, reasons)
         out.update(handoff=bool(reasons), handoff_reasons=reasons)
         if session is not None:
             session.lang = session.lang or lang
@@ -129,28 +134,49 @@ class DialogueService:
                 "handoff_reasons", "request_id")}, "model_version": model.get("version")},
                 self.limits.max_context_turns)
             if response is not None:
-                session.add_turn({"speaker": "agent", "text": response, "responder": responder.name},
+                session.add_turn({"speaker": "agent", "text": response, "responder": responder.name,
+                                  **({"citations": grounding["citations"]} if grounding else {})},
                                  self.limits.max_context_turns)
             self._mark_handoff(session, reasons)
         if responder is not None:
             out.update(response=response, responder={"name": responder.name, "version": responder.version})
+            if grounding:
+                out.update(citations=grounding["citations"], kb_version=grounding["kb_version"])
         if reasons:
             self.metrics.count_handoff(reasons)
-        record = {"event": endpoint, "latency_ms": round((time.perf_counter() - started) * 1000, 2), **out}
+        record = {"event": endpoint, "latency_ms": round((time.perf_counter() - started) * 1000, 2), **out,
+                  **({"grounding": grounding["audit"]} if grounding else {})}
         await asyncio.to_thread(self.audit.write, record)
         return out
 
     async def _respond(self, responder, understanding: dict, history,
-                       reasons: list[str]) -> tuple[str | None, list[str]]:
+                       reasons: list[str]) -> tuple[str | None, list[str], dict]:
+        """(the reply or None, the hand-off reasons, {} or the grounding of a ``Reply``: citations,
+        kb_version and what the audit record keeps)."""
         if reasons:  # a human takes over: no generated reply
-            return None, reasons
+            return None, reasons, {}
         turns = [{"speaker": s, "text": t} for s, t in history]
         reply = await asyncio.to_thread(responder.respond, understanding, turns)
-        reply, _ = mask_text(str(reply))
-        hits = self.policy.compliance_hits(reply)
+        grounded = reply if isinstance(reply, Reply) else None
+        grounding = {} if grounded is None else {
+            "citations": [], "kb_version": grounded.kb_version,
+            "audit": {"cited": list(grounded.citations), "unsupported": [], "reason": grounded.handoff_reason}}
+        if grounded is not None and grounded.text is None:  # the KB has no confident answer
+            return None, [grounded.handoff_reason or "no_kb_answer"], grounding
+        text, _ = mask_text(str(grounded.text if grounded is not None else reply))
+        hits = self.policy.compliance_hits(text)
         if hits:  # never send a reply that breaks a compliance rule
-            return None, [f"{h}:response" for h in hits]
-        return reply, reasons
+            return None, [f"{h}:response" for h in hits], grounding
+        if grounded is not None and grounded.citations:
+            from findial.data.kb.facts import check_grounding
+
+            said = [t for _, t in history] + [understanding["text"]]
+            unsupported = check_grounding(text, list(grounded.sources), said)
+            if unsupported:  # never send a figure the cited articles and the dialogue do not state
+                grounding["audit"].update(unsupported=unsupported, reason="ungrounded")
+                return None, ["ungrounded"], grounding
+            grounding["citations"] = list(grounded.citations)
+        return text, reasons, grounding
 
     @staticmethod
     def _mark_handoff(session: Session, reasons: list[str]) -> None:

@@ -67,6 +67,11 @@ class ResponderSettings:
     model_ref: str | None = "models:/findial-response@champion"  # null: no response model
     target: str | None = None                                     # a custom "module:callable"; wins when set
     options: dict = field(default_factory=dict)
+    kind: str = "model"                  # model: the registered response model | grounded: the KB (serving/kb.py)
+    kb: str | None = None                # grounded: the articles file (null: the bundled data/kb/articles.jsonl)
+    kb_index: str = "findial-runs/kb-index"  # grounded: the index directory (built or updated at start)
+    kb_encoder: str | None = None        # grounded: the embedding model directory (null: the bundled e5-small)
+    kb_threshold: float | None = None    # grounded: min fused retrieval score to answer (null: the validated one)
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,10 @@ class ServeSettings:
             bad("limits.body_timeout_s", f"must be > 0, got {self.limits.body_timeout_s}")
         if not (isinstance(self.auth.required, bool) or self.auth.required == "auto"):
             bad("auth.required", f"must be auto, true or false, got {self.auth.required!r}")
+        if self.responder.kind not in ("model", "grounded"):
+            bad("responder.kind", f"must be 'model' or 'grounded', got {self.responder.kind!r}")
+        if self.responder.kb_threshold is not None and not 0.0 <= self.responder.kb_threshold <= 1.0:
+            bad("responder.kb_threshold", f"must be within [0, 1], got {self.responder.kb_threshold}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             bad("device", f"must be cpu, cuda, cuda:N or auto, got {self.device!r}")
 

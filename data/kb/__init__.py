@@ -6,4 +6,7 @@ retrieval over it.
 - ``bm25``      Okapi BM25 (zh character bigrams, en words)
 - ``index``     ``Retriever``: an incrementally rebuilt FAISS index directory, hybrid dense + BM25 search
 - ``metrics``   recall@k and MRR; ``scoring``: per-language scores of the labelled queries (``findial kb eval``)
+- ``grounded``  the template responder: the best article's most relevant sentences, cited
+- ``facts``     ``check_grounding``: every amount, rate, period and date of a reply must come from a cited article
+                or the dialogue
 """
