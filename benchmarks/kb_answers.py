@@ -31,6 +31,7 @@ from findial.data.kb.grounded import DEFAULT_THRESHOLD, GroundedAnswerer
 from findial.data.kb.index import Retriever
 from findial.data.kb.load import DEFAULT_QUERIES, kb_version, load_kb, load_queries
 from findial.runtime import setup
+from findial.tracking import atomic_write_text
 from findial.training.backbones import e5_small
 
 
@@ -115,7 +116,7 @@ def main() -> None:
             print(f"{split} {lang}: answer rate {m['answer_rate']:.3f}  citation accuracy {m['citation_accuracy']:.3f}"
                   f"  groundedness {m['groundedness']:.3f}  hand-off {m['handoff_rate']:.3f}  ({m['queries']} queries)")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(args.out, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
 
 
 if __name__ == "__main__":

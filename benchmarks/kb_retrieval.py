@@ -24,6 +24,7 @@ from findial.data.kb.scoring import evaluate_settings, macro_mrr
 from findial.data.kb.index import DEFAULT_FUSION, DEFAULT_WEIGHT, Retriever
 from findial.runtime import setup
 from findial.training.backbones import e5_small
+from findial.tracking import atomic_write_text
 
 SETTINGS = [("weighted", round(w / 10, 1)) for w in range(11)] + [("rrf", w) for w in (0.3, 0.5, 0.7)]
 NAMES = {("weighted", 1.0): "dense", ("weighted", 0.0): "bm25"}
@@ -83,7 +84,7 @@ def main() -> None:
     print(f"chosen on validation: {name(best)}; index: full build {t_build}s, unchanged rebuild {t_same}s "
           f"({same['embedded']} embedded), one-article edit {t_one}s ({one['embedded']} embedded)")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(args.out, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
 
 
 if __name__ == "__main__":

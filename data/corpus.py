@@ -33,14 +33,22 @@ class Problem:
         return f"{self.path}:{self.line}: {self.field}: {self.message}"
 
 
-class CorpusError(ValueError):
-    """One or more records of a corpus file are invalid."""
+class ProblemsError(ValueError):
+    """Records of a file are invalid: every problem, as ``file:line: field: message`` (the first MAX_REPORTED)."""
+
+    what = "file"
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         shown = "\n  ".join(str(p) for p in problems[:MAX_REPORTED])
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        super().__init__(f"{len(problems)} problem(s) in corpus:\n  {shown}{more}")
+        super().__init__(f"{len(problems)} problem(s) in {self.what}:\n  {shown}{more}")
+
+
+class CorpusError(ProblemsError):
+    """One or more records of a corpus file are invalid."""
+
+    what = "corpus"
 
 
 class _Checker:

@@ -43,6 +43,11 @@ from findial.runtime import data_path, setup
 log = logging.getLogger("findial")
 
 
+def _home() -> Path:
+    """Where findial writes (``$FINDIAL_HOME``, default ./findial-runs), for the plain (non-Hydra) subcommands."""
+    return Path(os.environ.get("FINDIAL_HOME", "findial-runs"))
+
+
 def _out_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -283,7 +288,7 @@ def cmd_audit(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="findial audit")
     sub = p.add_subparsers(dest="action", required=True)
     v = sub.add_parser("verify", help="check the promotion audit log: hash chain, and the registry's last record")
-    home = Path(os.environ.get("FINDIAL_HOME", "findial-runs"))
+    home = _home()
     v.add_argument("--log", default=str(home / "audit" / "promotions.jsonl"), help="the audit log")
     v.add_argument("--tracking-uri", default=f"sqlite:///{(home / 'mlflow.db').resolve()}",
                    help="the MLflow store holding each model's audit head (none: check the chain only)")
@@ -308,7 +313,7 @@ def cmd_kb(argv: list[str]) -> int:
     from findial.data.kb.load import DEFAULT_ARTICLES, DEFAULT_QUERIES, KBError, load_kb, load_queries
     from findial.data.kb.index import DEFAULT_FUSION, DEFAULT_WEIGHT, FUSIONS, Retriever
 
-    home = Path(os.environ.get("FINDIAL_HOME", "findial-runs"))
+    home = _home()
     p = argparse.ArgumentParser(prog="findial kb")
     sub = p.add_subparsers(dest="action", required=True)
     i = sub.add_parser("index", help="build or update the index: embeds only new and changed articles")

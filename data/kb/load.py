@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..corpus import MAX_REPORTED, Problem, json_lines
+from ..corpus import Problem, ProblemsError, json_lines
 from ..labelbook import Glossary
 
 KB_DIR = Path(__file__).resolve().parent
@@ -33,14 +33,10 @@ FIGURE = re.compile(
     r"|dollars?\b|HKD|USD|RMB|CNY)|(?:HK\$|US\$|\$|¥|￥|HKD|USD|RMB|CNY)\s?\d", re.I)
 
 
-class KBError(ValueError):
+class KBError(ProblemsError):
     """One or more records of a knowledge-base or query file are invalid."""
 
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        shown = "\n  ".join(str(p) for p in problems[:MAX_REPORTED])
-        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        super().__init__(f"{len(problems)} problem(s) in knowledge base:\n  {shown}{more}")
+    what = "knowledge base"
 
 
 def _records(path: Path, what: str, check) -> list[dict]:
