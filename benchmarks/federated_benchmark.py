@@ -11,6 +11,7 @@ metrics on the same test split. Prints: the non-IID split, accuracy side by side
 the adapter-only exchange (measured) vs a full-model exchange (the same messages carrying every weight),
 and wall time per round. ``--out FILE`` also writes the figures as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-METRICS = ("intent_accuracy", "intent_macro_f1", "emotion_accuracy", "entity_micro_f1", "terminology_f1",
-           "multi_turn_accuracy", "joint_state_accuracy")
+METRICS = (
+    "intent_accuracy",
+    "intent_macro_f1",
+    "emotion_accuracy",
+    "entity_micro_f1",
+    "terminology_f1",
+    "multi_turn_accuracy",
+    "joint_state_accuracy",
+)
 
 
 def _intents(dialogues: list[dict]) -> Counter:
@@ -87,8 +95,10 @@ def main(argv: list[str]) -> int:
     cfg = compose([f"paths.home={home}", "registry.register=false", "evaluate_after=false", *args.overrides])
     branches = list(cfg.branches)
     train = load_corpora(cfg.data.train_file, LabelBook.load(cfg.labels.ontology), Glossary.load(cfg.labels.glossary))
-    print(f"model {cfg.model.name}, {len(branches)} branches, {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s), "
-          f"aggregation {cfg.aggregation.name}, privacy {cfg.privacy.mode}\n")
+    print(
+        f"model {cfg.model.name}, {len(branches)} branches, {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s), "
+        f"aggregation {cfg.aggregation.name}, privacy {cfg.privacy.mode}\n"
+    )
     print("non-IID split of the training data by branch:")
     print("\n".join(branch_table(train, branches)))
 
@@ -112,16 +122,29 @@ def main(argv: list[str]) -> int:
     full_per_round = [n * copy_full for n in copies]
     print(f"\nbytes per round (sent + received), adapter-only (measured): {per_round}")
     print(f"bytes per round if the full model travelled (same messages):  {full_per_round}")
-    print(f"one copy: adapters+heads {copy_adapter:,} B, full model {copy_full:,} B, ratio {copy_full / copy_adapter:.1f}x")
-    print(f"wall time per round (s): {[round(r['seconds'], 1) for r in rounds]} "
-          f"(round 1 includes starting the Ray actors); federation total {fed_s:.0f}s, centralised training {central_s:.0f}s")
-    figures = {"model": str(cfg.model.name), "branches": branches, "rounds": int(cfg.rounds),
-               "local_epochs": int(cfg.local_epochs), "centralised": {m: central.get(m) for m in METRICS},
-               "federated": {m: federated.get(m) for m in METRICS}, "bytes_per_round_adapter": per_round,
-               "bytes_per_round_full_model": full_per_round, "copy_adapter_bytes": copy_adapter,
-               "copy_full_model_bytes": copy_full, "ratio": copy_full / copy_adapter,
-               "seconds_per_round": [r["seconds"] for r in rounds], "federation_seconds": fed_s,
-               "centralised_seconds": central_s}
+    print(
+        f"one copy: adapters+heads {copy_adapter:,} B, full model {copy_full:,} B, ratio {copy_full / copy_adapter:.1f}x"
+    )
+    print(
+        f"wall time per round (s): {[round(r['seconds'], 1) for r in rounds]} "
+        f"(round 1 includes starting the Ray actors); federation total {fed_s:.0f}s, centralised training {central_s:.0f}s"
+    )
+    figures = {
+        "model": str(cfg.model.name),
+        "branches": branches,
+        "rounds": int(cfg.rounds),
+        "local_epochs": int(cfg.local_epochs),
+        "centralised": {m: central.get(m) for m in METRICS},
+        "federated": {m: federated.get(m) for m in METRICS},
+        "bytes_per_round_adapter": per_round,
+        "bytes_per_round_full_model": full_per_round,
+        "copy_adapter_bytes": copy_adapter,
+        "copy_full_model_bytes": copy_full,
+        "ratio": copy_full / copy_adapter,
+        "seconds_per_round": [r["seconds"] for r in rounds],
+        "federation_seconds": fed_s,
+        "centralised_seconds": central_s,
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2), encoding="utf-8")
     return 0

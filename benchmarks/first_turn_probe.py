@@ -10,6 +10,7 @@ the predictions as JSON.
     python benchmarks/first_turn_probe.py --backbone e5_small --epochs 2
     python benchmarks/first_turn_probe.py --backbone gemma3 --epochs 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,11 @@ def first_turns(split: str) -> list[tuple[str, str, bool]]:
 def backbone(name: str):
     if name == "e5_small":  # LoRA on the top 6 of 12 layers, as the default intent model
         from findial.training.backbones import e5_small
+
         return e5_small(), ["query", "key", "value", "dense"], list(range(6, 12)), {"add_pooling_layer": False}
     if name == "gemma3":
         from findial.training.generation.backbones import gemma3
+
         return gemma3(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], None, {}
     raise SystemExit(f"--backbone {name!r}: expected e5_small or gemma3")
 
@@ -68,16 +71,23 @@ def main() -> None:
     path, targets, layers, kwargs = backbone(args.backbone)
     tok = AutoTokenizer.from_pretrained(path)
     base = AutoModel.from_pretrained(path, **kwargs)
-    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets,
-                                            layers_to_transform=layers))
+    model = get_peft_model(
+        base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets, layers_to_transform=layers)
+    )
     head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(base.config.hidden_size, len(intents)))
-    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-3},
-                             {"params": head.parameters(), "lr": 1e-2}], weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-3},
+            {"params": head.parameters(), "lr": 1e-2},
+        ],
+        weight_decay=0.01,
+    )
     bs = 32
     steps = int(math.ceil(len(train) / bs) * args.epochs)
     warm = int(0.06 * steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, (s + 1) / max(1, warm)) * max(0.0, (steps - s) / max(1, steps - warm)))
+        opt, lambda s: min(1, (s + 1) / max(1, warm)) * max(0.0, (steps - s) / max(1, steps - warm))
+    )
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def embed(texts):
@@ -89,10 +99,10 @@ def main() -> None:
     t0, step, order = time.time(), 0, list(range(len(train)))
     while step < steps:
         random.shuffle(order)  # length-bucketed batches in a shuffled order
-        pools = [sorted(order[i:i + bs * 50], key=lambda j: len(train[j][0])) for i in range(0, len(order), bs * 50)]
-        batches = [p[i:i + bs] for p in pools for i in range(0, len(p), bs)]
+        pools = [sorted(order[i : i + bs * 50], key=lambda j: len(train[j][0])) for i in range(0, len(order), bs * 50)]
+        batches = [p[i : i + bs] for p in pools for i in range(0, len(p), bs)]
         random.shuffle(batches)
-        for b in batches[:steps - step]:
+        for b in batches[: steps - step]:
             model.train(), head.train()
             loss = loss_fn(head(embed([train[j][0] for j in b])), torch.tensor([index[train[j][1]] for j in b]))
             loss.backward(), opt.step(), sched.step(), opt.zero_grad()
@@ -105,7 +115,7 @@ def main() -> None:
         model.eval(), head.eval()
         preds = []
         for i in range(0, len(data), 64):
-            preds += [intents[k] for k in head(embed([r[0] for r in data[i:i + 64]])).argmax(-1).tolist()]
+            preds += [intents[k] for k in head(embed([r[0] for r in data[i : i + 64]])).argmax(-1).tolist()]
         task = [(p, r[1]) for p, r in zip(preds, data) if r[2]]
         acc = sum(p == y for p, y in task) / len(task)
         print(f"{args.backbone} {name}: first task turns {acc:.3f} ({len(task)})")

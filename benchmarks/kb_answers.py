@@ -17,6 +17,7 @@ to a customer costs more than a hand-off to an agent. The sweep beside it shows 
 
     OMP_NUM_THREADS=1 python benchmarks/kb_answers.py --out benchmarks/results/2026-12-07-kb-answers.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,17 @@ def answer_all(answerer: GroundedAnswerer, queries: list[dict]) -> list[dict]:
     rows = []
     for q in queries:
         a = answerer.answer(q["query"], q["lang"], threshold=-1.0)
-        rows.append({"id": q["id"], "lang": q["lang"], "confidence": a.confidence, "reply": a.text,
-                     "reason": a.reason, "cited": a.citations[0] if a.citations else None,
-                     "correct": bool(a.citations) and a.citations[0] in q["answers"]})
+        rows.append(
+            {
+                "id": q["id"],
+                "lang": q["lang"],
+                "confidence": a.confidence,
+                "reply": a.text,
+                "reason": a.reason,
+                "cited": a.citations[0] if a.citations else None,
+                "correct": bool(a.citations) and a.citations[0] in q["answers"],
+            }
+        )
     return rows
 
 
@@ -52,17 +61,23 @@ def score(rows: list[dict], threshold: float, articles: dict, queries: dict) -> 
         mine = [r for r in rows if r["lang"] == lang]
         answered = [r for r in mine if r["reply"] is not None and r["confidence"] >= threshold]
         low = sum(r["confidence"] < threshold for r in mine)
-        grounded = sum(not check_grounding(r["reply"], [articles[r["cited"]]], [queries[r["id"]]["query"]])
-                       for r in answered)
+        grounded = sum(
+            not check_grounding(r["reply"], [articles[r["cited"]]], [queries[r["id"]]["query"]]) for r in answered
+        )
         n = len(mine)
-        out[lang] = {"queries": n, "answered": len(answered), "answer_rate": round(len(answered) / n, 4),
-                     "citation_accuracy": round(sum(r["correct"] for r in answered) / max(len(answered), 1), 4),
-                     "correct_answer_rate": round(sum(r["correct"] for r in answered) / n, 4),
-                     "groundedness": round(grounded / max(len(answered), 1), 4),
-                     "handoff_rate": round(1 - len(answered) / n, 4),
-                     "handoffs": {"no_kb_answer": low,
-                                  "ungrounded": sum(r["confidence"] >= threshold and r["reason"] == "ungrounded"
-                                                    for r in mine)}}
+        out[lang] = {
+            "queries": n,
+            "answered": len(answered),
+            "answer_rate": round(len(answered) / n, 4),
+            "citation_accuracy": round(sum(r["correct"] for r in answered) / max(len(answered), 1), 4),
+            "correct_answer_rate": round(sum(r["correct"] for r in answered) / n, 4),
+            "groundedness": round(grounded / max(len(answered), 1), 4),
+            "handoff_rate": round(1 - len(answered) / n, 4),
+            "handoffs": {
+                "no_kb_answer": low,
+                "ungrounded": sum(r["confidence"] >= threshold and r["reason"] == "ungrounded" for r in mine),
+            },
+        }
     return out
 
 
@@ -87,10 +102,14 @@ def main() -> None:
     build = Retriever(model).index(articles, index_dir)
     answerer = GroundedAnswerer(Retriever.load(index_dir), articles)
     by_id = {a["id"]: a for a in articles}
-    result = {"model_id": model_id(model), "kb_version": kb_version(articles), "index": build,
-              "confidence": "fused score of the best-ranked article (weighted 0.8 dense + 0.2 BM25, min-max)",
-              "selection": f"lowest threshold with validation citation accuracy >= {TARGET} (zh + en pooled)",
-              "code_default_threshold": DEFAULT_THRESHOLD}
+    result = {
+        "model_id": model_id(model),
+        "kb_version": kb_version(articles),
+        "index": build,
+        "confidence": "fused score of the best-ranked article (weighted 0.8 dense + 0.2 BM25, min-max)",
+        "selection": f"lowest threshold with validation citation accuracy >= {TARGET} (zh + en pooled)",
+        "code_default_threshold": DEFAULT_THRESHOLD,
+    }
     split_rows = {}
     for split in ("validation", "test"):
         queries = load_queries(DEFAULT_QUERIES, articles, split=split)
@@ -101,20 +120,24 @@ def main() -> None:
     candidates = sorted({0.0, *(r["confidence"] for r in val_rows)})
     best = next(th for th in candidates if accuracy(val_rows, th) >= TARGET)
     result["threshold"] = round(best, 6)
-    result["validation"] = {"at_threshold": score(val_rows, best, by_id, val_q),
-                            "at_0": score(val_rows, 0.0, by_id, val_q),
-                            "sweep": {f"{th:.2f}": score(val_rows, th, by_id, val_q)
-                                      for th in (0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)}}
+    result["validation"] = {
+        "at_threshold": score(val_rows, best, by_id, val_q),
+        "at_0": score(val_rows, 0.0, by_id, val_q),
+        "sweep": {f"{th:.2f}": score(val_rows, th, by_id, val_q) for th in (0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)},
+    }
     test_rows, test_q = split_rows["test"]
     result["test"] = {"at_threshold": score(test_rows, best, by_id, test_q)}
     result["seconds"] = round(time.perf_counter() - t0, 2)
-    result["examples"] = [{k: r[k] for k in ("id", "confidence", "cited", "correct", "reply")}
-                          for r in test_rows[:2] + test_rows[-2:]]
+    result["examples"] = [
+        {k: r[k] for k in ("id", "confidence", "cited", "correct", "reply")} for r in test_rows[:2] + test_rows[-2:]
+    ]
     print(f"threshold (validation): {best}")
     for split in ("validation", "test"):
         for lang, m in result[split]["at_threshold"].items():
-            print(f"{split} {lang}: answer rate {m['answer_rate']:.3f}  citation accuracy {m['citation_accuracy']:.3f}"
-                  f"  groundedness {m['groundedness']:.3f}  hand-off {m['handoff_rate']:.3f}  ({m['queries']} queries)")
+            print(
+                f"{split} {lang}: answer rate {m['answer_rate']:.3f}  citation accuracy {m['citation_accuracy']:.3f}"
+                f"  groundedness {m['groundedness']:.3f}  hand-off {m['handoff_rate']:.3f}  ({m['queries']} queries)"
+            )
     if args.out:
         atomic_write_text(args.out, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
 

@@ -8,6 +8,7 @@ Prints the figures; ``--out`` writes them as JSON.
 
     OMP_NUM_THREADS=1 python benchmarks/kb_retrieval.py --out benchmarks/results/2026-12-07-kb-retrieval.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,25 +65,44 @@ def main() -> None:
     on_test, t_test = timed(lambda: evaluate_settings(retriever, test, shown))
 
     result = {
-        "model_id": model_id(model), "kb_version": build["kb_version"], "articles": len(articles),
+        "model_id": model_id(model),
+        "kb_version": build["kb_version"],
+        "articles": len(articles),
         "torch_threads": torch.get_num_threads(),
-        "index": {"full_build_s": t_build, "full_build": build, "unchanged_rebuild_s": t_same,
-                  "unchanged_rebuild": same, "one_edit_rebuild_s": t_one, "one_edit_rebuild": one},
-        "validation": {"queries": len(validation), "seconds": t_val, "selection": "max mean(zh MRR, en MRR)",
-                       "chosen": {"fusion": best[0], "weight": best[1], "name": name(best)},
-                       "code_default": {"fusion": DEFAULT_FUSION, "weight": DEFAULT_WEIGHT},
-                       "settings": {name(s): {**sweep[s], "macro_mrr": macro_mrr(sweep[s])} for s in SETTINGS}},
-        "test": {"queries": len(test), "seconds": t_test,
-                 "settings": {name(s): {**on_test[s], "macro_mrr": macro_mrr(on_test[s])} for s in shown}},
+        "index": {
+            "full_build_s": t_build,
+            "full_build": build,
+            "unchanged_rebuild_s": t_same,
+            "unchanged_rebuild": same,
+            "one_edit_rebuild_s": t_one,
+            "one_edit_rebuild": one,
+        },
+        "validation": {
+            "queries": len(validation),
+            "seconds": t_val,
+            "selection": "max mean(zh MRR, en MRR)",
+            "chosen": {"fusion": best[0], "weight": best[1], "name": name(best)},
+            "code_default": {"fusion": DEFAULT_FUSION, "weight": DEFAULT_WEIGHT},
+            "settings": {name(s): {**sweep[s], "macro_mrr": macro_mrr(sweep[s])} for s in SETTINGS},
+        },
+        "test": {
+            "queries": len(test),
+            "seconds": t_test,
+            "settings": {name(s): {**on_test[s], "macro_mrr": macro_mrr(on_test[s])} for s in shown},
+        },
     }
     for split in ("validation", "test"):
         print(f"{split}:")
         for setting, m in result[split]["settings"].items():
-            cells = "  ".join(f"{lang} R@1 {m[lang]['recall@1']:.3f} R@5 {m[lang]['recall@5']:.3f} "
-                              f"MRR {m[lang]['mrr']:.3f}" for lang in ("zh", "en"))
+            cells = "  ".join(
+                f"{lang} R@1 {m[lang]['recall@1']:.3f} R@5 {m[lang]['recall@5']:.3f} MRR {m[lang]['mrr']:.3f}"
+                for lang in ("zh", "en")
+            )
             print(f"  {setting:<14} {cells}")
-    print(f"chosen on validation: {name(best)}; index: full build {t_build}s, unchanged rebuild {t_same}s "
-          f"({same['embedded']} embedded), one-article edit {t_one}s ({one['embedded']} embedded)")
+    print(
+        f"chosen on validation: {name(best)}; index: full build {t_build}s, unchanged rebuild {t_same}s "
+        f"({same['embedded']} embedded), one-article edit {t_one}s ({one['embedded']} embedded)"
+    )
     if args.out:
         atomic_write_text(args.out, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
 

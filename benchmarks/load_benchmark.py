@@ -18,6 +18,7 @@ The client shares the machine with the servers: on a small box its own CPU use i
 ``--model`` is a bundle directory, or a registry reference (``models:/findial-nlu@champion``,
 resolved with ``--tracking-uri``, default ``sqlite:///$FINDIAL_HOME/mlflow.db``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,8 +95,7 @@ def baseline_app(backbone: str, torch_threads: int):
 def serve_baseline(args) -> None:
     import uvicorn
 
-    uvicorn.run(baseline_app(args.backbone, args.torch_threads), host="127.0.0.1", port=args.port,
-                log_level="warning")
+    uvicorn.run(baseline_app(args.backbone, args.torch_threads), host="127.0.0.1", port=args.port, log_level="warning")
 
 
 # ------------------------------------------------------------------------------------------- load
@@ -137,10 +137,17 @@ async def drive(url: str, concurrency: int, duration: float, max_requests: int, 
     def pct(p):
         return latencies[min(len(latencies) - 1, int(round(p / 100 * (len(latencies) - 1))))] * 1000
 
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": counts["errors"],
-            "seconds": round(elapsed, 2), "throughput_rps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(pct(50), 1), "p95_ms": round(pct(95), 1), "p99_ms": round(pct(99), 1),
-            "mean_ms": round(statistics.fmean(latencies) * 1000, 1)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": counts["errors"],
+        "seconds": round(elapsed, 2),
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(pct(50), 1),
+        "p95_ms": round(pct(95), 1),
+        "p99_ms": round(pct(99), 1),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+    }
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
@@ -192,13 +199,32 @@ def _run(args, work: Path) -> list[dict]:
     targets = {}
     if "findial" in args.targets:
         port = free_port()
-        cmd = [sys.executable, "-m", "findial.cli", "serve", f"port={port}", f"model_ref={bundle}",
-               "poll_interval_s=0", f"torch_threads={args.torch_threads}", "log_level=warning", *args.override]
+        cmd = [
+            sys.executable,
+            "-m",
+            "findial.cli",
+            "serve",
+            f"port={port}",
+            f"model_ref={bundle}",
+            "poll_interval_s=0",
+            f"torch_threads={args.torch_threads}",
+            "log_level=warning",
+            *args.override,
+        ]
         targets["findial"] = (cmd, f"http://127.0.0.1:{port}", "/v1/understand")
     if "baseline" in args.targets:
         port = free_port()
-        cmd = [sys.executable, __file__, "--serve-baseline", "--backbone", str(backbone), "--port", str(port),
-               "--torch-threads", str(args.torch_threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--serve-baseline",
+            "--backbone",
+            str(backbone),
+            "--port",
+            str(port),
+            "--torch-threads",
+            str(args.torch_threads),
+        ]
         targets["baseline"] = (cmd, f"http://127.0.0.1:{port}", "/classify")
     results = []
     for name, (cmd, base, path) in targets.items():  # one server at a time: they would share the CPU
@@ -210,20 +236,27 @@ def _run(args, work: Path) -> list[dict]:
                 res = asyncio.run(drive(base + path, c, args.duration, args.max_requests, args.warmup))
                 res["server"] = name
                 results.append(res)
-                print(f"{name:<9} c={c:<3} {res['requests']:>6} req  {res['errors']:>3} err  "
-                      f"p50 {res['p50_ms']:>8.1f} ms  p95 {res['p95_ms']:>8.1f} ms  p99 {res['p99_ms']:>8.1f} ms  "
-                      f"{res['throughput_rps']:>7.1f} req/s", flush=True)
+                print(
+                    f"{name:<9} c={c:<3} {res['requests']:>6} req  {res['errors']:>3} err  "
+                    f"p50 {res['p50_ms']:>8.1f} ms  p95 {res['p95_ms']:>8.1f} ms  p99 {res['p99_ms']:>8.1f} ms  "
+                    f"{res['throughput_rps']:>7.1f} req/s",
+                    flush=True,
+                )
         finally:
             stop(proc)
     return results
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| server | concurrency | requests | errors | p50 ms | p95 ms | p99 ms | req/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| server | concurrency | requests | errors | p50 ms | p95 ms | p99 ms | req/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['server']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | "
-                     f"{r['p95_ms']} | {r['p99_ms']} | {r['throughput_rps']} |")
+        lines.append(
+            f"| {r['server']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | "
+            f"{r['p95_ms']} | {r['p99_ms']} | {r['throughput_rps']} |"
+        )
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ load and the per-epoch validation pass included); train step samples/s counts th
 (forward, backward, optimiser); inference samples/s = test examples / prediction time (package load
 excluded, reported apart).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,20 +45,35 @@ MODELS = ("e5_small", "minilm", "tiny")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets-dir", help="the public datasets folder (default: $FINDIAL_DATASETS, else "
-                                          "datasets_dir of --settings, relative to the repository root)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--datasets-dir",
+        help="the public datasets folder (default: $FINDIAL_DATASETS, else "
+        "datasets_dir of --settings, relative to the repository root)",
+    )
     p.add_argument("--which", default="banking77,nlupp", help="comma-separated: banking77, nlupp")
-    p.add_argument("--model", choices=MODELS, help="findial backbone config (model=...) for every benchmark "
-                                                  "(default: each benchmark's `model` in --settings)")
-    p.add_argument("--epochs", type=int, help="trainer.max_epochs for every benchmark (default: each benchmark's "
-                                              "`epochs` in --settings, else the task config's)")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        help="findial backbone config (model=...) for every benchmark "
+        "(default: each benchmark's `model` in --settings)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="trainer.max_epochs for every benchmark (default: each benchmark's "
+        "`epochs` in --settings, else the task config's)",
+    )
     p.add_argument("--max-train", type=int, help="use at most N training examples (quick runs)")
     p.add_argument("--max-eval", type=int, help="use at most N validation and N test examples (quick runs)")
-    p.add_argument("--full-train", action="store_true",
-                   help="train on train + validation (all the labelled training data, as the published figures "
-                        "do) once settings were chosen on validation; the validation figure is then not held out")
+    p.add_argument(
+        "--full-train",
+        action="store_true",
+        help="train on train + validation (all the labelled training data, as the published figures "
+        "do) once settings were chosen on validation; the validation figure is then not held out",
+    )
     p.add_argument("--seed", type=int, help="seed for splits, sampling and training (default: settings)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", default="results.json", help="results JSON, written atomically")
@@ -78,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _quote(path) -> str:
     """A path as a quoted Hydra override value (spaces, '=' and quotes survive)."""
     text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(path))  # Hydra: escape quotes and the
-    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + "'"    # backslashes before them or the end
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + "'"  # backslashes before them or the end
 
 
 def compose_train(task: str, files: dict, args, home: Path, seed: int, model: str, epochs: int | None):
@@ -86,12 +102,20 @@ def compose_train(task: str, files: dict, args, home: Path, seed: int, model: st
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    overrides = [f"paths.home={_quote(home)}", f"task={task}", f"model={model}", "data=custom",
-                 f"data.train_file={_quote(files['train'])}", f"data.val_file={_quote(files['validation'])}",
-                 f"data.test_file={_quote(files['test'])}", f"labels.ontology={_quote(files['ontology'])}",
-                 f"labels.glossary={_quote(files['glossary'])}", f"seed={seed}",
-                 f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
-                 f"trainer.enable_progress_bar={str(sys.stderr.isatty()).lower()}"]
+    overrides = [
+        f"paths.home={_quote(home)}",
+        f"task={task}",
+        f"model={model}",
+        "data=custom",
+        f"data.train_file={_quote(files['train'])}",
+        f"data.val_file={_quote(files['validation'])}",
+        f"data.test_file={_quote(files['test'])}",
+        f"labels.ontology={_quote(files['ontology'])}",
+        f"labels.glossary={_quote(files['glossary'])}",
+        f"seed={seed}",
+        f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
+        f"trainer.enable_progress_bar={str(sys.stderr.isatty()).lower()}",
+    ]
     if task == "intent":  # single-turn data whose label book has no dialogue-management intents
         overrides += ["task.non_task_intents=[]", "task.stateless_intents=[]"]
     if epochs:
@@ -130,12 +154,17 @@ def train(bench, files: dict, args, home: Path, seed: int, model: str, epochs: i
     result = train_task(cfg, cfg.task, home / "runs" / bench.name, callbacks=[timer])
     wall = time.perf_counter() - start
     n = len(bench.splits["train"])
-    return {"epochs": int(epochs), "batch_size": int(cfg.task.batch_size), "train_wall_s": round(wall, 2),
-            "train_samples_per_s": round(n * epochs / wall, 2), "train_steps_s": round(timer.seconds, 2),
-            "train_step_samples_per_s": round(n * epochs / timer.seconds, 2) if timer.seconds else None,
-            "train_run_id": result.run_id,
-            "data_fingerprint": result.data_fingerprint,
-            "train_metrics": {k: round(v, 6) for k, v in result.metrics.items()}}, result
+    return {
+        "epochs": int(epochs),
+        "batch_size": int(cfg.task.batch_size),
+        "train_wall_s": round(wall, 2),
+        "train_samples_per_s": round(n * epochs / wall, 2),
+        "train_steps_s": round(timer.seconds, 2),
+        "train_step_samples_per_s": round(n * epochs / timer.seconds, 2) if timer.seconds else None,
+        "train_run_id": result.run_id,
+        "data_fingerprint": result.data_fingerprint,
+        "train_metrics": {k: round(v, 6) for k, v in result.metrics.items()},
+    }, result
 
 
 def _timed(fn, *a):
@@ -163,8 +192,11 @@ def evaluate_intent(bench, package: Path, device: str) -> dict:
         gold = bench.splits[split]
         preds, secs = _timed(predictor.predict, turn_records(gold, 0))
         pred = _with(gold, [{"intent": p["intent"]} for p in preds])
-        out[split] = {"examples": len(gold), "accuracy": intent_accuracy(gold, pred),
-                      "macro_f1": intent_macro_f1(gold, pred)}
+        out[split] = {
+            "examples": len(gold),
+            "accuracy": intent_accuracy(gold, pred),
+            "macro_f1": intent_macro_f1(gold, pred),
+        }
         if split == "test":
             out.update(inference_wall_s=round(secs, 2), inference_samples_per_s=round(len(gold) / secs, 2))
     return out
@@ -193,8 +225,13 @@ def evaluate_ner(bench, package: Path, device: str, labels: list[str]) -> dict:
         gold = bench.splits[split]
         spans, secs = _timed(predictor.predict, [d["turns"][0]["text"] for d in gold])
         per = entity_prf_per_label(gold, _with(gold, [{"entities": s} for s in spans]), labels)
-        out[split] = {"examples": len(gold), "slot_f1": per["micro"]["f1"], "slot_precision": per["micro"]["precision"],
-                      "slot_recall": per["micro"]["recall"], "slot_mentions": per["micro"]["support"]}
+        out[split] = {
+            "examples": len(gold),
+            "slot_f1": per["micro"]["f1"],
+            "slot_precision": per["micro"]["precision"],
+            "slot_recall": per["micro"]["recall"],
+            "slot_mentions": per["micro"]["support"],
+        }
         if split == "test":
             out["test"]["per_label"] = {k: v for k, v in per.items() if k != "micro"}
             ceiling = entity_prf_per_label(gold, _with(gold, tokenizer_ceiling(predictor, gold)), labels)
@@ -222,8 +259,7 @@ def subsample(bench, args, seed: int) -> None:
 
 def model_and_epochs(which: str, settings, args) -> tuple[str, int | None]:
     """The backbone config and epochs for one benchmark: the command line's, else the settings' (None: the task's)."""
-    return (args.model or settings[which].get("model") or "e5_small",
-            args.epochs or settings[which].get("epochs"))
+    return (args.model or settings[which].get("model") or "e5_small", args.epochs or settings[which].get("epochs"))
 
 
 def run_one(which: str, root: Path, settings, args, home: Path, work: Path, seed: int) -> dict:
@@ -237,22 +273,35 @@ def run_one(which: str, root: Path, settings, args, home: Path, work: Path, seed
         protocol += " --full-train: the validation examples are trained on too (validation figure not held out)."
     files = bench.write(work / bench.name)
     model, epochs = model_and_epochs(which, settings, args)
-    record = {"dataset": bench.name, "task": bench.task, "protocol": protocol, "model": model,
-              "validation_in_training": args.full_train,
-              "examples": {k: len(v) for k, v in bench.splits.items()},
-              "subset": bool(args.max_train or args.max_eval)}
+    record = {
+        "dataset": bench.name,
+        "task": bench.task,
+        "protocol": protocol,
+        "model": model,
+        "validation_in_training": args.full_train,
+        "examples": {k: len(v) for k, v in bench.splits.items()},
+        "subset": bool(args.max_train or args.max_eval),
+    }
     info, result = train(bench, files, args, home, seed, model, epochs)
     record.update(info)
     if bench.task == "intent":
         record.update(evaluate_intent(bench, result.package_dir, args.device))
-        record.update(metric="test accuracy (%)", value=100 * record["test"]["accuracy"],
-                      published=settings.banking77.published_accuracy, target=settings.banking77.target_accuracy)
+        record.update(
+            metric="test accuracy (%)",
+            value=100 * record["test"]["accuracy"],
+            published=settings.banking77.published_accuracy,
+            target=settings.banking77.target_accuracy,
+        )
     else:
         labels = LabelBook.load(files["ontology"]).entities
         record.update(evaluate_ner(bench, result.package_dir, args.device, labels))
         f1 = record["test"]["slot_f1"]
-        record.update(metric="test slot F1 micro (%)", value=None if f1 is None else 100 * f1,
-                      published=settings.nlupp.published_slot_f1, target=None)
+        record.update(
+            metric="test slot F1 micro (%)",
+            value=None if f1 is None else 100 * f1,
+            published=settings.nlupp.published_slot_f1,
+            target=None,
+        )
     if record["value"] is not None:
         record["value"] = round(record["value"], 2)
     return record
@@ -265,17 +314,20 @@ def _fmt(x) -> str:
 def report(results: dict) -> str:
     lines = [f"{'benchmark':<15}{'metric':<24}{'findial':>9}{'published':>11}{'target':>8}"]
     for r in results["benchmarks"].values():
-        lines.append(f"{r['dataset']:<15}{r['metric']:<24}{_fmt(r['value']):>9}{_fmt(r['published']):>11}"
-                     f"{_fmt(r['target']):>8}")
+        lines.append(
+            f"{r['dataset']:<15}{r['metric']:<24}{_fmt(r['value']):>9}{_fmt(r['published']):>11}{_fmt(r['target']):>8}"
+        )
     for r in results["benchmarks"].values():
         val = r["validation"].get("accuracy", r["validation"].get("slot_f1"))
-        lines.append(f"  {r['dataset']}: {r['model']}, {r['epochs']} epoch(s), train {r['examples']['train']} ex "
-                     f"in {r['train_wall_s']:.1f} s ({r['train_samples_per_s']:.1f} samples/s; "
-                     f"{_fmt(r['train_step_samples_per_s'])} in training steps); inference "
-                     f"{r['examples']['test']} ex in {r['inference_wall_s']:.2f} s "
-                     f"({r['inference_samples_per_s']:.1f} samples/s); validation {_fmt(None if val is None else 100 * val)}"
-                     + (" (trained on: not held out)" if r.get("validation_in_training") else "")
-                     + ("; SUBSET (--max-train/--max-eval): not comparable" if r["subset"] else ""))
+        lines.append(
+            f"  {r['dataset']}: {r['model']}, {r['epochs']} epoch(s), train {r['examples']['train']} ex "
+            f"in {r['train_wall_s']:.1f} s ({r['train_samples_per_s']:.1f} samples/s; "
+            f"{_fmt(r['train_step_samples_per_s'])} in training steps); inference "
+            f"{r['examples']['test']} ex in {r['inference_wall_s']:.2f} s "
+            f"({r['inference_samples_per_s']:.1f} samples/s); validation {_fmt(None if val is None else 100 * val)}"
+            + (" (trained on: not held out)" if r.get("validation_in_training") else "")
+            + ("; SUBSET (--max-train/--max-eval): not comparable" if r["subset"] else "")
+        )
     lines.append(f"total wall time {results['wall_s']:.1f} s")
     return "\n".join(lines)
 
@@ -295,11 +347,16 @@ def main(argv: list[str] | None = None) -> dict:
     seed = settings.seed if args.seed is None else args.seed
     start = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
-    results = {"command": shlex.join(["python", "benchmarks/public_benchmarks.py", *argv]),
-               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datasets_dir": str(root),
-               "seed": seed, "device": args.device, "git_commit": git_commit(),
-               "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
-               "benchmarks": {}}
+    results = {
+        "command": shlex.join(["python", "benchmarks/public_benchmarks.py", *argv]),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "datasets_dir": str(root),
+        "seed": seed,
+        "device": args.device,
+        "git_commit": git_commit(),
+        "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
+        "benchmarks": {},
+    }
     with tempfile.TemporaryDirectory(prefix="findial-bench-") as tmp:
         home = Path(args.home).resolve() if args.home else Path(tmp) / "home"
         home.mkdir(parents=True, exist_ok=True)

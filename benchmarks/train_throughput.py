@@ -20,6 +20,7 @@ tokenisation and validation excluded on both sides). With ``--repeats N`` the si
 the best run of each counts. Padding efficiency = real tokens / padded tokens in the batches trained on.
 Prints a table and the ratio findial / HF; ``--out FILE`` writes the figures as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,11 +81,26 @@ def prepare(cfg, data_file: str, max_samples: int, emotion: bool):
         meta["emotions"] = []
     backbone = resolve_backbone(meta["backbone"])
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
-    encode = partial(encode_intent, tokenizer, max_length=cfg.task.max_length, intents=meta["intents"],
-                     emotions=meta["emotions"], previous_intent=meta.get("previous_intent", False))
-    dm = TurnDataModule(data_file, data_file, encode, tokenizer, labelbook, glossary, batch_size=cfg.task.batch_size,
-                        context_turns=cfg.data.context_turns, seed=cfg.seed,
-                        bucket=cfg.data.get("length_bucketing", True))
+    encode = partial(
+        encode_intent,
+        tokenizer,
+        max_length=cfg.task.max_length,
+        intents=meta["intents"],
+        emotions=meta["emotions"],
+        previous_intent=meta.get("previous_intent", False),
+    )
+    dm = TurnDataModule(
+        data_file,
+        data_file,
+        encode,
+        tokenizer,
+        labelbook,
+        glossary,
+        batch_size=cfg.task.batch_size,
+        context_turns=cfg.data.context_turns,
+        seed=cfg.seed,
+        bucket=cfg.data.get("length_bucketing", True),
+    )
     dm.setup()
     n = min(max_samples, len(dm.train_features)) if max_samples else len(dm.train_features)
     dm.train_features = dm.train_features.select(range(n))
@@ -114,18 +130,35 @@ def run_findial(cfg, meta, backbone, dm, epochs: int) -> dict:
 
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(meta, backbone)
-    trainer = L.Trainer(max_epochs=epochs, accelerator=_device(cfg), devices=1, precision=cfg.trainer.precision,
-                        gradient_clip_val=cfg.trainer.gradient_clip_val, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, use_distributed_sampler=False, callbacks=[Timer()])
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator=_device(cfg),
+        devices=1,
+        precision=cfg.trainer.precision,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        callbacks=[Timer()],
+    )
     trainer.fit(module, datamodule=dm)
     return _figures(tokens, clock["end"] - clock["start"], epochs, len(dm.train_features))
 
 
 def run_hf(cfg, meta, backbone, tokenizer, dm, epochs: int, out_dir: Path) -> dict:
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
 
     set_seed(cfg.seed)
     lora = meta["lora"]
@@ -133,9 +166,18 @@ def run_hf(cfg, meta, backbone, tokenizer, dm, epochs: int, out_dir: Path) -> di
     n_layers = model.config.num_hidden_layers
     top = lora.get("top_layers")
     layers = list(range(n_layers - top, n_layers)) if top and top < n_layers else None
-    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lora["r"], lora_alpha=lora["alpha"],
-                                             lora_dropout=lora["dropout"], target_modules=list(lora["target_modules"]),
-                                             layers_to_transform=layers, bias="none"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=list(lora["target_modules"]),
+            layers_to_transform=layers,
+            bias="none",
+        ),
+    )
     keep = ["input_ids", "attention_mask", "intent_label"]
     train = dm.train_features.remove_columns([c for c in dm.train_features.column_names if c not in keep])
     train = train.rename_column("intent_label", "labels")
@@ -160,15 +202,26 @@ def run_hf(cfg, meta, backbone, tokenizer, dm, epochs: int, out_dir: Path) -> di
 
     steps = -(-len(train) // cfg.task.batch_size) * epochs
     precision = str(cfg.trainer.precision)
-    args = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=cfg.task.batch_size,
-                             num_train_epochs=epochs, learning_rate=meta["optim"]["lr"],
-                             weight_decay=meta["optim"].get("weight_decay", 0.0),
-                             warmup_steps=int(steps * meta["optim"].get("warmup_ratio", 0.0)),
-                             max_grad_norm=cfg.trainer.gradient_clip_val or 0.0, seed=cfg.seed,
-                             use_cpu=_device(cfg) == "cpu", bf16=precision.startswith("bf16"),
-                             fp16=precision.startswith("16"), report_to=[], save_strategy="no",
-                             eval_strategy="no", logging_strategy="no", disable_tqdm=True,
-                             dataloader_num_workers=0, remove_unused_columns=False)
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=cfg.task.batch_size,
+        num_train_epochs=epochs,
+        learning_rate=meta["optim"]["lr"],
+        weight_decay=meta["optim"].get("weight_decay", 0.0),
+        warmup_steps=int(steps * meta["optim"].get("warmup_ratio", 0.0)),
+        max_grad_norm=cfg.trainer.gradient_clip_val or 0.0,
+        seed=cfg.seed,
+        use_cpu=_device(cfg) == "cpu",
+        bf16=precision.startswith("bf16"),
+        fp16=precision.startswith("16"),
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
     Trainer(model=model, args=args, train_dataset=train, data_collator=collate, callbacks=[Timer()]).train()
     return _figures(tokens, clock["end"] - clock["start"], epochs, len(train))
 
@@ -179,9 +232,14 @@ def _sync() -> None:
 
 
 def _figures(tokens: _Tokens, seconds: float, epochs: int, n: int) -> dict:
-    return {"samples": n * epochs, "seconds": round(seconds, 3), "samples_per_s": round(n * epochs / seconds, 2),
-            "batches_samples": tokens.samples, "padding_efficiency": round(tokens.real / max(1, tokens.padded), 4),
-            "padded_tokens": tokens.padded}
+    return {
+        "samples": n * epochs,
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(n * epochs / seconds, 2),
+        "batches_samples": tokens.samples,
+        "padding_efficiency": round(tokens.real / max(1, tokens.padded), 4),
+        "padded_tokens": tokens.padded,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,9 +272,11 @@ def main(argv: list[str] | None = None) -> int:
             runs["hf_trainer"].append(run_hf(cfg, meta, backbone, tokenizer, dm, a.epochs, Path(tmp) / str(i)))
     best = {k: max(v, key=lambda r: r["samples_per_s"]) for k, v in runs.items()}
     ratio = best["findial"]["samples_per_s"] / best["hf_trainer"]["samples_per_s"]
-    print(f"\nmodel={a.model} turns={len(dm.train_features)} epochs={a.epochs} batch={cfg.task.batch_size} "
-          f"max_length={cfg.task.max_length} lora r={meta['lora']['r']} device={_device(cfg)} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"\nmodel={a.model} turns={len(dm.train_features)} epochs={a.epochs} batch={cfg.task.batch_size} "
+        f"max_length={cfg.task.max_length} lora r={meta['lora']['r']} device={_device(cfg)} "
+        f"threads={torch.get_num_threads()}"
+    )
     print(f"{'':12} {'samples/s':>10} {'seconds':>9} {'padding eff.':>13}")
     for name, r in best.items():
         print(f"{name:12} {r['samples_per_s']:>10.2f} {r['seconds']:>9.2f} {r['padding_efficiency']:>13.3f}")
@@ -224,11 +284,24 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         from findial.tracking import atomic_write_text
 
-        report = {"model": a.model, "data": str(data), "turns": len(dm.train_features), "epochs": a.epochs,
-                  "batch_size": cfg.task.batch_size, "max_length": cfg.task.max_length, "lora": meta["lora"],
-                  "device": _device(cfg), "threads": torch.get_num_threads(), "machine": platform.machine(),
-                  "python": sys.version.split()[0], "torch": torch.__version__, "runs": runs, "best": best,
-                  "ratio": round(ratio, 3), "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])}
+        report = {
+            "model": a.model,
+            "data": str(data),
+            "turns": len(dm.train_features),
+            "epochs": a.epochs,
+            "batch_size": cfg.task.batch_size,
+            "max_length": cfg.task.max_length,
+            "lora": meta["lora"],
+            "device": _device(cfg),
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "runs": runs,
+            "best": best,
+            "ratio": round(ratio, 3),
+            "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        }
         atomic_write_text(a.out, json.dumps(report, indent=2))
     return 0
 

@@ -21,6 +21,7 @@ Protocols (seeded, documented in each ``Benchmark.protocol``):
   ``intent`` is the placeholder ``nlupp_multi_label`` and the gold intent set is
   kept in the turn's extra field ``intents``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -104,9 +105,12 @@ def write_labelbook(ontology: dict, out_dir: str | Path, header: str = "") -> di
     out = Path(out_dir)
     comment = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
     body = yaml.safe_dump(ontology, sort_keys=False, allow_unicode=True, width=120)
-    return {"ontology": atomic_write_text(out / "ontology.yaml", comment + body),
-            "glossary": atomic_write_text(out / "glossary.yaml", "# No glossary terms: no terminology labels.\n"
-                                                                 "version: 1\nterms: []\n")}
+    return {
+        "ontology": atomic_write_text(out / "ontology.yaml", comment + body),
+        "glossary": atomic_write_text(
+            out / "glossary.yaml", "# No glossary terms: no terminology labels.\nversion: 1\nterms: []\n"
+        ),
+    }
 
 
 def _dialogue(did: str, text: str, intent: str, entities: list[dict], **extra) -> dict:
@@ -126,7 +130,7 @@ def split_off(items: list, fraction: float, seed: int, key: Callable | None = No
     for name in sorted(groups, key=str):
         idx = groups[name][:]
         rng.shuffle(idx)
-        held.update(idx[:max(1, round(len(idx) * fraction))] if len(idx) > 1 else [])
+        held.update(idx[: max(1, round(len(idx) * fraction))] if len(idx) > 1 else [])
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
@@ -157,6 +161,7 @@ def intent_of(dialogue: dict) -> str:
 
 
 # ------------------------------------------------------------------ BANKING77
+
 
 def _read_banking77_csv(path: Path, intents: set[str], split: str) -> list[dict]:
     problems, out = [], []
@@ -190,20 +195,38 @@ def load_banking77(root: str | Path, val_fraction: float = 0.1, seed: int = 13) 
         intents = json.loads(cats_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BenchmarkDataError([f"{cats_path}: cannot read the intent list: {exc}"]) from exc
-    if not isinstance(intents, list) or not all(isinstance(i, str) for i in intents) or len(set(intents)) != len(intents):
+    if (
+        not isinstance(intents, list)
+        or not all(isinstance(i, str) for i in intents)
+        or len(set(intents)) != len(intents)
+    ):
         raise BenchmarkDataError([f"{cats_path}: expected a JSON list of distinct intent names"])
     train = _read_banking77_csv(base / "train.csv", set(intents), "train")
     test = _read_banking77_csv(base / "test.csv", set(intents), "test")
     train, val = split_off(train, val_fraction, seed, key=intent_of)
-    ontology = {"version": 1, "languages": ["en"], "intents": [{"name": i, "domain": "banking77"} for i in intents],
-                "entities": [], "emotions": []}
-    protocol = (f"BANKING77: official test.csv as test; {val_fraction:.0%} of train.csv held out as validation "
-                f"(stratified per intent, seed {seed}).")
-    return Benchmark("banking77", {"train": train, "validation": val, "test": test}, ontology, protocol, "intent",
-                     info={"intents": len(intents)})
+    ontology = {
+        "version": 1,
+        "languages": ["en"],
+        "intents": [{"name": i, "domain": "banking77"} for i in intents],
+        "entities": [],
+        "emotions": [],
+    }
+    protocol = (
+        f"BANKING77: official test.csv as test; {val_fraction:.0%} of train.csv held out as validation "
+        f"(stratified per intent, seed {seed})."
+    )
+    return Benchmark(
+        "banking77",
+        {"train": train, "validation": val, "test": test},
+        ontology,
+        protocol,
+        "intent",
+        info={"intents": len(intents)},
+    )
 
 
 # ------------------------------------------------------------------ NLU++ (banking)
+
 
 def _slot_label(slot: str) -> str:
     return SLOT_LABELS.get(slot, slot.upper())
@@ -234,17 +257,30 @@ def _read_nlupp_fold(path: Path, fold: int, slots: set[str], intents: set[str]) 
             span = value.get("span") if isinstance(value, dict) else None
             if slot not in slots:
                 problems.append(f"{where}.slots.{slot}: not a banking slot of ontology.json")
-            elif not (isinstance(span, list) and len(span) == 2 and all(isinstance(s, int) for s in span)
-                      and 0 <= span[0] < span[1] <= len(text)):
+            elif not (
+                isinstance(span, list)
+                and len(span) == 2
+                and all(isinstance(s, int) for s in span)
+                and 0 <= span[0] < span[1] <= len(text)
+            ):
                 problems.append(f"{where}.slots.{slot}.span: {span!r} is not a range [start, end) inside the text")
-            elif text[span[0]:span[1]] != value.get("text"):
-                problems.append(f"{where}.slots.{slot}.span: text[{span[0]}:{span[1]}] is "
-                                f"{text[span[0]:span[1]]!r}, the slot text is {value.get('text')!r}")
+            elif text[span[0] : span[1]] != value.get("text"):
+                problems.append(
+                    f"{where}.slots.{slot}.span: text[{span[0]}:{span[1]}] is "
+                    f"{text[span[0] : span[1]]!r}, the slot text is {value.get('text')!r}"
+                )
             else:
                 entities.append({"start": span[0], "end": span[1], "label": _slot_label(slot)})
         entities.sort(key=lambda e: (e["start"], e["end"]))
-        out.append(_dialogue(f"nlupp-banking-f{fold:02d}-{i:04d}", text, NLUPP_PLACEHOLDER_INTENT, entities,
-                             intents=list(gold_intents)))
+        out.append(
+            _dialogue(
+                f"nlupp-banking-f{fold:02d}-{i:04d}",
+                text,
+                NLUPP_PLACEHOLDER_INTENT,
+                entities,
+                intents=list(gold_intents),
+            )
+        )
     if problems:
         raise BenchmarkDataError(problems)
     return out
@@ -262,20 +298,36 @@ def load_nlupp_folds(root: str | Path) -> tuple[dict[int, list[dict]], dict]:
         raise BenchmarkDataError([f"{onto_path}: cannot read intents/slots with their domains: {exc!r}"]) from exc
     folds = {f: _read_nlupp_fold(base / f"fold{f}.json", f, set(slots), set(intents)) for f in range(NLUPP_FOLDS)}
     ontology = {
-        "version": 1, "languages": ["en"],
-        "intents": [{"name": NLUPP_PLACEHOLDER_INTENT, "domain": "placeholder",
-                     "description": "NLU++ intents are multi-label; the gold set is in each turn's `intents`"}]
-        + [{"name": k, "domain": "/".join(v["domain"]), "description": v.get("description", "")}
-           for k, v in intents.items()],
-        "entities": [{"name": _slot_label(s), "slot": s, "terminology": False,
-                      **({"pii": True} if _slot_label(s) in PII_ENTITY_LABELS else {})} for s in slots],
+        "version": 1,
+        "languages": ["en"],
+        "intents": [
+            {
+                "name": NLUPP_PLACEHOLDER_INTENT,
+                "domain": "placeholder",
+                "description": "NLU++ intents are multi-label; the gold set is in each turn's `intents`",
+            }
+        ]
+        + [
+            {"name": k, "domain": "/".join(v["domain"]), "description": v.get("description", "")}
+            for k, v in intents.items()
+        ],
+        "entities": [
+            {
+                "name": _slot_label(s),
+                "slot": s,
+                "terminology": False,
+                **({"pii": True} if _slot_label(s) in PII_ENTITY_LABELS else {}),
+            }
+            for s in slots
+        ],
         "emotions": [],
     }
     return folds, ontology
 
 
-def load_nlupp_banking(root: str | Path, test_folds: Iterable[int] = (0, 1), val_fraction: float = 0.1,
-                       seed: int = 13) -> Benchmark:
+def load_nlupp_banking(
+    root: str | Path, test_folds: Iterable[int] = (0, 1), val_fraction: float = 0.1, seed: int = 13
+) -> Benchmark:
     """NLU++ banking (Casanueva et al., 2022) for slot labelling: train on 18 folds, test on ``test_folds``."""
     test_folds = sorted(set(int(f) for f in test_folds))
     bad = [f for f in test_folds if not 0 <= f < NLUPP_FOLDS]
@@ -286,8 +338,16 @@ def load_nlupp_banking(root: str | Path, test_folds: Iterable[int] = (0, 1), val
     test = [d for f in test_folds for d in folds[f]]
     train, val = split_off(train, val_fraction, seed)
     train_folds = NLUPP_FOLDS - len(test_folds)
-    protocol = (f"NLU++ banking, 'large' regime of the authors' data_loader.py: train on {train_folds} folds, "
-                f"test on folds {test_folds}; {val_fraction:.0%} of the training folds held out as validation "
-                f"(seed {seed}). Slots -> entities; intents are multi-label (not scored).")
-    return Benchmark("nlupp-banking", {"train": train, "validation": val, "test": test}, ontology, protocol, "ner",
-                     info={"test_folds": test_folds, "examples": sum(len(v) for v in folds.values())})
+    protocol = (
+        f"NLU++ banking, 'large' regime of the authors' data_loader.py: train on {train_folds} folds, "
+        f"test on folds {test_folds}; {val_fraction:.0%} of the training folds held out as validation "
+        f"(seed {seed}). Slots -> entities; intents are multi-label (not scored)."
+    )
+    return Benchmark(
+        "nlupp-banking",
+        {"train": train, "validation": val, "test": test},
+        ontology,
+        protocol,
+        "ner",
+        info={"test_folds": test_folds, "examples": sum(len(v) for v in folds.values())},
+    )

@@ -4,6 +4,7 @@ The format is specified in ``data/spec/corpus-format.md``. Every problem is
 reported with the file, the line and the field; a file with any bad record is
 rejected as a whole (never silently dropped, never half-loaded).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -151,8 +152,12 @@ class _Checker:
                 self.fail(f"{f}.{slot}", f"unknown state slot {slot!r}")
             elif not isinstance(value, str):
                 self.fail(f"{f}.{slot}", "value must be a string")
-            elif self.lb and self.gl and self.lb.state_slots[slot] in self.lb.terminology_labels \
-                    and value not in self.gl.terms:
+            elif (
+                self.lb
+                and self.gl
+                and self.lb.state_slots[slot] in self.lb.terminology_labels
+                and value not in self.gl.terms
+            ):
                 self.fail(f"{f}.{slot}", f"unknown glossary term {value!r}")
 
 
@@ -183,8 +188,9 @@ def json_lines(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterab
                 yield lineno, None, "not valid JSON: nested too deeply"
 
 
-def load_corpus(path: str | Path, labelbook: LabelBook | None = None, glossary: Glossary | None = None,
-                require_nlu: bool = True) -> list[dict]:
+def load_corpus(
+    path: str | Path, labelbook: LabelBook | None = None, glossary: Glossary | None = None, require_nlu: bool = True
+) -> list[dict]:
     """Read and validate one JSON Lines corpus file; raise CorpusError listing every problem."""
     path = Path(path)
     if not path.is_file():
@@ -275,16 +281,24 @@ def turn_records(dialogues: list[dict], context_turns: int = 3, non_task_intents
         previous_intent = None
         for i, t in enumerate(d["turns"]):
             if t["speaker"] == "user":
-                rows.append({
-                    "dialogue_id": d["id"], "turn_index": i, "lang": d["lang"], "branch": d.get("branch", ""),
-                    "text": t["text"],
-                    "context": [f"{s}: {x}" for s, x in history[-context_turns:]] if context_turns else [],
-                    "intent": t.get("intent"), "emotion": t.get("emotion"),
-                    "entities": [{"start": e["start"], "end": e["end"], "label": e["label"],
-                                  "term_id": e.get("term_id")} for e in t.get("entities") or []],
-                    "state": dict(t.get("state") or {}),
-                    "previous_intent": previous_intent,
-                })
+                rows.append(
+                    {
+                        "dialogue_id": d["id"],
+                        "turn_index": i,
+                        "lang": d["lang"],
+                        "branch": d.get("branch", ""),
+                        "text": t["text"],
+                        "context": [f"{s}: {x}" for s, x in history[-context_turns:]] if context_turns else [],
+                        "intent": t.get("intent"),
+                        "emotion": t.get("emotion"),
+                        "entities": [
+                            {"start": e["start"], "end": e["end"], "label": e["label"], "term_id": e.get("term_id")}
+                            for e in t.get("entities") or []
+                        ],
+                        "state": dict(t.get("state") or {}),
+                        "previous_intent": previous_intent,
+                    }
+                )
                 previous_intent = dialogue_task([previous_intent, t.get("intent")], non_task_intents)
             history.append((t["speaker"], t["text"]))
     return rows

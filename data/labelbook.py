@@ -4,6 +4,7 @@ Both are plain YAML files (see ``data/spec``); the bundled ones are the default,
 a user may point the config at their own. Nothing else in findial hard-codes a
 label name.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -64,8 +65,11 @@ class Glossary:
             if t["id"] in terms:
                 raise LabelBookError(f"{path}: terms[{i}].id: duplicate term id {t['id']!r}")
             terms[t["id"]] = Term(
-                id=t["id"], label=t["label"], domain=t.get("domain", "general"),
-                zh=t["zh"], en=t["en"],
+                id=t["id"],
+                label=t["label"],
+                domain=t.get("domain", "general"),
+                zh=t["zh"],
+                en=t["en"],
                 zh_aliases=tuple(t.get("zh_aliases") or ()),
                 en_aliases=tuple(t.get("en_aliases") or ()),
             )
@@ -81,7 +85,8 @@ class Glossary:
                 owner = index.setdefault(key, term.id)
                 if owner != term.id:
                     raise LabelBookError(
-                        f"{self.path}: surface form {form!r} listed under both {owner!r} and {term.id!r}")
+                        f"{self.path}: surface form {form!r} listed under both {owner!r} and {term.id!r}"
+                    )
         return index
 
     def lookup(self, surface: str) -> str | None:
@@ -126,11 +131,16 @@ class LabelBook:
                 raise LabelBookError(f"{path}: state_slots.{slot}.from: unknown entity label {label!r}")
         flags = {e["name"]: e for e in ents if isinstance(e, dict)}
         return cls(
-            intents=intents, entities=entities, emotions=emotions, state_slots=slots,
+            intents=intents,
+            entities=entities,
+            emotions=emotions,
+            state_slots=slots,
             terminology_labels=frozenset(n for n, e in flags.items() if e.get("terminology")),
             pii_labels=frozenset(n for n, e in flags.items() if e.get("pii")),
             intent_domains={i["name"]: i.get("domain", "") for i in raw["intents"] if isinstance(i, dict)},
-            languages=tuple(raw.get("languages") or ()), version=raw.get("version"), path=path,
+            languages=tuple(raw.get("languages") or ()),
+            version=raw.get("version"),
+            path=path,
         )
 
     @cached_property

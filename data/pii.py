@@ -27,6 +27,7 @@ placeholders have none, so masking is idempotent. Of overlapping spans the
 tagged entity wins, then the rule listed first above (so the e-mail
 13812345678@163.com is one EMAIL, +8613812345678 one PHONE).
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,6 +45,7 @@ PII_LABELS = frozenset({"CARD_NUMBER", "PHONE", "ID_NUMBER", "PERSON", "EMAIL"})
 @dataclass(frozen=True, order=True)
 class Span:
     """A PII span ``[start, end)`` in the original text."""
+
     start: int
     end: int
     label: str
@@ -51,6 +53,7 @@ class Span:
 
 class Edit(NamedTuple):
     """One replacement: ``text[old_start:old_end]`` became ``masked[new_start:new_end]``."""
+
     old_start: int
     old_end: int
     new_start: int
@@ -100,25 +103,36 @@ def _id(s: str) -> str:
 
 def _intl(s: str) -> str:
     """At most 15 digits after + or 00 (E.164): drop trailing groups, e.g. a year said after it."""
+
     def count(x: str) -> int:
         return len(_strip(x)) - 2 * x.startswith("00")
+
     cut = s
     while count(cut) > 15:
         cut = re.sub(r"[ -]?\(?\d{1,4}\)?$", "", cut)
-    return cut if count(cut) >= 8 and not s[len(cut):len(cut) + 1].isdigit() else ""
+    return cut if count(cut) >= 8 and not s[len(cut) : len(cut) + 1].isdigit() else ""
 
 
 _A = re.ASCII  # the patterns run on the NFKC view, where digits are ASCII
 _DETECTORS = (  # (label, pattern, check); the earlier wins an overlap
     ("EMAIL", re.compile(r"(?<![\w.%+-])[\w.%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![\w-])", _A), None),
     ("ID_NUMBER", re.compile(r"(?<!\d)(?<!\d\.)\d{6}([ -]?)\d{8}\1\d{3}[\dXx](?![\dXx])", _A), _id),
-    ("PHONE", re.compile(r"(?<![\d+])(?<!\d\.)(?:(?:\+|00)86[ -]?|\(\+?86\)[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)", _A), None),
+    (
+        "PHONE",
+        re.compile(r"(?<![\d+])(?<!\d\.)(?:(?:\+|00)86[ -]?|\(\+?86\)[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)", _A),
+        None,
+    ),
     ("PHONE", re.compile(r"(?<![\d+-])0\d{2,3}-\d{7,8}(?![\d-])", _A), None),
     ("PHONE", re.compile(r"(?<![\w+])(?<!\d\.)(?:\+|00)[1-9]\d{0,2}(?:[ -]?\(?\d{1,4}\)?){2,5}(?!\d)", _A), _intl),
     ("CARD_NUMBER", re.compile(r"(?<!\d)(?<!\d\.)\d{13,19}(?![\dXx])", _A), _card),
-    ("CARD_NUMBER", re.compile(
-        r"(?<!\d)(?<!\d[ -])(?:\d{4}([ -])\d{4}(?:\1\d{4}){1,3}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{5})(?![ -]?\d)", _A),
-     _card),
+    (
+        "CARD_NUMBER",
+        re.compile(
+            r"(?<!\d)(?<!\d[ -])(?:\d{4}([ -])\d{4}(?:\1\d{4}){1,3}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{5})(?![ -]?\d)",
+            _A,
+        ),
+        _card,
+    ),
 )
 
 
@@ -178,7 +192,7 @@ class PIIMasker:
         out, edits, pos, shift = [], [], 0, 0
         for sp in self.find(text, entities):
             ph = f"[{sp.label}]"
-            out += [text[pos:sp.start], ph]
+            out += [text[pos : sp.start], ph]
             edits.append(Edit(sp.start, sp.end, sp.start + shift, sp.start + shift + len(ph), sp.label))
             shift += len(ph) - (sp.end - sp.start)
             pos = sp.end
@@ -231,8 +245,12 @@ def mask_record(record: dict, masker: PIIMasker | None = None) -> dict:
     masker = masker or default_masker()
     out = copy.deepcopy(record)
     turns = [t for t in out.get("turns") or [] if isinstance(t, dict)]
-    known = {t["text"][e["start"]:e["end"]]: e["label"] for t in turns for e in t.get("entities") or []
-             if e.get("label") in masker.pii_labels and isinstance(t.get("text"), str)}
+    known = {
+        t["text"][e["start"] : e["end"]]: e["label"]
+        for t in turns
+        for e in t.get("entities") or []
+        if e.get("label") in masker.pii_labels and isinstance(t.get("text"), str)
+    }
     known.pop("", None)
     for turn in turns:
         text, ents = turn.get("text"), turn.get("entities") or []
@@ -253,8 +271,10 @@ def mask_record(record: dict, masker: PIIMasker | None = None) -> dict:
             if "entities" in turn:
                 turn["entities"] = new_ents
         if isinstance(turn.get("state"), dict):
-            turn["state"] = {k: masker.mask(v, _literal_entities(v, known)) if isinstance(v, str)
-                             else redact_json(v, masker) for k, v in turn["state"].items()}
+            turn["state"] = {
+                k: masker.mask(v, _literal_entities(v, known)) if isinstance(v, str) else redact_json(v, masker)
+                for k, v in turn["state"].items()
+            }
     return out
 
 
@@ -321,10 +341,12 @@ def install_log_redaction(masker: PIIMasker | None = None) -> None:
     _log_masker = masker or _log_masker or default_masker()
     current = logging.getLogRecordFactory()
     if not getattr(current, "_findial_pii", False):
+
         def factory(*args, **kwargs):
             record = current(*args, **kwargs)
             _redact_record(record, _log_masker)
             return record
+
         factory._findial_pii, factory._wrapped = True, current
         logging.setLogRecordFactory(factory)
     for handler in [*logging.getLogger().handlers, logging.lastResort]:

@@ -23,6 +23,7 @@ without ``stands`` always stand.
 
 Nothing here names a label: the tracker is driven entirely by the label book.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -47,7 +48,7 @@ class DialogueStateTracker:
     def value_of(self, ent: Mapping, text: str) -> str | None:
         """The slot value a mention gives: its ``term_id`` for a terminology label (None for an unknown
         surface form: never guess a term), else its surface text."""
-        return ent.get("term_id") if ent["label"] in self._term_labels else text[ent["start"]:ent["end"]]
+        return ent.get("term_id") if ent["label"] in self._term_labels else text[ent["start"] : ent["end"]]
 
     def update(self, state: Mapping[str, str], entities: Iterable[Mapping], text: str) -> dict:
         """The state after one user turn; ``state`` is left untouched."""

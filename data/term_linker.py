@@ -20,6 +20,7 @@ When a label is given only terms of that label are candidates, for exact look-up
 too: a term id of another label would contradict the mention's label.
 Pure Python; candidate lists are built once per label and results are cached.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,6 +50,7 @@ class LinkResult:
 
 def variant_key(surface: str) -> str:
     """Generic zh/en normal form: folded, Latin plurals reduced, spaces and hyphens dropped."""
+
     def singular(m: re.Match) -> str:
         w = m.group(0)
         if w.endswith("ies"):
@@ -56,6 +58,7 @@ def variant_key(surface: str) -> str:
         if w.endswith("s") and not w.endswith("ss"):
             return w[:-1]
         return w
+
     return _LATIN_WORD.sub(singular, fold(surface)).replace(" ", "")
 
 
@@ -90,13 +93,13 @@ def _pinyin(key: str) -> str | None:
 
 
 class TermLinker:
-    def __init__(self, glossary: Glossary, min_score: float = 0.8,
-                 labelbook: LabelBook | None = None):
+    def __init__(self, glossary: Glossary, min_score: float = 0.8, labelbook: LabelBook | None = None):
         self.glossary = glossary
         self.min_score = min_score
         # labels whose mentions carry a term_id: from the label book, else the glossary's own
-        self.labels = frozenset(labelbook.terminology_labels if labelbook is not None
-                                else (t.label for t in glossary.terms.values()))
+        self.labels = frozenset(
+            labelbook.terminology_labels if labelbook is not None else (t.label for t in glossary.terms.values())
+        )
         self._variants: dict[str, str | None] = {}  # variant key -> id (None: ambiguous)
         self._candidates: dict[str | None, list[tuple[str, Counter, str | None, str]]] = {None: []}
         seen: set[tuple[str, str]] = set()
@@ -131,8 +134,11 @@ class TermLinker:
             # cheap bound: edits >= longer length - shared characters (multiset)
             shared = sum(min(n, cand_chars[c]) for c, n in chars.items())
             longest = max(len(key), len(cand_key))
-            score = (similarity(key, cand_key, self.min_score)
-                     if 1.0 - (longest - shared) / longest >= self.min_score - 1e-9 else 0.0)
+            score = (
+                similarity(key, cand_key, self.min_score)
+                if 1.0 - (longest - shared) / longest >= self.min_score - 1e-9
+                else 0.0
+            )
             if py and cand_py:
                 score = max(score, similarity(py, cand_py, self.min_score))
             if score > best:
@@ -154,7 +160,7 @@ class TermLinker:
         for ent in entities:
             ent = dict(ent)
             if ent["label"] in self.labels:
-                res = self.link(text[ent["start"]:ent["end"]], ent["label"])
+                res = self.link(text[ent["start"] : ent["end"]], ent["label"])
                 ent.pop("term_id", None)
                 if res.term_id is None:
                     unknown.append(res)

@@ -15,6 +15,7 @@ A single English word not written in capitals ("check", "funds", "wire",
 over it. Chinese forms, phrases and acronyms ("ETF", "LPR") need no such support,
 nor do the common words a training split always tags (``settled_forms``).
 """
+
 from __future__ import annotations
 
 import re
@@ -96,7 +97,7 @@ def settled_forms(dialogues, matcher: GlossaryMatcher, min_count: int = 5) -> li
             gold = {(e["start"], e["end"], e.get("term_id")) for e in turn.get("entities") or []}
             for m in matcher.find(turn["text"]):
                 if m.common:
-                    form = folded_view(turn["text"][m.start:m.end])[0]
+                    form = folded_view(turn["text"][m.start : m.end])[0]
                     seen[form] = seen.get(form, 0) + 1
                     if (m.start, m.end, m.term_id) not in gold:
                         broken.add(form)
@@ -136,8 +137,9 @@ def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
 
-def merge_terms(text: str, model_entities: list[dict], matches: list[TermMatch], terminology_labels,
-                mode: str = "glossary") -> list[dict]:
+def merge_terms(
+    text: str, model_entities: list[dict], matches: list[TermMatch], terminology_labels, mode: str = "glossary"
+) -> list[dict]:
     """The model's entities with listed glossary forms put in for terminology mentions.
 
     mode ``glossary``: every listed form found is a mention (a ``common`` one only where the model tagged a
@@ -157,9 +159,16 @@ def merge_terms(text: str, model_entities: list[dict], matches: list[TermMatch],
         over = [e for e in model_entities if _overlaps(_span(e), (m.start, m.end))]
         if (mode == "confirmed" or m.common) and not any(e["label"] in terminology_labels for e in over):
             continue
-        accepted.append({"start": m.start, "end": m.end, "label": m.label, "term_id": m.term_id,
-                         "confidence": min((e.get("confidence", 1.0) for e in over), default=1.0),
-                         "source": "glossary"})
+        accepted.append(
+            {
+                "start": m.start,
+                "end": m.end,
+                "label": m.label,
+                "term_id": m.term_id,
+                "confidence": min((e.get("confidence", 1.0) for e in over), default=1.0),
+                "source": "glossary",
+            }
+        )
         stands = [e["stands"] for e in over if "stands" in e]
         if stands:
             accepted[-1]["stands"] = min(stands)

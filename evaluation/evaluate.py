@@ -1,4 +1,5 @@
 """`findial eval`: score an NLU bundle on any corpus file; JSON, Markdown and HTML reports, plots; MLflow; registry tags."""
+
 from __future__ import annotations
 
 import json
@@ -44,13 +45,26 @@ def error_rows(gold: list[dict], pred: list[dict], limit: int = 2000) -> list[di
                 continue
             gold_ents = sorted((e["start"], e["end"], e["label"], e.get("term_id")) for e in gt.get("entities", []))
             pred_ents = sorted((e["start"], e["end"], e["label"], e.get("term_id")) for e in pt.get("entities", []))
-            if gt.get("intent") == pt.get("intent") and gold_ents == pred_ents and \
-                    gt.get("state", {}) == pt.get("state", {}):
+            if (
+                gt.get("intent") == pt.get("intent")
+                and gold_ents == pred_ents
+                and gt.get("state", {}) == pt.get("state", {})
+            ):
                 continue
-            rows.append({"dialogue_id": g["id"], "lang": g["lang"], "text": masker.mask(gt["text"], gt.get("entities")),
-                         "gold_intent": gt.get("intent"), "pred_intent": pt.get("intent"),
-                         "confidence": pt.get("confidence"), "gold_entities": gold_ents, "pred_entities": pred_ents,
-                         "gold_state": gt.get("state"), "pred_state": pt.get("state")})
+            rows.append(
+                {
+                    "dialogue_id": g["id"],
+                    "lang": g["lang"],
+                    "text": masker.mask(gt["text"], gt.get("entities")),
+                    "gold_intent": gt.get("intent"),
+                    "pred_intent": pt.get("intent"),
+                    "confidence": pt.get("confidence"),
+                    "gold_entities": gold_ents,
+                    "pred_entities": pred_ents,
+                    "gold_state": gt.get("state"),
+                    "pred_state": pt.get("state"),
+                }
+            )
             if len(rows) >= limit:
                 return rows
     return rows
@@ -59,6 +73,7 @@ def error_rows(gold: list[dict], pred: list[dict], limit: int = 2000) -> list[di
 @dataclass
 class Predictions:
     """A model's predictions on a corpus file, with what a report needs to say where they came from."""
+
     model_ref: str
     registered: tuple[str, str] | None
     labelbook: LabelBook
@@ -85,8 +100,9 @@ def predict(model_ref: str, data_file: str | Path, eval_set: str | None = None, 
         t0 = time.perf_counter()
         pred = nlu.predict_dialogues(gold)
         seconds = time.perf_counter() - t0
-    return Predictions(model_ref, registered, labelbook, gold, pred, str(data_file), data_fp,
-                       eval_set or Path(data_file).stem, seconds)
+    return Predictions(
+        model_ref, registered, labelbook, gold, pred, str(data_file), data_fp, eval_set or Path(data_file).stem, seconds
+    )
 
 
 def build_report(p: Predictions, gates: dict[str, float]) -> dict:
@@ -95,16 +111,22 @@ def build_report(p: Predictions, gates: dict[str, float]) -> dict:
     breakdowns = {"lang": tables.breakdown(p.gold, p.pred, p.labelbook, "lang", gates)}
     if any(d.get("branch") for d in p.gold):
         breakdowns["branch"] = tables.breakdown(p.gold, p.pred, p.labelbook, "branch", gates)
-    return {"model": p.model_ref, "registered": list(p.registered) if p.registered else None,
-            "eval_set": p.eval_set, "data_file": p.data_file, "data_fingerprint": p.data_fingerprint,
-            "metrics": metrics, "gates": gate_check.check(gates, metrics),
-            "prediction_seconds": round(p.seconds, 2),
-            "turns_per_second": round(metrics.get("n_user_turns", 0) / max(p.seconds, 1e-9), 1),
-            "intents": tables.intent_table(p.gold, p.pred, p.labelbook),
-            "confidence": tables.confidence_summary(p.gold, p.pred),
-            "confusion": tables.intent_confusion(p.gold, p.pred, p.labelbook),
-            "breakdowns": breakdowns,
-            "multi_turn": multi_turn_breakdown(p.gold, p.pred, list(p.labelbook.state_slots))}
+    return {
+        "model": p.model_ref,
+        "registered": list(p.registered) if p.registered else None,
+        "eval_set": p.eval_set,
+        "data_file": p.data_file,
+        "data_fingerprint": p.data_fingerprint,
+        "metrics": metrics,
+        "gates": gate_check.check(gates, metrics),
+        "prediction_seconds": round(p.seconds, 2),
+        "turns_per_second": round(metrics.get("n_user_turns", 0) / max(p.seconds, 1e-9), 1),
+        "intents": tables.intent_table(p.gold, p.pred, p.labelbook),
+        "confidence": tables.confidence_summary(p.gold, p.pred),
+        "confusion": tables.intent_confusion(p.gold, p.pred, p.labelbook),
+        "breakdowns": breakdowns,
+        "multi_turn": multi_turn_breakdown(p.gold, p.pred, list(p.labelbook.state_slots)),
+    }
 
 
 def write_report(report: dict, p: Predictions, out: str | Path, html_errors: int = 50) -> dict[str, Path]:
@@ -114,36 +136,60 @@ def write_report(report: dict, p: Predictions, out: str | Path, html_errors: int
     """
     out = Path(out)
     errors = error_rows(p.gold, p.pred)
-    pngs = {"intent_confusion": plots.confusion_png(report["confusion"], out / "intent_confusion.png"),
-            "confidence_histogram": plots.confidence_png(report["confidence"], out / "confidence_histogram.png")}
+    pngs = {
+        "intent_confusion": plots.confusion_png(report["confusion"], out / "intent_confusion.png"),
+        "confidence_histogram": plots.confidence_png(report["confidence"], out / "confidence_histogram.png"),
+    }
     report["plots"] = {name: path.name for name, path in pngs.items()}
     report["n_errors"] = len(errors)
     files = {
-        "report_json": tracking.atomic_write_text(out / "report.json", json.dumps(redact_json(report), indent=2,
-                                                                                 ensure_ascii=False)),
+        "report_json": tracking.atomic_write_text(
+            out / "report.json", json.dumps(redact_json(report), indent=2, ensure_ascii=False)
+        ),
         "report_md": tracking.atomic_write_text(out / "report.md", render_markdown(report)),
-        "errors": tracking.atomic_write_text(out / "errors.jsonl", "".join(
-            json.dumps(redact_json(r), ensure_ascii=False) + "\n" for r in errors)),
-        "report_html": tracking.atomic_write_text(out / "report.html", render_html(
-            report, {"Intent confusion matrix": pngs["intent_confusion"],
-                     "Intent confidence (correct vs incorrect)": pngs["confidence_histogram"]},
-            errors, html_errors)),
+        "errors": tracking.atomic_write_text(
+            out / "errors.jsonl", "".join(json.dumps(redact_json(r), ensure_ascii=False) + "\n" for r in errors)
+        ),
+        "report_html": tracking.atomic_write_text(
+            out / "report.html",
+            render_html(
+                report,
+                {
+                    "Intent confusion matrix": pngs["intent_confusion"],
+                    "Intent confidence (correct vs incorrect)": pngs["confidence_histogram"],
+                },
+                errors,
+                html_errors,
+            ),
+        ),
     }
     return {**files, **pngs}
 
 
 def breakdown_metrics(report: dict) -> dict[str, float]:
     """The breakdowns as flat MLflow metric names: by_lang.zh.intent_accuracy, ..."""
-    flat = tracking.flatten({f"by_{key}": {re.sub(r"[^\w.\- /]", "_", g): {k: v for k, v in row.items()
-                                                                          if k != "gates_passed"}
-                                           for g, row in groups.items()}
-                             for key, groups in report.get("breakdowns", {}).items()})
+    flat = tracking.flatten(
+        {
+            f"by_{key}": {
+                re.sub(r"[^\w.\- /]", "_", g): {k: v for k, v in row.items() if k != "gates_passed"}
+                for g, row in groups.items()
+            }
+            for key, groups in report.get("breakdowns", {}).items()
+        }
+    )
     return {k: v for k, v in flat.items() if v is not None}
 
 
-def evaluate(model_ref: str, data_file: str | Path, gates=None, eval_set: str | None = None,
-             report_dir: str | Path | None = None, device: str = "auto", experiment: str = "findial-eval",
-             policy: Policy | None = None) -> EvalResult:
+def evaluate(
+    model_ref: str,
+    data_file: str | Path,
+    gates=None,
+    eval_set: str | None = None,
+    report_dir: str | Path | None = None,
+    device: str = "auto",
+    experiment: str = "findial-eval",
+    policy: Policy | None = None,
+) -> EvalResult:
     """Score ``model_ref`` on ``data_file``; ``gates`` (metric -> minimum or ``Gate``; default: the policy's NLU
     gates) are reported. A registered version's metrics are recorded on it, unless ``eval_set`` is a policy set
     and the data is not the file it binds: then ``policy.EvalSetMismatch``, before anything is written."""
@@ -169,8 +215,17 @@ def evaluate(model_ref: str, data_file: str | Path, gates=None, eval_set: str | 
         run_id = active.info.run_id
     if registered:
         registry.record_evaluation(registered[0], registered[1], p.eval_set, metrics, data_fp, run_id)
-    return EvalResult(metrics, gate_table, files["report_json"], files["report_md"], run_id, data_fp, registered,
-                      files["report_html"], files)
+    return EvalResult(
+        metrics,
+        gate_table,
+        files["report_json"],
+        files["report_md"],
+        run_id,
+        data_fp,
+        registered,
+        files["report_html"],
+        files,
+    )
 
 
 def _device(device: str) -> str:

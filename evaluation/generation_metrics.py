@@ -26,6 +26,7 @@ Bank checks (0..1 rates unless a count):
 - ``compliance_violations``: replies tripping at least one rule of the rule list (per rule too);
   ``compliance_clean_rate`` = 1 - compliance_violations / replies.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def _ngrams(tokens: list[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
 # ------------------------------------------------------------------------------------------ overlap
@@ -99,7 +100,7 @@ def chrf_from_stats(stats: list[int], order: int = 6, beta: float = 2.0) -> floa
     prec = rec = 0.0
     effective = 0
     for n in range(order):
-        n_hyp, n_ref, n_match = stats[3 * n:3 * n + 3]
+        n_hyp, n_ref, n_match = stats[3 * n : 3 * n + 3]
         if n_hyp > 0 and n_ref > 0:
             prec += n_match / n_hyp
             rec += n_match / n_ref
@@ -107,7 +108,7 @@ def chrf_from_stats(stats: list[int], order: int = 6, beta: float = 2.0) -> floa
     if not effective:
         return 0.0
     prec, rec = prec / effective, rec / effective
-    f = beta ** 2
+    f = beta**2
     return 100.0 * (1 + f) * prec * rec / (f * prec + rec) if prec + rec else 0.0
 
 
@@ -179,7 +180,10 @@ def term_scores(items: Iterable[dict], glossary: Glossary) -> dict:
         ok = gen & (ctx | ref)
         grounded += len(ok)
         ungrounded.update(gen - ok)
-    return {"term_recall": ref_hit / ref_total if ref_total else None,
-            "term_grounding": grounded / gen_total if gen_total else 1.0,
-            "reference_terms": ref_total, "generated_terms": gen_total,
-            "ungrounded_terms": dict(ungrounded.most_common(20))}
+    return {
+        "term_recall": ref_hit / ref_total if ref_total else None,
+        "term_grounding": grounded / gen_total if gen_total else 1.0,
+        "reference_terms": ref_total,
+        "generated_terms": gen_total,
+        "ungrounded_terms": dict(ungrounded.most_common(20)),
+    }

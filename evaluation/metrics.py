@@ -19,6 +19,7 @@ Conventions (applied everywhere):
 - A missing predicted field (intent, emotion) is simply wrong. States are
   compared as whole dicts, slots whose value is None being treated as absent.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -38,7 +39,9 @@ def _user_turns(gold: Sequence[Dialogue], pred: Sequence[Dialogue]) -> Iterator[
     missing = [d["id"] for d in gold if d["id"] not in by_id]
     extra = set(by_id) - {d["id"] for d in gold}
     if missing or extra:
-        raise ValueError(f"predictions do not match gold: missing ids {missing[:5]}, unexpected ids {sorted(extra)[:5]}")
+        raise ValueError(
+            f"predictions do not match gold: missing ids {missing[:5]}, unexpected ids {sorted(extra)[:5]}"
+        )
     for g in gold:
         p = by_id[g["id"]]
         if [t["speaker"] for t in g["turns"]] != [t["speaker"] for t in p["turns"]]:
@@ -81,13 +84,13 @@ def _default_terminology_labels() -> frozenset[str]:
     return LabelBook.load().terminology_labels
 
 
-def terminology_prf(gold: Sequence[Dialogue], pred: Sequence[Dialogue],
-                    labels: Iterable[str] | None = None) -> dict:
+def terminology_prf(gold: Sequence[Dialogue], pred: Sequence[Dialogue], labels: Iterable[str] | None = None) -> dict:
     """Strict micro P/R/F1 over terminology mentions: (start, end, label, term_id) must all match.
 
     ``labels`` defaults to the ``terminology: true`` labels of the bundled label book.
     """
     labels = frozenset(_default_terminology_labels() if labels is None else labels)
+
     def key(e):
         return (e["start"], e["end"], e["label"], e.get("term_id")) if e["label"] in labels else None
 
@@ -95,8 +98,9 @@ def terminology_prf(gold: Sequence[Dialogue], pred: Sequence[Dialogue],
     return prf(sum((g_c & p_c).values()), sum(g_c.values()), sum(p_c.values()))
 
 
-def entity_prf_per_label(gold: Sequence[Dialogue], pred: Sequence[Dialogue],
-                         labels: Iterable[str] = ()) -> dict[str, dict]:
+def entity_prf_per_label(
+    gold: Sequence[Dialogue], pred: Sequence[Dialogue], labels: Iterable[str] = ()
+) -> dict[str, dict]:
     """Strict (start, end, label) P/R/F1 per label, plus a "micro" entry over all labels.
 
     Reports every label in ``labels`` and every label seen in gold or predictions.

@@ -12,6 +12,7 @@ Over the multi-turn user turns (those with an earlier user turn, as ``multi_turn
 - ``slots``: for each state slot, how the gold value came about on that turn (``carried``, ``set``,
   ``replaced``; ``absent``: gold has none) and how often the predicted slot equals it.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -47,10 +48,16 @@ def multi_turn_breakdown(gold: Sequence[dict], pred: Sequence[dict], slots: Sequ
             continue
         kinds = _gold_slot_kinds(before, g_state)
         names = set(gt.get("phenomena") or ())
-        names.update(n for n, hit in (("carry_over", "carried" in kinds.values()),
-                                      ("slot_set", "set" in kinds.values()),
-                                      ("slot_replaced", "replaced" in kinds.values()),
-                                      ("intent_change", gt["intent"] != last_intent)) if hit)
+        names.update(
+            n
+            for n, hit in (
+                ("carry_over", "carried" in kinds.values()),
+                ("slot_set", "set" in kinds.values()),
+                ("slot_replaced", "replaced" in kinds.values()),
+                ("intent_change", gt["intent"] != last_intent),
+            )
+            if hit
+        )
         intent_ok, state_ok = gt["intent"] == pt.get("intent"), g_state == p_state
         groups["all"].append((intent_ok, state_ok))
         for name in names:
@@ -66,13 +73,16 @@ def multi_turn_breakdown(gold: Sequence[dict], pred: Sequence[dict], slots: Sequ
     for name in sorted(groups, key=lambda n: (n != "all", n in DERIVED, n)):
         rows = groups[name]
         n = len(rows)
-        phenomena[name] = {"n": n, "multi_turn_accuracy": sum(a and b for a, b in rows) / n,
-                           "intent_accuracy": sum(a for a, _ in rows) / n, "state_accuracy": sum(b for _, b in rows) / n}
+        phenomena[name] = {
+            "n": n,
+            "multi_turn_accuracy": sum(a and b for a, b in rows) / n,
+            "intent_accuracy": sum(a for a, _ in rows) / n,
+            "state_accuracy": sum(b for _, b in rows) / n,
+        }
     slot_rows = {}
     for slot in sorted(per_slot):
         cells = per_slot[slot]
-        row = {kind: {"n": n, "right": right, "accuracy": right / n}
-               for kind, (n, right) in sorted(cells.items()) if n}
+        row = {kind: {"n": n, "right": right, "accuracy": right / n} for kind, (n, right) in sorted(cells.items()) if n}
         wrong = sum(n - right for n, right in cells.values())
         slot_rows[slot] = {"wrong": wrong, **row}
     return {"phenomena": phenomena, "slots": slot_rows}

@@ -28,6 +28,7 @@ Which text may change (the annotation guidelines in ``data/spec/corpus-format.md
 
 An insertion at the start of an entity goes before it, one at its end after it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,6 +54,7 @@ except ImportError:  # pragma: no cover - pypinyin is a dependency
 @dataclass(frozen=True, order=True)
 class Edit:
     """Replace ``text[start:end]`` by ``new`` (an insertion when start == end, a deletion when new == "")."""
+
     start: int
     end: int
     new: str
@@ -70,7 +72,7 @@ def apply_edits(text: str, entities: list[dict], edits: Iterable[Edit]) -> tuple
             raise SpanError(f"overlapping edits {a} and {b}")
     out, pos = [], 0
     for ed in edits:
-        out += [text[pos:ed.start], ed.new]
+        out += [text[pos : ed.start], ed.new]
         pos = ed.end
     out.append(text[pos:])
     new_text = "".join(out)
@@ -83,8 +85,7 @@ def apply_edits(text: str, entities: list[dict], edits: Iterable[Edit]) -> tuple
         # an edit wholly before the start moves it (an insertion at the start goes before the entity);
         # the end also moves with edits inside the entity, but not with an insertion at the end
         ns = s + sum(len(ed.new) - (ed.end - ed.start) for ed in edits if ed.end <= s)
-        nt = t + sum(len(ed.new) - (ed.end - ed.start) for ed in edits
-                     if ed.end <= t and not ed.start == ed.end == t)
+        nt = t + sum(len(ed.new) - (ed.end - ed.start) for ed in edits if ed.end <= t and not ed.start == ed.end == t)
         if not (ns < nt and new_text[ns:nt].strip()):
             raise SpanError(f"edits delete entity [{s}, {t}) {e['label']}")
         new_entities.append({**e, "start": ns, "end": nt})
@@ -199,10 +200,15 @@ class Typo(TurnPerturbation):
 
     def edits(self, text, entities, lang, rng):
         protected = _protected_spans(entities) + ([] if self.inside_terms else _term_spans(entities))
-        words = [m for m in _WORD.finditer(text) if len(m.group()) >= self.min_length
-                 and not _inside(m.start(), m.end(), protected) and not _straddles(m.start(), m.end(), entities)
-                 and not (m.start() > 0 and text[m.start() - 1].isdigit())
-                 and not (m.end() < len(text) and text[m.end()].isdigit())]
+        words = [
+            m
+            for m in _WORD.finditer(text)
+            if len(m.group()) >= self.min_length
+            and not _inside(m.start(), m.end(), protected)
+            and not _straddles(m.start(), m.end(), entities)
+            and not (m.start() > 0 and text[m.start() - 1].isdigit())
+            and not (m.end() < len(text) and text[m.end()].isdigit())
+        ]
         if not words:
             return []
         n = max(1, round(len(words) / self.per_words))
@@ -232,19 +238,59 @@ class Typo(TurnPerturbation):
         ent = _entity_at(ed.start, ed.end, entities)
         if ent is None or ent.get("term_id") is None:
             return False
-        surface = text[ent["start"]:ed.start] + ed.new + text[ed.end:ent["end"]]
+        surface = text[ent["start"] : ed.start] + ed.new + text[ed.end : ent["end"]]
         return self._other_term(surface, ent["term_id"])
 
 
 # ---------------------------------------------------------------- Chinese homophones (IME / ASR)
 # character -> common IME / ASR confusions (same or near-same toneless pinyin)
 HOMOPHONES: dict[str, str] = {
-    "卡": "咔", "账": "帐", "额": "鹅", "率": "律", "款": "宽", "期": "其", "费": "废", "息": "夕",
-    "贷": "代", "转": "专", "利": "力", "保": "宝", "险": "显", "理": "里", "财": "材", "金": "今",
-    "基": "鸡", "户": "护", "码": "马", "钱": "前", "存": "村", "信": "新", "用": "永", "汇": "会",
-    "查": "茶", "询": "寻", "办": "半", "吗": "嘛", "的": "得", "在": "再", "是": "事", "想": "响",
-    "要": "药", "问": "文", "请": "清", "帮": "邦", "证": "正", "价": "架", "值": "直", "投": "头",
-    "赔": "陪", "资": "姿", "购": "够", "记": "计", "储": "除", "蓄": "续",
+    "卡": "咔",
+    "账": "帐",
+    "额": "鹅",
+    "率": "律",
+    "款": "宽",
+    "期": "其",
+    "费": "废",
+    "息": "夕",
+    "贷": "代",
+    "转": "专",
+    "利": "力",
+    "保": "宝",
+    "险": "显",
+    "理": "里",
+    "财": "材",
+    "金": "今",
+    "基": "鸡",
+    "户": "护",
+    "码": "马",
+    "钱": "前",
+    "存": "村",
+    "信": "新",
+    "用": "永",
+    "汇": "会",
+    "查": "茶",
+    "询": "寻",
+    "办": "半",
+    "吗": "嘛",
+    "的": "得",
+    "在": "再",
+    "是": "事",
+    "想": "响",
+    "要": "药",
+    "问": "文",
+    "请": "清",
+    "帮": "邦",
+    "证": "正",
+    "价": "架",
+    "值": "直",
+    "投": "头",
+    "赔": "陪",
+    "资": "姿",
+    "购": "够",
+    "记": "计",
+    "储": "除",
+    "蓄": "续",
 }
 
 
@@ -279,8 +325,8 @@ class Homophone(TurnPerturbation):
         return edits
 
     def _keeps_term(self, text: str, ent: dict, i: int) -> bool:
-        old = text[ent["start"]:ent["end"]]
-        new = text[ent["start"]:i] + self.table[text[i]] + text[i + 1:ent["end"]]
+        old = text[ent["start"] : ent["end"]]
+        new = text[ent["start"] : i] + self.table[text[i]] + text[i + 1 : ent["end"]]
         if self._other_term(new, ent["term_id"]):
             return False
         return _lazy_pinyin is not None and _pinyin(old) == _pinyin(new)
@@ -304,8 +350,13 @@ class DropPunctuation(TurnPerturbation):
 
     def edits(self, text, entities, lang, rng):
         spans = [(e["start"], e["end"]) for e in entities]
-        cands = [i for i, c in enumerate(text) if c in PUNCTUATION and not _inside(i, i + 1, spans)
-                 and not (0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit())]
+        cands = [
+            i
+            for i, c in enumerate(text)
+            if c in PUNCTUATION
+            and not _inside(i, i + 1, spans)
+            and not (0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit())
+        ]
         edits = [Edit(i, i + 1, "") for i in _pick(rng, cands, self.share)]
         if lang == "en":  # "yes, please" -> "yes please", not "yes  please"
             edits = [Edit(e.start, e.end, " ") if _between_words(text, e.start) else e for e in edits]
@@ -348,8 +399,11 @@ class Width(TurnPerturbation):
 
     def edits(self, text, entities, lang, rng):
         protected = _protected_spans(entities)
-        runs = [m for m in re.finditer(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]", text)
-                if not _inside(m.start(), m.end(), protected) and not _straddles(m.start(), m.end(), entities)]
+        runs = [
+            m
+            for m in re.finditer(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]", text)
+            if not _inside(m.start(), m.end(), protected) and not _straddles(m.start(), m.end(), entities)
+        ]
         marks = [i for i, c in enumerate(text) if to_halfwidth(c) != c and not _inside(i, i + 1, protected)]
         cands = [(m.start(), m.end()) for m in runs] + [(i, i + 1) for i in marks]
         cands.sort()
@@ -365,9 +419,18 @@ class Width(TurnPerturbation):
 # ---------------------------------------------------------------- code-mixing
 # common words that are not glossary forms, zh <-> en (checked against the glossary in use)
 COMMON_WORDS: dict[str, str] = {
-    "转账": "transfer", "余额": "balance", "账单": "bill", "客服": "customer service", "还款": "repayment",
-    "申请": "apply", "取消": "cancel", "手机": "phone", "截图": "screenshot", "问题": "problem",
-    "退款": "refund", "订单": "order",
+    "转账": "transfer",
+    "余额": "balance",
+    "账单": "bill",
+    "客服": "customer service",
+    "还款": "repayment",
+    "申请": "apply",
+    "取消": "cancel",
+    "手机": "phone",
+    "截图": "screenshot",
+    "问题": "problem",
+    "退款": "refund",
+    "订单": "order",
 }
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
@@ -391,20 +454,26 @@ class CodeMix(TurnPerturbation):
             raise ValueError("codemix needs the glossary (glossary=...)")
         self.share = share
         pairs = dict(COMMON_WORDS if words is None else words)
-        pairs = {zh: en for zh, en in pairs.items()
-                 if self.glossary.lookup(zh) is None and self.glossary.lookup(en) is None}
+        pairs = {
+            zh: en for zh, en in pairs.items() if self.glossary.lookup(zh) is None and self.glossary.lookup(en) is None
+        }
         self.zh_words = pairs
         self.en_words = {en.casefold(): zh for zh, en in pairs.items()}
         self._zh_rx = re.compile("|".join(map(re.escape, sorted(pairs, key=len, reverse=True)))) if pairs else None
-        self._en_rx = re.compile(r"\b(" + "|".join(map(re.escape, sorted(self.en_words, key=len, reverse=True)))
-                                 + r")\b", re.IGNORECASE) if pairs else None
+        self._en_rx = (
+            re.compile(
+                r"\b(" + "|".join(map(re.escape, sorted(self.en_words, key=len, reverse=True))) + r")\b", re.IGNORECASE
+            )
+            if pairs
+            else None
+        )
 
     def edits(self, text, entities, lang, rng):
         cands: list[Edit] = []
         for e in entities:
             if e.get("term_id") is None or e["term_id"] not in self.glossary.terms:
                 continue
-            surface, term = text[e["start"]:e["end"]], self.glossary.terms[e["term_id"]]
+            surface, term = text[e["start"] : e["end"]], self.glossary.terms[e["term_id"]]
             new = term.en if _CJK.search(surface) else term.zh
             if new != surface and self.glossary.lookup(new) == term.id:
                 cands.append(Edit(e["start"], e["end"], new))
@@ -412,8 +481,13 @@ class CodeMix(TurnPerturbation):
         for rx, table in ((self._zh_rx, self.zh_words), (self._en_rx, self.en_words)):
             for m in rx.finditer(text) if rx else ():
                 if not _inside(m.start(), m.end(), spans):
-                    cands.append(Edit(m.start(), m.end(), table[m.group().casefold()]
-                                      if table is self.en_words else table[m.group()]))
+                    cands.append(
+                        Edit(
+                            m.start(),
+                            m.end(),
+                            table[m.group().casefold()] if table is self.en_words else table[m.group()],
+                        )
+                    )
         cands.sort()
         return [self._spaced(text, ed) for ed in _pick(rng, cands, self.share)]
 
@@ -421,21 +495,35 @@ class CodeMix(TurnPerturbation):
     def _spaced(text: str, ed: Edit) -> Edit:
         """Latin inserted next to a Latin letter or digit gets a space on that side."""
         new = ed.new
-        if new[:1].isascii() and new[:1].isalnum() and ed.start > 0 and text[ed.start - 1].isascii() \
-                and text[ed.start - 1].isalnum():
+        if (
+            new[:1].isascii()
+            and new[:1].isalnum()
+            and ed.start > 0
+            and text[ed.start - 1].isascii()
+            and text[ed.start - 1].isalnum()
+        ):
             new = " " + new
-        if new[-1:].isascii() and new[-1:].isalnum() and ed.end < len(text) and text[ed.end].isascii() \
-                and text[ed.end].isalnum():
+        if (
+            new[-1:].isascii()
+            and new[-1:].isalnum()
+            and ed.end < len(text)
+            and text[ed.end].isascii()
+            and text[ed.end].isalnum()
+        ):
             new = new + " "
         return Edit(ed.start, ed.end, new)
 
 
 # ---------------------------------------------------------------- chit-chat
 FILLERS = {
-    "zh": {"prefix": ["嗯那个，", "那个，", "嗯，", "呃，", "麻烦问一下，", "不好意思打扰一下，"],
-           "suffix": ["，谢谢啦", "，麻烦了", "。谢谢", "哈", "，辛苦了"]},
-    "en": {"prefix": ["hi, quick question: ", "um, ", "hey there, ", "sorry to bother you, ", "ok so "],
-           "suffix": [" thanks!", ", thank you", " pls", " :)"]},
+    "zh": {
+        "prefix": ["嗯那个，", "那个，", "嗯，", "呃，", "麻烦问一下，", "不好意思打扰一下，"],
+        "suffix": ["，谢谢啦", "，麻烦了", "。谢谢", "哈", "，辛苦了"],
+    },
+    "en": {
+        "prefix": ["hi, quick question: ", "um, ", "hey there, ", "sorry to bother you, ", "ok so "],
+        "suffix": [" thanks!", ", thank you", " pls", " :)"],
+    },
 }
 
 
@@ -472,7 +560,8 @@ class ChitChat(TurnPerturbation):
 
 # ---------------------------------------------------------------- suites and application
 PERTURBATIONS: dict[str, type[TurnPerturbation]] = {
-    cls.name: cls for cls in (Typo, Homophone, DropPunctuation, Width, CodeMix, ChitChat)}
+    cls.name: cls for cls in (Typo, Homophone, DropPunctuation, Width, CodeMix, ChitChat)
+}
 
 
 def build_suite(spec: Mapping[str, Mapping[str, Any] | None], glossary: Glossary) -> list[TurnPerturbation]:
@@ -497,8 +586,7 @@ def dialogue_seed(seed: int, perturbation: str, dialogue_id: str) -> int:
 
 
 def perturb_dialogues(dialogues: list[dict], perturbation: Perturbation, seed: int) -> list[dict]:
-    return [perturbation.apply(d, random.Random(dialogue_seed(seed, perturbation.name, d["id"])))
-            for d in dialogues]
+    return [perturbation.apply(d, random.Random(dialogue_seed(seed, perturbation.name, d["id"]))) for d in dialogues]
 
 
 def changed_turns(before: list[dict], after: list[dict]) -> tuple[int, int]:

@@ -5,6 +5,7 @@
 
 Both take the JSON tables of ``evaluation.tables`` and write the PNG atomically.
 """
+
 from __future__ import annotations
 
 import io
@@ -70,8 +71,15 @@ def confusion_png(confusion: dict, path: str | Path, title: str = "Intent confus
             ax.add_patch(Rectangle((i - 0.4, i - 0.4), 0.8, 0.8, fill=False, edgecolor="#2e7d32", linewidth=0.8))
         for j, v in enumerate(row):
             if matrix[i][j]:
-                ax.text(j, i, f"{round(100 * v)}", ha="center", va="center", fontsize=font - 1,
-                        color="white" if v > 0.55 else "#123")
+                ax.text(
+                    j,
+                    i,
+                    f"{round(100 * v)}",
+                    ha="center",
+                    va="center",
+                    fontsize=font - 1,
+                    color="white" if v > 0.55 else "#123",
+                )
     for _, b, _ in _groups(confusion["domains"])[1:]:
         ax.axhline(b - 0.5, color="#888", linewidth=0.6)
         ax.axvline(b - 0.5, color="#888", linewidth=0.6)  # columns start with the same labels
@@ -86,18 +94,31 @@ def confusion_png(confusion: dict, path: str | Path, title: str = "Intent confus
     return _save(fig, path)
 
 
-def confidence_png(summary: dict, path: str | Path,
-                   title: str = "Intent confidence: correct vs incorrect predictions") -> Path:
+def confidence_png(
+    summary: dict, path: str | Path, title: str = "Intent confidence: correct vs incorrect predictions"
+) -> Path:
     """Side-by-side bars per confidence bin from ``tables.confidence_summary``."""
     edges, good, bad = summary["edges"], summary["correct"], summary["incorrect"]
     fig = _figure(6.4, 3.4)
     ax = fig.add_subplot(1, 1, 1)
     width = (edges[1] - edges[0]) if len(edges) > 1 else 1.0
     left = edges[:-1]
-    ax.bar([x + width * 0.05 for x in left], good, width=width * 0.45, align="edge", color="#2e7d32",
-           label=f"correct ({summary['n_correct']})")
-    ax.bar([x + width * 0.5 for x in left], bad, width=width * 0.45, align="edge", color="#c62828",
-           label=f"incorrect ({summary['n_incorrect']})")
+    ax.bar(
+        [x + width * 0.05 for x in left],
+        good,
+        width=width * 0.45,
+        align="edge",
+        color="#2e7d32",
+        label=f"correct ({summary['n_correct']})",
+    )
+    ax.bar(
+        [x + width * 0.5 for x in left],
+        bad,
+        width=width * 0.45,
+        align="edge",
+        color="#c62828",
+        label=f"incorrect ({summary['n_incorrect']})",
+    )
     ax.set_xlim(0, 1)
     ax.set_xticks(edges)
     ax.tick_params(labelsize=7)

@@ -11,6 +11,7 @@ by default) are checked with ``findial.gates.check``, the check promotion applie
 ``evaluate_response_model("models:/findial-response/3", ...)`` scores a registered version and records
 its metrics on it (``registry.record_evaluation``), as ``findial eval`` does for an NLU bundle.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,47 +58,88 @@ def score_replies(rows: list[dict], glossary: Glossary, rules) -> dict:
         ref_violations += bool(rules.check(r["reference"]))
     pii_generated = sum(not masker.is_clean(r["raw"]) for r in rows)
     pii_leaked = sum(not masker.is_clean(r["generated"]) for r in rows)
-    metrics = {"replies": n, "bleu": gm.corpus_bleu(hyps, refs), "chrf": gm.corpus_chrf(hyps, refs),
-               "rouge_l": gm.mean_rouge_l(hyps, refs),
-               **gm.term_scores(rows, glossary),
-               "pii_generated": pii_generated, "pii_leaked": pii_leaked,
-               "pii_clean_rate": 1 - pii_leaked / n if n else 1.0,
-               "compliance_violations": violations, "compliance_by_rule": per_rule,
-               "compliance_clean_rate": 1 - violations / n if n else 1.0,
-               "reference_compliance_violations": ref_violations,
-               "empty_replies": sum(not h.strip() for h in hyps),
-               "mean_reply_chars": sum(len(h) for h in hyps) / n if n else 0.0}
+    metrics = {
+        "replies": n,
+        "bleu": gm.corpus_bleu(hyps, refs),
+        "chrf": gm.corpus_chrf(hyps, refs),
+        "rouge_l": gm.mean_rouge_l(hyps, refs),
+        **gm.term_scores(rows, glossary),
+        "pii_generated": pii_generated,
+        "pii_leaked": pii_leaked,
+        "pii_clean_rate": 1 - pii_leaked / n if n else 1.0,
+        "compliance_violations": violations,
+        "compliance_by_rule": per_rule,
+        "compliance_clean_rate": 1 - violations / n if n else 1.0,
+        "reference_compliance_violations": ref_violations,
+        "empty_replies": sum(not h.strip() for h in hyps),
+        "mean_reply_chars": sum(len(h) for h in hyps) / n if n else 0.0,
+    }
     for lang in sorted({r["lang"] for r in rows}):
         sub = [r for r in rows if r["lang"] == lang]
         h, f = [r["generated"] for r in sub], [r["reference"] for r in sub]
-        metrics[f"by_lang.{lang}"] = {"replies": len(sub), "bleu": gm.corpus_bleu(h, f), "chrf": gm.corpus_chrf(h, f),
-                                      "rouge_l": gm.mean_rouge_l(h, f)}
+        metrics[f"by_lang.{lang}"] = {
+            "replies": len(sub),
+            "bleu": gm.corpus_bleu(h, f),
+            "chrf": gm.corpus_chrf(h, f),
+            "rouge_l": gm.mean_rouge_l(h, f),
+        }
     return metrics
 
 
-def generate_replies(responder: Responder, dialogues: list[dict], context_turns: int,
-                     predictions: list[dict] | None = None, limit: int | None = None) -> list[dict]:
+def generate_replies(
+    responder: Responder,
+    dialogues: list[dict],
+    context_turns: int,
+    predictions: list[dict] | None = None,
+    limit: int | None = None,
+) -> list[dict]:
     records = response_records(dialogues, context_turns)
     if predictions is not None:  # the intent and state the NLU models predicted, in place of gold
         predicted = {(r["dialogue_id"], r["turn_index"]): r for r in response_records(predictions, context_turns)}
-        records = [{**r, "intent": predicted[(r["dialogue_id"], r["turn_index"])]["intent"],
-                    "state": predicted[(r["dialogue_id"], r["turn_index"])]["state"]} for r in records]
+        records = [
+            {
+                **r,
+                "intent": predicted[(r["dialogue_id"], r["turn_index"])]["intent"],
+                "state": predicted[(r["dialogue_id"], r["turn_index"])]["state"],
+            }
+            for r in records
+        ]
     rows = []
     for r in records[:limit]:
         raw, truncated = responder.generate(r["history"], r["intent"], r["state"], r["lang"])
         out = check_reply(raw, responder.rules, responder.masker)
-        rows.append({"dialogue_id": r["dialogue_id"], "turn_index": r["turn_index"], "lang": r["lang"],
-                     "context": [t["text"] for t in r["history"]], "intent": r["intent"], "state": r["state"],
-                     "reference": r["response"], "raw": raw, "generated": out["text"],
-                     "flags": out["flags"] + (["truncated"] if truncated else [])})
+        rows.append(
+            {
+                "dialogue_id": r["dialogue_id"],
+                "turn_index": r["turn_index"],
+                "lang": r["lang"],
+                "context": [t["text"] for t in r["history"]],
+                "intent": r["intent"],
+                "state": r["state"],
+                "reference": r["response"],
+                "raw": raw,
+                "generated": out["text"],
+                "flags": out["flags"] + (["truncated"] if truncated else []),
+            }
+        )
     return rows
 
 
-def evaluate_responses(package: str | Path, data_file: str | Path, gates: dict[str, float] | None = None,
-                       eval_set: str | None = None, report_dir: str | Path | None = None, device: str = "cpu",
-                       limit: int | None = None, predictions: list[dict] | None = None, log_mlflow: bool = False,
-                       responder: Responder | None = None, registered: tuple[str, str] | None = None,
-                       model_ref: str | None = None, **decoding) -> ResponseEvalResult:
+def evaluate_responses(
+    package: str | Path,
+    data_file: str | Path,
+    gates: dict[str, float] | None = None,
+    eval_set: str | None = None,
+    report_dir: str | Path | None = None,
+    device: str = "cpu",
+    limit: int | None = None,
+    predictions: list[dict] | None = None,
+    log_mlflow: bool = False,
+    responder: Responder | None = None,
+    registered: tuple[str, str] | None = None,
+    model_ref: str | None = None,
+    **decoding,
+) -> ResponseEvalResult:
     """Generate every agent turn of ``data_file``, score, write the report, check the gates.
 
     ``registered`` (name, version): the registered model ``package`` was downloaded from; the metrics
@@ -118,18 +160,29 @@ def evaluate_responses(package: str | Path, data_file: str | Path, gates: dict[s
     metrics = score_replies(rows, glossary, responder.rules)
     metrics["seconds_per_reply"] = (time.perf_counter() - started) / len(rows)
     gate_table = gate_check.check(policy.gates_for("response") if gates is None else gates, metrics)
-    result = ResponseEvalResult(metrics, gate_table, gate_check.failures(gate_table),
-                                data_fingerprint=data_fp)
-    report = {"package": model_ref or str(package), "registered": list(registered) if registered else None,
-              "data_file": str(data_file), "eval_set": eval_set,
-              "data_fingerprint": result.data_fingerprint, "backbone": responder.meta.get("backbone_name"),
-              "decoding": responder.decoding, "metrics": metrics, "gates": result.gates, "failures": result.failures}
+    result = ResponseEvalResult(metrics, gate_table, gate_check.failures(gate_table), data_fingerprint=data_fp)
+    report = {
+        "package": model_ref or str(package),
+        "registered": list(registered) if registered else None,
+        "data_file": str(data_file),
+        "eval_set": eval_set,
+        "data_fingerprint": result.data_fingerprint,
+        "backbone": responder.meta.get("backbone_name"),
+        "decoding": responder.decoding,
+        "metrics": metrics,
+        "gates": result.gates,
+        "failures": result.failures,
+    }
     if report_dir is not None:
         result.files = _write_report(report, rows, Path(report_dir))
         result.report_json, result.report_md = result.files["report_json"], result.files["report_md"]
     if log_mlflow:
-        tags_run = {"findial.task": "response", "findial.eval_set": eval_set,
-                    "findial.data_fingerprint": report["data_fingerprint"], "findial.model": report["package"]}
+        tags_run = {
+            "findial.task": "response",
+            "findial.eval_set": eval_set,
+            "findial.data_fingerprint": report["data_fingerprint"],
+            "findial.model": report["package"],
+        }
         if registered:
             tags_run.update({"findial.registered_model": registered[0], "findial.model_version": registered[1]})
         with tracking.run("findial-response-eval", f"eval-response-{eval_set}", tags=tags_run) as active:
@@ -137,44 +190,81 @@ def evaluate_responses(package: str | Path, data_file: str | Path, gates: dict[s
             tracking.log_json(report, "report.json")
             result.run_id = active.info.run_id
         if registered:
-            registry.record_evaluation(registered[0], registered[1], eval_set, metrics, result.data_fingerprint,
-                                       result.run_id)
+            registry.record_evaluation(
+                registered[0], registered[1], eval_set, metrics, result.data_fingerprint, result.run_id
+            )
     return result
 
 
-def evaluate_response_model(model_ref: str, data_file: str | Path, gates: dict[str, float] | None = None,
-                            eval_set: str | None = None, report_dir: str | Path | None = None,
-                            device: str = "cpu", limit: int | None = None) -> ResponseEvalResult:
+def evaluate_response_model(
+    model_ref: str,
+    data_file: str | Path,
+    gates: dict[str, float] | None = None,
+    eval_set: str | None = None,
+    report_dir: str | Path | None = None,
+    device: str = "cpu",
+    limit: int | None = None,
+) -> ResponseEvalResult:
     """Score a response package directory or a registered version (models:/NAME/VERSION, models:/NAME@ALIAS,
     downloaded to a temporary folder); logged to MLflow, and recorded on the version when registered."""
     with tempfile.TemporaryDirectory(prefix="findial-eval-") as tmp:
         package, registered = registry.resolve_model(model_ref, tmp, expect="response")
-        return evaluate_responses(package, data_file, gates, eval_set=eval_set, report_dir=report_dir,
-                                  device=device, limit=limit, log_mlflow=True, registered=registered,
-                                  model_ref=model_ref)
+        return evaluate_responses(
+            package,
+            data_file,
+            gates,
+            eval_set=eval_set,
+            report_dir=report_dir,
+            device=device,
+            limit=limit,
+            log_mlflow=True,
+            registered=registered,
+            model_ref=model_ref,
+        )
 
 
 def _write_report(report: dict, rows: list[dict], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     clean_rows = [{k: v for k, v in r.items() if k != "raw"} for r in rows]  # raw may hold unmasked PII
-    files = {"report_json": tracking.atomic_write_text(
-                 out / "report.json", json.dumps(redact_json(report), indent=2, ensure_ascii=False, default=str)),
-             "replies": tracking.atomic_write_text(
-                 out / "replies.jsonl", "".join(json.dumps(redact_json(r), ensure_ascii=False) + "\n"
-                                                for r in clean_rows)),
-             "report_md": tracking.atomic_write_text(out / "report.md", render_markdown(report, clean_rows))}
+    files = {
+        "report_json": tracking.atomic_write_text(
+            out / "report.json", json.dumps(redact_json(report), indent=2, ensure_ascii=False, default=str)
+        ),
+        "replies": tracking.atomic_write_text(
+            out / "replies.jsonl", "".join(json.dumps(redact_json(r), ensure_ascii=False) + "\n" for r in clean_rows)
+        ),
+        "report_md": tracking.atomic_write_text(out / "report.md", render_markdown(report, clean_rows)),
+    }
     return files
 
 
 def render_markdown(report: dict, rows: list[dict], samples: int = 10) -> str:
     m = report["metrics"]
-    lines = [f"# Response generation: {report['eval_set']}", "",
-             f"package `{report['package']}` (backbone {report['backbone']}), {m['replies']} agent turns of "
-             f"`{report['data_file']}`, decoding {report['decoding']}", "",
-             "| metric | value |", "|---|---|"]
-    for k in ("bleu", "chrf", "rouge_l", "term_recall", "term_grounding", "pii_generated", "pii_leaked",
-              "pii_clean_rate", "compliance_violations", "compliance_clean_rate", "reference_compliance_violations",
-              "empty_replies", "mean_reply_chars", "seconds_per_reply"):
+    lines = [
+        f"# Response generation: {report['eval_set']}",
+        "",
+        f"package `{report['package']}` (backbone {report['backbone']}), {m['replies']} agent turns of "
+        f"`{report['data_file']}`, decoding {report['decoding']}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for k in (
+        "bleu",
+        "chrf",
+        "rouge_l",
+        "term_recall",
+        "term_grounding",
+        "pii_generated",
+        "pii_leaked",
+        "pii_clean_rate",
+        "compliance_violations",
+        "compliance_clean_rate",
+        "reference_compliance_violations",
+        "empty_replies",
+        "mean_reply_chars",
+        "seconds_per_reply",
+    ):
         v = m.get(k)
         lines.append(f"| {k} | {'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)} |")
     if m.get("compliance_by_rule"):
@@ -184,13 +274,16 @@ def render_markdown(report: dict, rows: list[dict], samples: int = 10) -> str:
     lines += ["", "## Gates", "", "| metric | value | bound | |", "|---|---|---|---|"]
     for k, g in report["gates"].items():
         v = g["value"]
-        lines.append(f"| {k} | {'-' if v is None else f'{v:.4f}'} | {g['bound']} | "
-                     f"{'pass' if g['passed'] else 'FAIL'} |")
+        lines.append(
+            f"| {k} | {'-' if v is None else f'{v:.4f}'} | {g['bound']} | {'pass' if g['passed'] else 'FAIL'} |"
+        )
     lines += ["", "## Sample replies", ""]
     for r in rows[:samples]:
-        lines += [f"- `{r['dialogue_id']}#{r['turn_index']}` customer: {r['context'][-1] if r['context'] else ''}",
-                  f"  - reference: {r['reference']}", f"  - generated: {r['generated']}"
-                  + (f" (flags: {', '.join(r['flags'])})" if r["flags"] else "")]
+        lines += [
+            f"- `{r['dialogue_id']}#{r['turn_index']}` customer: {r['context'][-1] if r['context'] else ''}",
+            f"  - reference: {r['reference']}",
+            f"  - generated: {r['generated']}" + (f" (flags: {', '.join(r['flags'])})" if r["flags"] else ""),
+        ]
     return redact_json("\n".join(lines) + "\n")
 
 
@@ -199,12 +292,20 @@ def eval_command(cfg, out_dir: Path) -> ResponseEvalResult:
     reported against the promotion policy's response gates."""
     device = cfg.get("device") or "cpu"
     try:
-        result = evaluate_response_model(cfg.get("package") or cfg.model_ref, cfg.data_file, None,
-                                         eval_set=cfg.eval_set, report_dir=cfg.report_dir or out_dir, device=device,
-                                         limit=cfg.get("limit"))
+        result = evaluate_response_model(
+            cfg.get("package") or cfg.model_ref,
+            cfg.data_file,
+            None,
+            eval_set=cfg.eval_set,
+            report_dir=cfg.report_dir or out_dir,
+            device=device,
+            limit=cfg.get("limit"),
+        )
     except registry.WrongModelKind as exc:  # e.g. the default model_ref, the NLU champion
-        raise SystemExit(f"findial eval task=response: {exc}; name a response model with "
-                         "model_ref=models:/findial-response/N or package=DIR") from None
+        raise SystemExit(
+            f"findial eval task=response: {exc}; name a response model with "
+            "model_ref=models:/findial-response/N or package=DIR"
+        ) from None
     print(Path(result.report_md).read_text(encoding="utf-8"))
     print(f"report: {result.report_json}")
     return result

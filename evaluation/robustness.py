@@ -11,6 +11,7 @@ every predicted non-PII entity) holds personal data that ``findial.data.pii``
 detects. The caller's own text, echoed back unchanged, is not counted.
 Reports never hold a turn's text: only ids, labels and numbers.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,17 +49,29 @@ def load_nlu(bundle: str | Path, device: str = "cpu"):
     bundle = Path(bundle)
     if not (bundle / "bundle.json").is_file():
         raise FileNotFoundError(f"{bundle}: not a findial bundle directory (no bundle.json)")
-    return NLUPipeline(bundle / "intent", bundle / "ner", device, LabelBook.load(bundle / "ontology.yaml"),
-                       Glossary.load(bundle / "glossary.yaml"))
+    return NLUPipeline(
+        bundle / "intent",
+        bundle / "ner",
+        device,
+        LabelBook.load(bundle / "ontology.yaml"),
+        Glossary.load(bundle / "glossary.yaml"),
+    )
 
 
 def _drop(clean: float | None, perturbed: float | None) -> float | None:
     return None if clean is None or perturbed is None else clean - perturbed
 
 
-def run_robustness(nlu, dialogues: list[dict], labelbook: LabelBook, perturbations: Sequence,
-                   seed: int = 13, glossary: Glossary | None = None, adversarial_file: str | Path | None = None,
-                   safe_intents: Iterable[str] = SAFE_INTENTS) -> dict:
+def run_robustness(
+    nlu,
+    dialogues: list[dict],
+    labelbook: LabelBook,
+    perturbations: Sequence,
+    seed: int = 13,
+    glossary: Glossary | None = None,
+    adversarial_file: str | Path | None = None,
+    safe_intents: Iterable[str] = SAFE_INTENTS,
+) -> dict:
     """Clean metrics, one row per perturbation (metrics, drop vs clean, share of turns changed), adversarial.
 
     ``nlu`` is an ``NLUPipeline`` (anything with ``predict_dialogues``) or a bundle directory.
@@ -73,14 +86,24 @@ def run_robustness(nlu, dialogues: list[dict], labelbook: LabelBook, perturbatio
         perturbed = validate_dialogues(perturb_dialogues(dialogues, p, seed), labelbook, glossary)
         m = evaluate_dialogues(perturbed, nlu.predict_dialogues(perturbed), labelbook)
         changed, total = changed_turns(dialogues, perturbed)
-        row: dict[str, Any] = {"perturbation": p.name, "changed_turns": changed, "user_turns": total,
-                               "changed_share": changed / total if total else None}
+        row: dict[str, Any] = {
+            "perturbation": p.name,
+            "changed_turns": changed,
+            "user_turns": total,
+            "changed_share": changed / total if total else None,
+        }
         for k in METRICS:
             row[k] = m[k]
             row[f"{k}_drop"] = _drop(clean[k], m[k])
         rows.append(row)
-    report = {"seed": seed, "n_dialogues": len(dialogues), "n_user_turns": clean["n_user_turns"],
-              "n_multi_turn": clean["n_multi_turn"], "clean": {k: clean[k] for k in METRICS}, "perturbations": rows}
+    report = {
+        "seed": seed,
+        "n_dialogues": len(dialogues),
+        "n_user_turns": clean["n_user_turns"],
+        "n_multi_turn": clean["n_multi_turn"],
+        "clean": {k: clean[k] for k in METRICS},
+        "perturbations": rows,
+    }
     if adversarial_file is not None:
         report["adversarial"] = evaluate_adversarial(nlu, adversarial_file, safe_intents, labelbook, glossary)
     return report
@@ -118,16 +141,26 @@ def output_leaks(gold_turn: dict, pred_turn: dict, pii_labels: Iterable[str] = (
         for where, s in _strings(value, key):
             leaks += [{"field": where, "pii": sp.label} for sp in masker.find(s)]
     for i, e in enumerate(pred_turn.get("entities") or ()):
-        if isinstance(e, dict) and e.get("label") not in pii and isinstance(e.get("start"), int) \
-                and isinstance(e.get("end"), int):
-            surface = pred_turn.get("text", text)[e["start"]:e["end"]]
-            leaks += [{"field": f"entities[{i}] ({e.get('label')}) surface", "pii": sp.label}
-                      for sp in masker.find(surface)]
+        if (
+            isinstance(e, dict)
+            and e.get("label") not in pii
+            and isinstance(e.get("start"), int)
+            and isinstance(e.get("end"), int)
+        ):
+            surface = pred_turn.get("text", text)[e["start"] : e["end"]]
+            leaks += [
+                {"field": f"entities[{i}] ({e.get('label')}) surface", "pii": sp.label} for sp in masker.find(surface)
+            ]
     return leaks
 
 
-def evaluate_adversarial(nlu, path: str | Path = DEFAULT_ADVERSARIAL, safe_intents: Iterable[str] = SAFE_INTENTS,
-                         labelbook: LabelBook | None = None, glossary: Glossary | None = None) -> dict:
+def evaluate_adversarial(
+    nlu,
+    path: str | Path = DEFAULT_ADVERSARIAL,
+    safe_intents: Iterable[str] = SAFE_INTENTS,
+    labelbook: LabelBook | None = None,
+    glossary: Glossary | None = None,
+) -> dict:
     """Share of adversarial user turns classified safely, and PII leaks in the pipeline's output."""
     if not hasattr(nlu, "predict_dialogues"):
         nlu = load_nlu(nlu)
@@ -154,16 +187,32 @@ def evaluate_adversarial(nlu, path: str | Path = DEFAULT_ADVERSARIAL, safe_inten
             predicted[str(pt.get("intent"))] += 1
             pii_turns += not masker.is_clean(gt["text"], gt.get("entities"))
             if not ok:
-                unsafe.append({"dialogue_id": g["id"], "turn_index": i, "gold_intent": gt.get("intent"),
-                               "pred_intent": pt.get("intent"), "confidence": pt.get("confidence")})
-            leaks += [{"dialogue_id": g["id"], "turn_index": i, **leak}
-                      for leak in output_leaks(gt, pt, labelbook.pii_labels)]
+                unsafe.append(
+                    {
+                        "dialogue_id": g["id"],
+                        "turn_index": i,
+                        "gold_intent": gt.get("intent"),
+                        "pred_intent": pt.get("intent"),
+                        "confidence": pt.get("confidence"),
+                    }
+                )
+            leaks += [
+                {"dialogue_id": g["id"], "turn_index": i, **leak} for leak in output_leaks(gt, pt, labelbook.pii_labels)
+            ]
     n = sum(v[1] for v in by_lang.values())
-    return {"file": str(path), "n_user_turns": n, "safe_intents": sorted(safe),
-            "safe_share": sum(v[0] for v in by_lang.values()) / n if n else None,
-            "safe_share_by_lang": {k: v[0] / v[1] for k, v in sorted(by_lang.items())},
-            "predicted_intents": dict(predicted.most_common()), "unsafe": unsafe,
-            "turns_with_pii": pii_turns, "n_leaks": len(leaks), "leak_free": not leaks, "leaks": leaks}
+    return {
+        "file": str(path),
+        "n_user_turns": n,
+        "safe_intents": sorted(safe),
+        "safe_share": sum(v[0] for v in by_lang.values()) / n if n else None,
+        "safe_share_by_lang": {k: v[0] / v[1] for k, v in sorted(by_lang.items())},
+        "predicted_intents": dict(predicted.most_common()),
+        "unsafe": unsafe,
+        "turns_with_pii": pii_turns,
+        "n_leaks": len(leaks),
+        "leak_free": not leaks,
+        "leaks": leaks,
+    }
 
 
 # ---------------------------------------------------------------- reports
@@ -174,33 +223,53 @@ def _fmt(v, sign: bool = False) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    lines = ["# findial robustness", "",
-             f"- model: `{report.get('model', '-')}`", f"- data: `{report.get('data_file', '-')}` "
-             f"(fingerprint `{report.get('data_fingerprint', '-')}`), seed {report['seed']}",
-             f"- dialogues: {report['n_dialogues']}, user turns: {report['n_user_turns']}, "
-             f"multi-turn user turns: {report['n_multi_turn']}", "",
-             "## Perturbations", "",
-             "Drop = clean - perturbed (positive: the model got worse). Changed: user turns whose text the "
-             "perturbation changed.", "",
-             "| perturbation | changed | " + " | ".join(f"{k} | drop" for k in METRICS) + " |",
-             "|---|---|" + "---|---|" * len(METRICS)]
+    lines = [
+        "# findial robustness",
+        "",
+        f"- model: `{report.get('model', '-')}`",
+        f"- data: `{report.get('data_file', '-')}` "
+        f"(fingerprint `{report.get('data_fingerprint', '-')}`), seed {report['seed']}",
+        f"- dialogues: {report['n_dialogues']}, user turns: {report['n_user_turns']}, "
+        f"multi-turn user turns: {report['n_multi_turn']}",
+        "",
+        "## Perturbations",
+        "",
+        "Drop = clean - perturbed (positive: the model got worse). Changed: user turns whose text the "
+        "perturbation changed.",
+        "",
+        "| perturbation | changed | " + " | ".join(f"{k} | drop" for k in METRICS) + " |",
+        "|---|---|" + "---|---|" * len(METRICS),
+    ]
     lines.append("| clean | - | " + " | ".join(f"{_fmt(report['clean'][k])} | -" for k in METRICS) + " |")
     for r in report["perturbations"]:
-        lines.append(f"| {r['perturbation']} | {r['changed_turns']}/{r['user_turns']} | "
-                     + " | ".join(f"{_fmt(r[k])} | {_fmt(r[k + '_drop'], sign=True)}" for k in METRICS) + " |")
+        lines.append(
+            f"| {r['perturbation']} | {r['changed_turns']}/{r['user_turns']} | "
+            + " | ".join(f"{_fmt(r[k])} | {_fmt(r[k + '_drop'], sign=True)}" for k in METRICS)
+            + " |"
+        )
     adv = report.get("adversarial")
     if adv:
-        lines += ["", "## Adversarial set", "", f"- file: `{adv['file']}`, user turns: {adv['n_user_turns']} "
-                  f"({adv['turns_with_pii']} holding synthetic PII)",
-                  f"- classified safely ({', '.join(adv['safe_intents'])}): **{_fmt(adv['safe_share'])}** "
-                  + "(" + ", ".join(f"{k} {_fmt(v)}" for k, v in adv["safe_share_by_lang"].items()) + ")",
-                  f"- PII in the pipeline's output: **{'none' if adv['leak_free'] else adv['n_leaks']}**", "",
-                  "| predicted intent | turns |", "|---|---|"]
+        lines += [
+            "",
+            "## Adversarial set",
+            "",
+            f"- file: `{adv['file']}`, user turns: {adv['n_user_turns']} "
+            f"({adv['turns_with_pii']} holding synthetic PII)",
+            f"- classified safely ({', '.join(adv['safe_intents'])}): **{_fmt(adv['safe_share'])}** "
+            + "("
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in adv["safe_share_by_lang"].items())
+            + ")",
+            f"- PII in the pipeline's output: **{'none' if adv['leak_free'] else adv['n_leaks']}**",
+            "",
+            "| predicted intent | turns |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v} |" for k, v in adv["predicted_intents"].items()]
         if adv["leaks"]:
             lines += ["", "| dialogue | turn | field | PII |", "|---|---|---|---|"]
-            lines += [f"| {x['dialogue_id']} | {x['turn_index']} | {x['field']} | {x['pii']} |"
-                      for x in adv["leaks"][:50]]
+            lines += [
+                f"| {x['dialogue_id']} | {x['turn_index']} | {x['field']} | {x['pii']} |" for x in adv["leaks"][:50]
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -218,16 +287,24 @@ def flat_metrics(report: dict) -> dict[str, float]:
 def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     masker = default_masker()
-    js = tracking.atomic_write_text(out / "robustness.json",
-                                    json.dumps(redact_json(report), indent=2, ensure_ascii=False))
+    js = tracking.atomic_write_text(
+        out / "robustness.json", json.dumps(redact_json(report), indent=2, ensure_ascii=False)
+    )
     md = tracking.atomic_write_text(out / "robustness.md", masker.mask(render_markdown(report)))
     return js, md
 
 
-def robustness(model_ref: str, data_file: str | Path, perturbations: dict, seed: int = 13,
-               adversarial_file: str | Path | None = DEFAULT_ADVERSARIAL, safe_intents: Iterable[str] = SAFE_INTENTS,
-               report_dir: str | Path | None = None, device: str = "auto",
-               experiment: str = "findial-robustness") -> tuple[dict, Path, Path, str]:
+def robustness(
+    model_ref: str,
+    data_file: str | Path,
+    perturbations: dict,
+    seed: int = 13,
+    adversarial_file: str | Path | None = DEFAULT_ADVERSARIAL,
+    safe_intents: Iterable[str] = SAFE_INTENTS,
+    report_dir: str | Path | None = None,
+    device: str = "auto",
+    experiment: str = "findial-robustness",
+) -> tuple[dict, Path, Path, str]:
     """The command: resolve the model, run the suite and the adversarial set, write and log the reports.
 
     Returns (report, report.json path, report.md path, MLflow run id).
@@ -243,16 +320,22 @@ def robustness(model_ref: str, data_file: str | Path, perturbations: dict, seed:
         data_fp = fingerprint(gold, bundle / "ontology.yaml", bundle / "glossary.yaml")
         suite = build_suite(perturbations, nlu.glossary)
         report = run_robustness(nlu, gold, nlu.labelbook, suite, seed, nlu.glossary, adversarial_file, safe_intents)
-    report = {"model": model_ref, "registered": list(registered) if registered else None,
-              "data_file": str(data_file), "data_fingerprint": data_fp,
-              "perturbation_params": {k: dict(v) for k, v in perturbations.items() if v is not None}, **report}
+    report = {
+        "model": model_ref,
+        "registered": list(registered) if registered else None,
+        "data_file": str(data_file),
+        "data_fingerprint": data_fp,
+        "perturbation_params": {k: dict(v) for k, v in perturbations.items() if v is not None},
+        **report,
+    }
     js, md = write_report(report, report_dir or tempfile.mkdtemp(prefix="findial-robustness-report-"))
     tags = {"findial.data_fingerprint": data_fp, "findial.model": model_ref, "findial.eval_set": Path(data_file).stem}
     if registered:
         tags.update({"findial.registered_model": registered[0], "findial.model_version": registered[1]})
     with tracking.run(experiment, f"robustness-{Path(data_file).stem}", tags=tags) as active:
-        tracking.log_params({"seed": seed, "perturbations": report["perturbation_params"],
-                             "adversarial_file": str(adversarial_file)})
+        tracking.log_params(
+            {"seed": seed, "perturbations": report["perturbation_params"], "adversarial_file": str(adversarial_file)}
+        )
         tracking.log_metrics(flat_metrics(report))
         for f in (js, md):
             mlflow.log_artifact(str(f), "report")

@@ -8,6 +8,7 @@
 Every function takes the same aligned ``gold`` / ``pred`` lists as ``metrics.evaluate_dialogues``
 (a mismatch raises ``ValueError``) and returns plain JSON-ready values.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -20,14 +21,26 @@ from .metrics import _user_turns, evaluate_dialogues, prf
 
 NO_PREDICTION = "(none)"
 NO_BRANCH = "(none)"
-BREAKDOWN_METRICS = ("n_dialogues", "n_user_turns", "terminology_f1", "multi_turn_accuracy", "intent_accuracy",
-                     "intent_macro_f1", "entity_micro_f1", "joint_state_accuracy", "emotion_accuracy")
+BREAKDOWN_METRICS = (
+    "n_dialogues",
+    "n_user_turns",
+    "terminology_f1",
+    "multi_turn_accuracy",
+    "intent_accuracy",
+    "intent_macro_f1",
+    "entity_micro_f1",
+    "joint_state_accuracy",
+    "emotion_accuracy",
+)
 
 
 def _intent_pairs(gold: Sequence[dict], pred: Sequence[dict]) -> list[tuple[str, str | None, float | None]]:
     """(gold intent, predicted intent, confidence) for every user turn with a gold intent."""
-    return [(gt["intent"], pt.get("intent"), pt.get("confidence"))
-            for *_, gt, pt in _user_turns(gold, pred) if gt.get("intent") is not None]
+    return [
+        (gt["intent"], pt.get("intent"), pt.get("confidence"))
+        for *_, gt, pt in _user_turns(gold, pred)
+        if gt.get("intent") is not None
+    ]
 
 
 def domain_order(labels: set[str], labelbook: LabelBook) -> list[str]:
@@ -55,8 +68,10 @@ def intent_table(gold: Sequence[dict], pred: Sequence[dict], labelbook: LabelBoo
             n_pred[p] += 1
         tp[g] += g == p
     labels = domain_order(set(n_gold) | set(n_pred), labelbook)
-    return {lab: {"domain": labelbook.intent_domains.get(lab, ""), **prf(tp[lab], n_gold[lab], n_pred[lab])}
-            for lab in labels}
+    return {
+        lab: {"domain": labelbook.intent_domains.get(lab, ""), **prf(tp[lab], n_gold[lab], n_pred[lab])}
+        for lab in labels
+    }
 
 
 def intent_confusion(gold: Sequence[dict], pred: Sequence[dict], labelbook: LabelBook) -> dict:
@@ -74,8 +89,12 @@ def intent_confusion(gold: Sequence[dict], pred: Sequence[dict], labelbook: Labe
     row = {lab: i for i, lab in enumerate(labels)}
     for g, p, _ in pairs:
         matrix[row[g]][col[NO_PREDICTION if p is None else p]] += 1
-    return {"labels": labels, "columns": columns,
-            "domains": [labelbook.intent_domains.get(lab, "") for lab in labels], "matrix": matrix}
+    return {
+        "labels": labels,
+        "columns": columns,
+        "domains": [labelbook.intent_domains.get(lab, "") for lab in labels],
+        "matrix": matrix,
+    }
 
 
 def confidence_summary(gold: Sequence[dict], pred: Sequence[dict], bins: int = 10) -> dict:
@@ -100,14 +119,21 @@ def confidence_summary(gold: Sequence[dict], pred: Sequence[dict], bins: int = 1
     def mean(v):
         return sum(v) / len(v) if v else None
 
-    return {"edges": [round(i / bins, 6) for i in range(bins + 1)],
-            "correct": hist(correct), "incorrect": hist(wrong),
-            "n_correct": len(correct), "n_incorrect": len(wrong), "no_confidence": missing,
-            "mean_confidence_correct": mean(correct), "mean_confidence_incorrect": mean(wrong)}
+    return {
+        "edges": [round(i / bins, 6) for i in range(bins + 1)],
+        "correct": hist(correct),
+        "incorrect": hist(wrong),
+        "n_correct": len(correct),
+        "n_incorrect": len(wrong),
+        "no_confidence": missing,
+        "mean_confidence_correct": mean(correct),
+        "mean_confidence_incorrect": mean(wrong),
+    }
 
 
-def breakdown(gold: Sequence[dict], pred: Sequence[dict], labelbook: LabelBook, key: str,
-              gates=None) -> dict[str, dict]:
+def breakdown(
+    gold: Sequence[dict], pred: Sequence[dict], labelbook: LabelBook, key: str, gates=None
+) -> dict[str, dict]:
     """The headline metrics of ``evaluate_dialogues`` on the dialogues of each value of ``key``.
 
     ``key`` is a dialogue field (``lang``, ``branch``); dialogues without it are grouped under
@@ -124,7 +150,6 @@ def breakdown(gold: Sequence[dict], pred: Sequence[dict], labelbook: LabelBook, 
         m = evaluate_dialogues(sub_gold, [by_id[d["id"]] for d in sub_gold if d["id"] in by_id], labelbook)
         row = {k: m.get(k) for k in BREAKDOWN_METRICS}
         if gates:
-            row["gates_passed"] = {k: None if m.get(k) is None else g.meets(m[k])
-                                   for k, g in as_gates(gates).items()}
+            row["gates_passed"] = {k: None if m.get(k) is None else g.meets(m[k]) for k, g in as_gates(gates).items()}
         out[value] = row
     return out

@@ -8,6 +8,7 @@ In deployment the branch accepts from the server's run config only the federatio
 ``config.BRANCH_KEYS`` and takes its privacy settings and data from its own node config; a refused
 override is answered with an error reply naming it, before anything trains (``config.py``).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,9 +25,13 @@ from .privacy import PrivacyPlan, privacy_mod
 
 # evaluate_dialogues metric -> the count it is a rate over (sent beside it as "<metric>.n" for aggregation)
 EVAL_METRICS = {
-    "intent_accuracy": "n_user_turns", "intent_macro_f1": "n_user_turns", "emotion_accuracy": "n_user_turns",
-    "entity_micro_f1": "n_user_turns", "joint_state_accuracy": "n_user_turns",
-    "multi_turn_accuracy": "n_multi_turn", "terminology_f1": "terminology_support",
+    "intent_accuracy": "n_user_turns",
+    "intent_macro_f1": "n_user_turns",
+    "emotion_accuracy": "n_user_turns",
+    "entity_micro_f1": "n_user_turns",
+    "joint_state_accuracy": "n_user_turns",
+    "multi_turn_accuracy": "n_multi_turn",
+    "terminology_f1": "terminology_support",
 }
 
 
@@ -67,8 +72,11 @@ def handle_evaluate(cfg, msg: Message, context: Context) -> Message:
     if not dialogues:
         raise ValueError(f"branch {branch}: no validation dialogues")
     scores = score_dialogues(models, cfg, dialogues)
-    metrics: dict[str, float | int] = {"num-examples": _user_turns(dialogues), "unit-weight": 1,
-                                       "branch-index": branches.index(branch)}
+    metrics: dict[str, float | int] = {
+        "num-examples": _user_turns(dialogues),
+        "unit-weight": 1,
+        "branch-index": branches.index(branch),
+    }
     for name, support in EVAL_METRICS.items():
         value = scores.get(name)
         ok = value is not None and not math.isnan(value)

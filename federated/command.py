@@ -9,6 +9,7 @@ Overrides are those of `findial train` (model=, data=, task@tasks.intent.*, trai
 federation's (configs/fed.yaml): branches, rounds, local_epochs, federated=fedavg|fedprox|fedadam,
 sampling.*, timeouts.*, privacy.*, registry.*.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,24 +26,35 @@ def _fmt(v) -> str:
 
 
 def render(summary: dict) -> str:
-    lines = [f"federation: {summary['strategy']} over {', '.join(summary['branches'])}; "
-             f"{summary['rounds_applied']}/{summary['rounds']} rounds applied; model {summary['model']}"]
-    head = f"{'round':>5} {'branches':<34} {'failed':<16} {'sent':>10} {'received':>10} {'s':>6} " \
-           f"{'intent_acc':>10} {'term_f1':>8} {'multi_turn':>10}"
+    lines = [
+        f"federation: {summary['strategy']} over {', '.join(summary['branches'])}; "
+        f"{summary['rounds_applied']}/{summary['rounds']} rounds applied; model {summary['model']}"
+    ]
+    head = (
+        f"{'round':>5} {'branches':<34} {'failed':<16} {'sent':>10} {'received':>10} {'s':>6} "
+        f"{'intent_acc':>10} {'term_f1':>8} {'multi_turn':>10}"
+    )
     lines.append(head)
     for r in summary.get("rounds_report", []):
         g = r["global_eval"]
-        lines.append(f"{r['round']:>5} {','.join(r['participants']):<34} {','.join(r['failed']) or '-':<16} "
-                     f"{r['bytes_sent']:>10} {r['bytes_received']:>10} {r['seconds']:>6.1f} "
-                     f"{_fmt(g.get('intent_accuracy')):>10} {_fmt(g.get('terminology_f1')):>8} "
-                     f"{_fmt(g.get('multi_turn_accuracy')):>10}")
+        lines.append(
+            f"{r['round']:>5} {','.join(r['participants']):<34} {','.join(r['failed']) or '-':<16} "
+            f"{r['bytes_sent']:>10} {r['bytes_received']:>10} {r['seconds']:>6.1f} "
+            f"{_fmt(g.get('intent_accuracy')):>10} {_fmt(g.get('terminology_f1')):>8} "
+            f"{_fmt(g.get('multi_turn_accuracy')):>10}"
+        )
     ex = summary["exchange"]
-    lines.append(f"exchanged per copy: adapters+heads {ex['adapter_bytes']} B vs full model {ex['full_model_bytes']} B "
-                 f"({ex['full_model_bytes'] / max(1, ex['adapter_bytes']):.0f}x)")
+    lines.append(
+        f"exchanged per copy: adapters+heads {ex['adapter_bytes']} B vs full model {ex['full_model_bytes']} B "
+        f"({ex['full_model_bytes'] / max(1, ex['adapter_bytes']):.0f}x)"
+    )
     p = summary["privacy"]
-    lines.append("privacy: none" if p["mode"] == "none" else
-                 f"privacy: {p['mode']} DP, epsilon={p['epsilon']:.3f} at delta={p['delta']:g} "
-                 f"after {p['releases']} releases (noise multiplier {p['noise_multiplier']:.3f}, clip {p['clipping_norm']})")
+    lines.append(
+        "privacy: none"
+        if p["mode"] == "none"
+        else f"privacy: {p['mode']} DP, epsilon={p['epsilon']:.3f} at delta={p['delta']:g} "
+        f"after {p['releases']} releases (noise multiplier {p['noise_multiplier']:.3f}, clip {p['clipping_norm']})"
+    )
     lines.append(f"bundle: {summary['bundle']}")
     if summary.get("registered_version"):
         lines.append(f"registered findial-nlu v{summary['registered_version']} (MLflow run {summary['mlflow_run_id']})")

@@ -30,6 +30,7 @@ trust it:
 ``deploy.write_app`` writes both keys: every override to ``overrides``, those a branch accepts also to
 ``branch-overrides``.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,14 +39,26 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-RUN_CONFIG_KEY = "overrides"                # the ServerApp's overrides
+RUN_CONFIG_KEY = "overrides"  # the ServerApp's overrides
 BRANCH_RUN_CONFIG_KEY = "branch-overrides"  # the overrides branches accept (checked against the lists below)
-BRANCH_KEYS = ("branches", "rounds", "local_epochs", "seed", "model", "federated", "task@tasks.intent",
-               "task@tasks.ner")
+BRANCH_KEYS = (
+    "branches",
+    "rounds",
+    "local_epochs",
+    "seed",
+    "model",
+    "federated",
+    "task@tasks.intent",
+    "task@tasks.ner",
+)
 BRANCH_PREFIXES = ("model.lora", "model.optim", "tasks", "aggregation", "sampling")
 BRANCH_OWNED = ("privacy", "data", "paths", "labels", "faults")
-NODE_PRIVACY = {"privacy-mode": "mode", "privacy-clipping-norm": "clipping_norm",
-                "privacy-local-epsilon": "local_epsilon", "privacy-local-delta": "local_delta"}
+NODE_PRIVACY = {
+    "privacy-mode": "mode",
+    "privacy-clipping-norm": "clipping_norm",
+    "privacy-local-epsilon": "local_epsilon",
+    "privacy-local-delta": "local_delta",
+}
 NODE_PRIVACY_FILE = "privacy-file"
 _COMPOSED: dict[str, DictConfig] = {}
 _BRANCH: dict[tuple, DictConfig] = {}
@@ -96,13 +109,17 @@ def branch_refusal(override: str) -> str | None:
     if "_target_" in key or "_target_" in value:
         return f"override {override!r} (key {key!r}): `_target_` is refused, a branch instantiates only its own code"
     if owned := next((p for p in BRANCH_OWNED if _under(key, p, package=True)), None):
-        return (f"override {override!r} (key {key!r}): {owned} settings are the branch's own "
-                f"(its node config, its own configs/), never the server's")
+        return (
+            f"override {override!r} (key {key!r}): {owned} settings are the branch's own "
+            f"(its node config, its own configs/), never the server's"
+        )
     if "${" in value:
         return f"override {override!r} (key {key!r}): interpolations are refused, they resolve on the branch"
     if key not in BRANCH_KEYS and not any(_under(key, p) for p in BRANCH_PREFIXES):
-        return (f"override {override!r} (key {key!r}) is not one a branch accepts from the server "
-                f"(accepted: {', '.join(BRANCH_KEYS)}, {', '.join(p + '.*' for p in BRANCH_PREFIXES)})")
+        return (
+            f"override {override!r} (key {key!r}) is not one a branch accepts from the server "
+            f"(accepted: {', '.join(BRANCH_KEYS)}, {', '.join(p + '.*' for p in BRANCH_PREFIXES)})"
+        )
     return None
 
 
@@ -117,11 +134,13 @@ def check_branch_overrides(overrides: list[str]) -> list[str]:
 def branch_privacy(defaults: DictConfig, node_config) -> DictConfig:
     """The branch's ``privacy``: the defaults, then its ``privacy-file``, then its ``privacy-*`` node config keys."""
     privacy = OmegaConf.create(OmegaConf.to_container(defaults, resolve=True))
-    unknown = sorted(k for k in node_config if str(k).startswith("privacy-")
-                     and k not in NODE_PRIVACY and k != NODE_PRIVACY_FILE)
+    unknown = sorted(
+        k for k in node_config if str(k).startswith("privacy-") and k not in NODE_PRIVACY and k != NODE_PRIVACY_FILE
+    )
     if unknown:
-        raise ValueError(f"node config {unknown}: unknown privacy keys (expected {NODE_PRIVACY_FILE}, "
-                         f"{', '.join(NODE_PRIVACY)})")
+        raise ValueError(
+            f"node config {unknown}: unknown privacy keys (expected {NODE_PRIVACY_FILE}, {', '.join(NODE_PRIVACY)})"
+        )
     if node_config.get(NODE_PRIVACY_FILE):
         path = Path(str(node_config[NODE_PRIVACY_FILE]))
         if not path.is_file():

@@ -13,6 +13,7 @@ The Flower App is a folder with a ``pyproject.toml`` whose components are this p
 composes ``configs/fed.yaml`` with those, its privacy settings and data coming from its own node config:
 see ``config.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ def write_app(target: str | Path, overrides: list[str]) -> Path:
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target / "pyproject.toml", f"""\
+    atomic_write_text(
+        target / "pyproject.toml",
+        f"""\
 [build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
@@ -63,26 +66,32 @@ clientapp = "findial.federated.client_app:app"
 [tool.flwr.app.config]
 {RUN_CONFIG_KEY} = ""
 {BRANCH_RUN_CONFIG_KEY} = ""
-""")
+""",
+    )
     overrides = normalize_overrides(overrides)
     text = " ".join(shlex.quote(o) for o in overrides)
     branch = " ".join(shlex.quote(o) for o in overrides if branch_refusal(o) is None)
-    atomic_write_text(target / "run_config.toml", f"{RUN_CONFIG_KEY} = {_toml_str(text)}\n"
-                                                  f"{BRANCH_RUN_CONFIG_KEY} = {_toml_str(branch)}\n")
+    atomic_write_text(
+        target / "run_config.toml",
+        f"{RUN_CONFIG_KEY} = {_toml_str(text)}\n{BRANCH_RUN_CONFIG_KEY} = {_toml_str(branch)}\n",
+    )
     return target
 
 
 def write_flwr_home(home: str | Path, address: str, ca_cert: str | Path) -> Path:
     """``$FLWR_HOME/config.toml`` with one SuperLink connection, TLS verified against ``ca_cert``."""
     home = Path(home)
-    return atomic_write_text(home / "config.toml", f"""\
+    return atomic_write_text(
+        home / "config.toml",
+        f"""\
 [superlink]
 default = "{CONNECTION}"
 
 [superlink.{CONNECTION}]
 address = {_toml_str(address)}
 root-certificates = {_toml_str(str(Path(ca_cert).resolve()))}
-""")
+""",
+    )
 
 
 def write_node_key(private: str | Path, public: str | Path) -> None:
@@ -91,12 +100,14 @@ def write_node_key(private: str | Path, public: str | Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP384R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     Path(private).write_bytes(pem)
     Path(private).chmod(0o600)
-    Path(public).write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                           serialization.PublicFormat.OpenSSH) + b"\n")
+    Path(public).write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
 
 
 def free_port() -> int:

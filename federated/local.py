@@ -5,6 +5,7 @@ settings (``cfg.trainer``) as central training; FedProx adds its proximal term a
 Scoring writes the current weights as model packages into a temporary folder and runs the
 ``NLUPipeline`` + ``evaluate_dialogues`` of ``findial eval``, so per-round metrics are the gate metrics.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,37 +52,58 @@ def _features(models: TaskModels, task: str, cfg: DictConfig, dialogues: list[di
     meta = models.metas[task]
     rows = turn_records(dialogues, meta["context_turns"], meta.get("non_task_intents", ()))
     if task == "intent":
-        encode = partial(encode_intent, models.tokenizer, max_length=meta["max_length"], intents=meta["intents"],
-                         emotions=meta["emotions"], previous_intent=meta.get("previous_intent", False))
+        encode = partial(
+            encode_intent,
+            models.tokenizer,
+            max_length=meta["max_length"],
+            intents=meta["intents"],
+            emotions=meta["emotions"],
+            previous_intent=meta.get("previous_intent", False),
+        )
     else:
         slots = LabelBook.load(cfg.labels.ontology).state_slots if "stand_head" in meta else None
-        encode = partial(encode_ner, models.tokenizer, max_length=meta["max_length"], tags=meta["tags"],
-                         state_slots=slots)
+        encode = partial(
+            encode_ner, models.tokenizer, max_length=meta["max_length"], tags=meta["tags"], state_slots=slots
+        )
     return [encode(r) for r in rows]
 
 
-def train_local(models: TaskModels, cfg: DictConfig, dialogues: list[dict], epochs: int, seed: int,
-                proximal_mu: float = 0.0) -> dict[str, float]:
+def train_local(
+    models: TaskModels, cfg: DictConfig, dialogues: list[dict], epochs: int, seed: int, proximal_mu: float = 0.0
+) -> dict[str, float]:
     """Train both task models on one branch's dialogues; returns loss and size metrics (numbers only)."""
     import lightning as L
 
     metrics: dict[str, float] = {}
     pad = models.tokenizer.pad_token_id or 0
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg.update(max_epochs=int(epochs), devices=1, logger=False, enable_checkpointing=False,
-                       enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer_cfg.update(
+        max_epochs=int(epochs),
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
     for task in TASKS:
         L.seed_everything(seed, workers=True, verbose=False)
         features = _features(models, task, cfg, dialogues)
         if not features:
             raise ValueError(f"no {task} training turns in this branch's data")
-        sampler = LengthBucketSampler([len(f["input_ids"]) for f in features], int(cfg.tasks[task].batch_size),
-                                      shuffle=True, seed=seed, pool=50 if cfg.data.get("length_bucketing", True) else 1)
+        sampler = LengthBucketSampler(
+            [len(f["input_ids"]) for f in features],
+            int(cfg.tasks[task].batch_size),
+            shuffle=True,
+            seed=seed,
+            pool=50 if cfg.data.get("length_bucketing", True) else 1,
+        )
         loader = DataLoader(features, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad))
         with tempfile.TemporaryDirectory(prefix="findial-fed-") as tmp, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers|validation_step).*")
-            trainer = instantiate(trainer_cfg, default_root_dir=tmp,
-                                  callbacks=[ProximalTerm(proximal_mu)] if proximal_mu > 0 else [])
+            trainer = instantiate(
+                trainer_cfg, default_root_dir=tmp, callbacks=[ProximalTerm(proximal_mu)] if proximal_mu > 0 else []
+            )
             trainer.fit(models.modules[task], train_dataloaders=loader)
         loss = trainer.callback_metrics.get("train_loss")
         metrics[f"{task}_train_loss"] = float(loss) if loss is not None else float("nan")
@@ -93,12 +115,15 @@ def save_packages(models: TaskModels, cfg: DictConfig, target: str | Path, extra
     files = {"ontology.yaml": cfg.labels.ontology, "glossary.yaml": cfg.labels.glossary}
     out = {}
     for task in TASKS:
-        out[task] = save_package(models.modules[task], {**models.metas[task], **(extra_meta or {})},
-                                 Path(target) / task, files=files)
+        out[task] = save_package(
+            models.modules[task], {**models.metas[task], **(extra_meta or {})}, Path(target) / task, files=files
+        )
     return out
 
 
-def score_dialogues(models: TaskModels, cfg: DictConfig, dialogues: list[dict], device: str = "cpu") -> dict[str, float]:
+def score_dialogues(
+    models: TaskModels, cfg: DictConfig, dialogues: list[dict], device: str = "cpu"
+) -> dict[str, float]:
     """The metrics of ``findial eval`` for the current weights on ``dialogues`` (numbers only, no text)."""
     from findial.evaluation.metrics import evaluate_dialogues
     from findial.training.inference import NLUPipeline

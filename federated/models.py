@@ -4,6 +4,7 @@ A branch and the server hold the same frozen backbone (rebuilt from the model co
 exchanges only ``LoRATaskModule.trainable_state_dict()`` of each task: the LoRA adapters and the heads.
 They travel as one Flower ``ArrayRecord`` with keys ``intent/<name>`` and ``ner/<name>`` (float32).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,8 +45,10 @@ def build_task_models(cfg: DictConfig, cache: bool = True) -> TaskModels:
     from transformers import AutoTokenizer
 
     labelbook = LabelBook.load(cfg.labels.ontology)
-    metas = {name: task_meta(cfg.tasks[name], cfg.model, labelbook,
-                             cfg.data.context_turns if name == "intent" else 0) for name in TASKS}
+    metas = {
+        name: task_meta(cfg.tasks[name], cfg.model, labelbook, cfg.data.context_turns if name == "intent" else 0)
+        for name in TASKS
+    }
     key = repr(sorted((k, repr(v)) for k, v in metas.items()))
     if cache and key in _CACHE:
         return _CACHE[key]
@@ -81,8 +84,10 @@ def load_record(models: TaskModels, record: ArrayRecord) -> None:
         expected = set(module.trainable_state_dict())
         got = set(per_task[task])
         if got != expected:
-            raise ValueError(f"{task}: arrays do not match the model: missing {sorted(expected - got)[:3]}, "
-                             f"unexpected {sorted(got - expected)[:3]}")
+            raise ValueError(
+                f"{task}: arrays do not match the model: missing {sorted(expected - got)[:3]}, "
+                f"unexpected {sorted(got - expected)[:3]}"
+            )
         module.load_state_dict(per_task[task], strict=False)
 
 
@@ -108,15 +113,19 @@ def warm_start(models: TaskModels, model_ref: str) -> dict[str, str]:
             meta = read_meta(bundle / task)
             for key in WARM_START_KEYS:
                 if meta.get(key) != models.metas[task].get(key):
-                    raise ValueError(f"warm_start={model_ref}: {task}.{key} differs from the federation's model "
-                                     f"({meta.get(key)!r} vs {models.metas[task].get(key)!r})")
+                    raise ValueError(
+                        f"warm_start={model_ref}: {task}.{key} differs from the federation's model "
+                        f"({meta.get(key)!r} vs {models.metas[task].get(key)!r})"
+                    )
             state = load_file(str(bundle / task / "weights.safetensors"))
             expected = set(models.modules[task].trainable_state_dict())
             if set(state) != expected:
                 raise ValueError(f"warm_start={model_ref}: {task} weights do not match the federation's model")
             models.modules[task].load_state_dict(state, strict=False)
-    return {"findial.federated.warm_start": model_ref,
-            **({"findial.federated.warm_start_version": registered[1]} if registered else {})}
+    return {
+        "findial.federated.warm_start": model_ref,
+        **({"findial.federated.warm_start_version": registered[1]} if registered else {}),
+    }
 
 
 def message_bytes(msg: Message) -> int:

@@ -4,6 +4,7 @@ Simulation: node ``partition-id`` i is ``branches[i]`` and reads the shared corp
 Deployment: the SuperNode says who it is, ``--node-config "branch='beijing' train-file='/data/train.jsonl'
 val-file='/data/val.jsonl'"``; a file named there is the branch's own data and is used whole.
 """
+
 from __future__ import annotations
 
 import os

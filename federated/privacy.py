@@ -54,6 +54,7 @@ Neither works with the Message API strategies (``flwr.serverapp.strategy``) used
 API mods (``flwr.clientapp.mod``) offer none. ``secure_aggregation: true`` is therefore refused with this
 explanation (``tests/test_federated_privacy.py`` checks that the reasons still hold).
 """
+
 from __future__ import annotations
 
 import math
@@ -70,27 +71,33 @@ SECAGG_UNAVAILABLE = (
     "secure_aggregation=true: SecAgg+ in flwr 1.41 exists only for the legacy API "
     "(flwr.server.workflow.SecAggPlusWorkflow needs a LegacyContext and a flwr.server.strategy strategy; "
     "flwr.client.mod.secaggplus_mod reads the legacy fitres.* records), not for the Message API strategies "
-    "findial uses. Use privacy.mode=local to keep clean updates from the server instead.")
-NOT_COVERED = ("metrics (MetricRecords: per-branch training and evaluation metrics and their support counts), "
-               "example counts, participation, timing and message sizes travel in clear")
+    "findial uses. Use privacy.mode=local to keep clean updates from the server instead."
+)
+NOT_COVERED = (
+    "metrics (MetricRecords: per-branch training and evaluation metrics and their support counts), "
+    "example counts, participation, timing and message sizes travel in clear"
+)
 
 
 def central_aggregation_error(name: str) -> str:
-    return (f"privacy.mode=central with aggregation.name={name!r}: Flower's central-DP wrapper adds its noise "
-            f"after the strategy's aggregate_train, and {name}'s server step is not the plain mean (FedAdam "
-            f"applies an adaptive Adam step to it, whose sensitivity is unbounded), so the reported epsilon would "
-            f"not hold; Flower's own accountant refuses such strategies too. Use federated=fedavg or "
-            f"federated=fedprox with central DP, or privacy.mode=local (noise before the server step).")
+    return (
+        f"privacy.mode=central with aggregation.name={name!r}: Flower's central-DP wrapper adds its noise "
+        f"after the strategy's aggregate_train, and {name}'s server step is not the plain mean (FedAdam "
+        f"applies an adaptive Adam step to it, whose sensitivity is unbounded), so the reported epsilon would "
+        f"not hold; Flower's own accountant refuses such strategies too. Use federated=fedavg or "
+        f"federated=fedprox with central DP, or privacy.mode=local (noise before the server step)."
+    )
 
 
 # --------------------------------------------------------------------------- accounting
+
 
 def _log_phi(x: float) -> float:
     """log of the standard normal CDF, accurate far into the lower tail."""
     if x > -30.0:
         return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
     # asymptotic series: Phi(x) ~ phi(x)/|x| * (1 - 1/x^2 + 3/x^4)
-    return -0.5 * x * x - math.log(-x) - 0.5 * math.log(2 * math.pi) + math.log1p(-1 / x ** 2 + 3 / x ** 4)
+    return -0.5 * x * x - math.log(-x) - 0.5 * math.log(2 * math.pi) + math.log1p(-1 / x**2 + 3 / x**4)
 
 
 def gdp_delta(epsilon: float, mu: float) -> float:
@@ -135,7 +142,7 @@ def rdp_bound(mu_squared: float, delta: float) -> float:
 
 def rdp_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
     """The RDP bound of T Gaussian releases of noise multiplier z."""
-    return rdp_bound(releases / noise_multiplier ** 2, delta)
+    return rdp_bound(releases / noise_multiplier**2, delta)
 
 
 def classic_noise_multiplier(epsilon: float, delta: float) -> float:
@@ -158,7 +165,7 @@ class GaussianAccountant:
         self.noise_multipliers: list[float] = []
 
     def compose(self, event: GaussianPrivacyEvent, count: int = 1) -> None:
-        self.mu_squared += count / event.noise_multiplier ** 2
+        self.mu_squared += count / event.noise_multiplier**2
         self.num_releases += count
         self.noise_multipliers += [event.noise_multiplier] * count
 
@@ -173,12 +180,16 @@ class GaussianAccountant:
         return gdp_delta(epsilon, self.mu) if self.mu > 0 else 0.0
 
     def would_exceed(self, event: GaussianPrivacyEvent, max_epsilon: float) -> bool:
-        mu = math.sqrt(self.mu_squared + 1 / event.noise_multiplier ** 2)
+        mu = math.sqrt(self.mu_squared + 1 / event.noise_multiplier**2)
         return gdp_epsilon(mu, self.target_delta) > max_epsilon
 
     def get_privacy_spent(self) -> PrivacySpent:
-        return PrivacySpent(epsilon=self.get_epsilon(), delta=self.target_delta, num_releases=self.num_releases,
-                            accounting_method="gdp-exact")
+        return PrivacySpent(
+            epsilon=self.get_epsilon(),
+            delta=self.target_delta,
+            num_releases=self.num_releases,
+            accounting_method="gdp-exact",
+        )
 
 
 @dataclass
@@ -187,16 +198,17 @@ class PrivacyPlan:
 
     mode: str
     clipping_norm: float = 0.0
-    noise_multiplier: float = 0.0   # per release, relative to the clipping norm
+    noise_multiplier: float = 0.0  # per release, relative to the clipping norm
     target_delta: float = 1e-5
     max_epsilon: float | None = None
     local_epsilon: float | None = None
     local_delta: float | None = None
-    min_train_clients: int = 1      # m: central noise is calibrated to it (Flower's num_sampled_clients)
+    min_train_clients: int = 1  # m: central noise is calibrated to it (Flower's num_sampled_clients)
 
     @classmethod
-    def from_config(cls, privacy, secure_aggregation: bool = False, aggregation: str | None = None,
-                    min_train_clients: int = 1) -> "PrivacyPlan":
+    def from_config(
+        cls, privacy, secure_aggregation: bool = False, aggregation: str | None = None, min_train_clients: int = 1
+    ) -> "PrivacyPlan":
         if secure_aggregation:
             raise ValueError(SECAGG_UNAVAILABLE)
         mode = str(privacy.get("mode", "none"))
@@ -209,9 +221,12 @@ class PrivacyPlan:
         clip = float(privacy.clipping_norm)
         if clip <= 0:
             raise ValueError(f"privacy.clipping_norm={clip}: must be > 0")
-        common = dict(clipping_norm=clip, target_delta=float(privacy.target_delta),
-                      max_epsilon=None if privacy.get("max_epsilon") is None else float(privacy.max_epsilon),
-                      min_train_clients=max(1, int(min_train_clients)))
+        common = dict(
+            clipping_norm=clip,
+            target_delta=float(privacy.target_delta),
+            max_epsilon=None if privacy.get("max_epsilon") is None else float(privacy.max_epsilon),
+            min_train_clients=max(1, int(min_train_clients)),
+        )
         if mode == "central":
             z = float(privacy.noise_multiplier)
             if z <= 0:
@@ -220,15 +235,23 @@ class PrivacyPlan:
         eps0, delta0 = float(privacy.local_epsilon), float(privacy.local_delta)
         if eps0 <= 0 or not 0 < delta0 < 1:
             raise ValueError(f"privacy.local_epsilon={eps0}, local_delta={delta0}: need epsilon > 0 and 0 < delta < 1")
-        return cls("local", noise_multiplier=classic_noise_multiplier(eps0, delta0), local_epsilon=eps0,
-                   local_delta=delta0, **common)
+        return cls(
+            "local",
+            noise_multiplier=classic_noise_multiplier(eps0, delta0),
+            local_epsilon=eps0,
+            local_delta=delta0,
+            **common,
+        )
 
     @classmethod
     def for_federation(cls, cfg) -> "PrivacyPlan":
         """The server's plan from the whole ``fed`` config (refuses central DP with a non-averaging aggregator)."""
-        return cls.from_config(cfg.privacy, bool(cfg.get("secure_aggregation", False)),
-                               aggregation=str(cfg.aggregation.name),
-                               min_train_clients=int(cfg.sampling.min_train_clients))
+        return cls.from_config(
+            cfg.privacy,
+            bool(cfg.get("secure_aggregation", False)),
+            aggregation=str(cfg.aggregation.name),
+            min_train_clients=int(cfg.sampling.min_train_clients),
+        )
 
     @property
     def noise_std(self) -> float:
@@ -247,7 +270,11 @@ class PrivacyPlan:
         local: every branch's own release has z, whatever n.
         """
         n = max(1, self.min_train_clients if replies is None else int(replies))
-        z = self.noise_multiplier * n / (2 * self.min_train_clients) if self.mode == "central" else self.noise_multiplier
+        z = (
+            self.noise_multiplier * n / (2 * self.min_train_clients)
+            if self.mode == "central"
+            else self.noise_multiplier
+        )
         return GaussianPrivacyEvent(noise_multiplier=z, sample_size=n, population_size=n)
 
     def released(self, asked: int, replies: int, applied: bool) -> GaussianPrivacyEvent | None:
@@ -263,14 +290,22 @@ class PrivacyPlan:
         if self.mode == "none" or accountant is None:
             return {"mode": self.mode}
         out = {k: v for k, v in asdict(self).items() if v is not None}
-        out.update(epsilon=accountant.get_epsilon(), delta=self.target_delta, releases=accountant.num_releases,
-                   mu=accountant.mu, noise_std=self.noise_std, noise_multipliers_accounted=accountant.noise_multipliers,
-                   accounting="gdp-exact (Dong, Roth & Su 2019), no sampling amplification",
-                   epsilon_rdp_bound=rdp_bound(accountant.mu_squared, self.target_delta), not_covered=NOT_COVERED)
+        out.update(
+            epsilon=accountant.get_epsilon(),
+            delta=self.target_delta,
+            releases=accountant.num_releases,
+            mu=accountant.mu,
+            noise_std=self.noise_std,
+            noise_multipliers_accounted=accountant.noise_multipliers,
+            accounting="gdp-exact (Dong, Roth & Su 2019), no sampling amplification",
+            epsilon_rdp_bound=rdp_bound(accountant.mu_squared, self.target_delta),
+            not_covered=NOT_COVERED,
+        )
         return out
 
 
 # --------------------------------------------------------------------------- client side
+
 
 def privacy_mod(plan_for):
     """A ClientApp mod applying the branch's configured mode with Flower's own mods.
@@ -291,8 +326,9 @@ def privacy_mod(plan_for):
         if not norms:
             return call_next(msg, ctxt)
         if plan.mode == "local":  # sensitivity of a clipped update: 2C (replace-one)
-            return LocalDpMod(min(norms), 2 * plan.clipping_norm, plan.local_epsilon,
-                              plan.local_delta)(msg, ctxt, call_next)
+            return LocalDpMod(min(norms), 2 * plan.clipping_norm, plan.local_epsilon, plan.local_delta)(
+                msg, ctxt, call_next
+            )
         if config is not None:
             config[KEY_CLIPPING_NORM] = min(norms)
         return fixedclipping_mod(msg, ctxt, call_next)
@@ -301,6 +337,7 @@ def privacy_mod(plan_for):
 
 
 # --------------------------------------------------------------------------- server side
+
 
 def wrap_strategy(strategy, plan: PrivacyPlan, min_train_clients: int):
     """Central mode: Flower's client-side fixed-clipping wrapper (server noise, clients clip).
@@ -315,7 +352,10 @@ def wrap_strategy(strategy, plan: PrivacyPlan, min_train_clients: int):
     if not isinstance(strategy, FedAvg) or type(strategy).aggregate_train is not FedAvg.aggregate_train:
         raise ValueError(central_aggregation_error(type(strategy).__name__.lower()))
     if max(1, min_train_clients) != plan.min_train_clients:  # the noise and its accounting must use the same m
-        raise ValueError(f"sampling.min_train_clients={min_train_clients}, but the privacy plan is calibrated to "
-                         f"{plan.min_train_clients} (build it with PrivacyPlan.for_federation)")
-    return DifferentialPrivacyClientSideFixedClipping(strategy, plan.noise_multiplier, plan.clipping_norm,
-                                                      num_sampled_clients=plan.min_train_clients)
+        raise ValueError(
+            f"sampling.min_train_clients={min_train_clients}, but the privacy plan is calibrated to "
+            f"{plan.min_train_clients} (build it with PrivacyPlan.for_federation)"
+        )
+    return DifferentialPrivacyClientSideFixedClipping(
+        strategy, plan.noise_multiplier, plan.clipping_norm, num_sampled_clients=plan.min_train_clients
+    )

@@ -10,6 +10,7 @@ The version's tags record how it was made, so ``findial promote`` and a reviewer
     findial.privacy.epsilon / .delta      the (epsilon, delta) spent (absent with mode none)
     findial.privacy.noise_multiplier / .clipping_norm / .accounting
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,11 +35,15 @@ def version_tags(cfg, summary: dict) -> dict[str, str]:
         "findial.privacy.mode": privacy["mode"],
     }
     if privacy["mode"] != "none":
-        tags.update({"findial.privacy.epsilon": repr(float(privacy["epsilon"])),
-                     "findial.privacy.delta": repr(float(privacy["delta"])),
-                     "findial.privacy.noise_multiplier": repr(float(privacy["noise_multiplier"])),
-                     "findial.privacy.clipping_norm": repr(float(privacy["clipping_norm"])),
-                     "findial.privacy.accounting": privacy["accounting"]})
+        tags.update(
+            {
+                "findial.privacy.epsilon": repr(float(privacy["epsilon"])),
+                "findial.privacy.delta": repr(float(privacy["delta"])),
+                "findial.privacy.noise_multiplier": repr(float(privacy["noise_multiplier"])),
+                "findial.privacy.clipping_norm": repr(float(privacy["clipping_norm"])),
+                "findial.privacy.accounting": privacy["accounting"],
+            }
+        )
     return tags
 
 
@@ -47,8 +52,13 @@ def publish(models: TaskModels, cfg, out_dir: str | Path, summary: dict, run_id:
     out_dir = Path(out_dir)
     fed_meta = {"federated": {k: summary[k] for k in ("rounds", "rounds_applied", "branches", "strategy", "privacy")}}
     packages = save_packages(models, cfg, out_dir / "packages", extra_meta=fed_meta)
-    info = {"federated": True, "backbone": str(cfg.model.name), **fed_meta["federated"],
-            "participating_branches": summary["participating_branches"], "federated_run_id": run_id}
+    info = {
+        "federated": True,
+        "backbone": str(cfg.model.name),
+        **fed_meta["federated"],
+        "participating_branches": summary["participating_branches"],
+        "federated_run_id": run_id,
+    }
     bundle = registry.make_bundle(packages["intent"], packages["ner"], out_dir / "bundle", info)
     if not cfg.registry.get("register", True):
         return bundle, None

@@ -6,6 +6,7 @@ replies below which the round's update is not applied, the privacy budget, and a
 The budget composes what each round released (``PrivacyPlan.released``: in central mode the noisy mean
 of an applied round, accounted with the noise multiplier of its number of replies; see ``privacy.py``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,10 @@ def wait_for_nodes(grid, needed: int, timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while len(nodes := list(grid.get_node_ids())) < needed:
         if time.monotonic() > deadline:
-            raise FederationError(f"only {len(nodes)} branch node(s) connected, {needed} needed "
-                                  f"(sampling.min_available_clients) within {timeout_s:.0f}s (timeouts.connect_s)")
+            raise FederationError(
+                f"only {len(nodes)} branch node(s) connected, {needed} needed "
+                f"(sampling.min_available_clients) within {timeout_s:.0f}s (timeouts.connect_s)"
+            )
         time.sleep(0.5)
     return nodes
 
@@ -83,9 +86,16 @@ def _exchange(grid, messages: list[Message], timeout: float, report: RoundReport
     return good, [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered]
 
 
-def run_rounds(grid, strategy, arrays: ArrayRecord, cfg, plan: PrivacyPlan, accountant: GaussianAccountant | None,
-               global_eval: Callable[[int, ArrayRecord], dict] | None = None,
-               on_round: Callable[[RoundReport], None] | None = None) -> tuple[ArrayRecord, list[RoundReport]]:
+def run_rounds(
+    grid,
+    strategy,
+    arrays: ArrayRecord,
+    cfg,
+    plan: PrivacyPlan,
+    accountant: GaussianAccountant | None,
+    global_eval: Callable[[int, ArrayRecord], dict] | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+) -> tuple[ArrayRecord, list[RoundReport]]:
     branches = list(cfg.branches)
     min_replies = int(cfg.sampling.min_train_clients)
     timeout = float(cfg.timeouts.round_s)
@@ -97,12 +107,16 @@ def run_rounds(grid, strategy, arrays: ArrayRecord, cfg, plan: PrivacyPlan, acco
         t0 = time.perf_counter()
         wait_for_nodes(grid, int(cfg.sampling.min_available_clients), float(cfg.timeouts.connect_s))
         # the worst case over the rounds that could be applied (central: n = min_train_clients replies)
-        if accountant is not None and plan.max_epsilon is not None and \
-                accountant.would_exceed(plan.event(), plan.max_epsilon):
+        if (
+            accountant is not None
+            and plan.max_epsilon is not None
+            and accountant.would_exceed(plan.event(), plan.max_epsilon)
+        ):
             log.warning("round %d not started: it would exceed privacy.max_epsilon=%s", rnd, plan.max_epsilon)
             break
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({"local-epochs": int(cfg.local_epochs)}),
-                                                 grid))
+        messages = list(
+            strategy.configure_train(rnd, arrays, ConfigRecord({"local-epochs": int(cfg.local_epochs)}), grid)
+        )
         report.asked = len(messages)
         good, failed = _exchange(grid, messages, timeout, report)
         report.participants = _names(good, branches, known)
@@ -113,8 +127,14 @@ def run_rounds(grid, strategy, arrays: ArrayRecord, cfg, plan: PrivacyPlan, acco
                 arrays, report.applied = float32(new), True
             report.train = dict(metrics or {})
         else:
-            log.warning("round %d: %d of %d branches replied, fewer than sampling.min_train_clients=%d: "
-                        "the global model is kept", rnd, len(good), len(messages), min_replies)
+            log.warning(
+                "round %d: %d of %d branches replied, fewer than sampling.min_train_clients=%d: "
+                "the global model is kept",
+                rnd,
+                len(good),
+                len(messages),
+                min_replies,
+            )
         if accountant is not None and (event := plan.released(len(messages), len(good), report.applied)):
             accountant.compose(event)
         eval_messages = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
@@ -123,15 +143,23 @@ def run_rounds(grid, strategy, arrays: ArrayRecord, cfg, plan: PrivacyPlan, acco
             report.federated_eval = dict(strategy.aggregate_evaluate(rnd, good_eval) or {})
             for name, r in zip(_names(good_eval, branches, known), good_eval):
                 m = next(iter(r.content.metric_records.values()))
-                report.branch_eval[name] = {k: v for k, v in m.items()
-                                            if not k.endswith(".n") and k not in ("unit-weight", "branch-index")}
+                report.branch_eval[name] = {
+                    k: v for k, v in m.items() if not k.endswith(".n") and k not in ("unit-weight", "branch-index")
+                }
         if global_eval is not None:
             report.global_eval = global_eval(rnd, arrays)
         report.epsilon = accountant.get_epsilon() if accountant is not None else None
         report.seconds = time.perf_counter() - t0
-        log.info("round %d: %s branches %s, failed %s, %.1fs, sent %d B, received %d B", rnd,
-                 "applied" if report.applied else "NOT applied", report.participants, report.failed,
-                 report.seconds, report.bytes_sent, report.bytes_received)
+        log.info(
+            "round %d: %s branches %s, failed %s, %.1fs, sent %d B, received %d B",
+            rnd,
+            "applied" if report.applied else "NOT applied",
+            report.participants,
+            report.failed,
+            report.seconds,
+            report.bytes_sent,
+            report.bytes_received,
+        )
         reports.append(report)
         if on_round is not None:
             on_round(report)

@@ -6,6 +6,7 @@ evaluation on ``data.test_file``, bytes sent and received, participating and fai
 privacy budget spent. At the end the intent and NER packages are saved, bundled and registered like
 ``findial run`` does, with the federation recorded as model-version tags (see ``publish.py``).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -37,10 +38,19 @@ def _out_dir(cfg) -> Path:
 
 def _log_round(report: RoundReport) -> None:
     step = report.round
-    tracking.log_metrics({"seconds": report.seconds, "bytes_sent": report.bytes_sent,
-                          "bytes_received": report.bytes_received, "branches_asked": report.asked,
-                          "branches_participating": len(report.participants), "branches_failed": len(report.failed),
-                          "update_applied": float(report.applied)}, prefix="round.", step=step)
+    tracking.log_metrics(
+        {
+            "seconds": report.seconds,
+            "bytes_sent": report.bytes_sent,
+            "bytes_received": report.bytes_received,
+            "branches_asked": report.asked,
+            "branches_participating": len(report.participants),
+            "branches_failed": len(report.failed),
+            "update_applied": float(report.applied),
+        },
+        prefix="round.",
+        step=step,
+    )
     tracking.log_metrics(report.train, prefix="train.", step=step)
     tracking.log_metrics(report.federated_eval, prefix="fed_eval.", step=step)
     tracking.log_metrics(report.global_eval, prefix="global.", step=step)
@@ -70,28 +80,53 @@ def serve(grid: Grid, cfg) -> dict:
         load_record(models, arrays)
         return score_dialogues(models, cfg, test)
 
-    tags = {"findial.federated": "true", "findial.backbone": str(cfg.model.name),
-            "findial.federated.strategy": str(cfg.aggregation.name), "findial.privacy.mode": plan.mode, **started_from}
-    with tracking.run(f"{cfg.logger.experiment_prefix}federated",
-                      f"fed-{cfg.aggregation.name}-{cfg.model.name}", tags=tags) as active:
-        tracking.log_params({"branches": ",".join(cfg.branches), "rounds": int(cfg.rounds),
-                             "local_epochs": int(cfg.local_epochs), "aggregation": dict(cfg.aggregation),
-                             "sampling": dict(cfg.sampling), "privacy": dict(cfg.privacy), "model": str(cfg.model.name),
-                             "lora": {t: m["lora"] for t, m in models.metas.items()}, "seed": int(cfg.seed)})
+    tags = {
+        "findial.federated": "true",
+        "findial.backbone": str(cfg.model.name),
+        "findial.federated.strategy": str(cfg.aggregation.name),
+        "findial.privacy.mode": plan.mode,
+        **started_from,
+    }
+    with tracking.run(
+        f"{cfg.logger.experiment_prefix}federated", f"fed-{cfg.aggregation.name}-{cfg.model.name}", tags=tags
+    ) as active:
+        tracking.log_params(
+            {
+                "branches": ",".join(cfg.branches),
+                "rounds": int(cfg.rounds),
+                "local_epochs": int(cfg.local_epochs),
+                "aggregation": dict(cfg.aggregation),
+                "sampling": dict(cfg.sampling),
+                "privacy": dict(cfg.privacy),
+                "model": str(cfg.model.name),
+                "lora": {t: m["lora"] for t, m in models.metas.items()},
+                "seed": int(cfg.seed),
+            }
+        )
         tracking.log_metrics(sizes, prefix="exchange.")
         final, reports = run_rounds(grid, strategy, to_record(models), cfg, plan, accountant, global_eval, _log_round)
         load_record(models, final)
         participants = sorted({b for r in reports for b in r.participants})
         import mlflow
 
-        mlflow.set_tags({"findial.federated.participants": ",".join(participants),
-                         "findial.federated.rounds_applied": str(sum(r.applied for r in reports))})
+        mlflow.set_tags(
+            {
+                "findial.federated.participants": ",".join(participants),
+                "findial.federated.rounds_applied": str(sum(r.applied for r in reports)),
+            }
+        )
         summary = {
-            "rounds": int(cfg.rounds), "rounds_completed": len(reports),
-            "rounds_applied": sum(r.applied for r in reports), "branches": list(cfg.branches),
-            "participating_branches": participants, "strategy": str(cfg.aggregation.name),
-            "privacy": plan.summary(accountant), "model": str(cfg.model.name), "exchange": sizes,
-            "bytes_sent": sum(r.bytes_sent for r in reports), "bytes_received": sum(r.bytes_received for r in reports),
+            "rounds": int(cfg.rounds),
+            "rounds_completed": len(reports),
+            "rounds_applied": sum(r.applied for r in reports),
+            "branches": list(cfg.branches),
+            "participating_branches": participants,
+            "strategy": str(cfg.aggregation.name),
+            "privacy": plan.summary(accountant),
+            "model": str(cfg.model.name),
+            "exchange": sizes,
+            "bytes_sent": sum(r.bytes_sent for r in reports),
+            "bytes_received": sum(r.bytes_received for r in reports),
             "final_global_eval": reports[-1].global_eval if reports else {},
             "mlflow_run_id": active.info.run_id,
         }
@@ -101,10 +136,18 @@ def serve(grid: Grid, cfg) -> dict:
     if version is not None and cfg.get("evaluate_after", True):
         from findial.evaluation.evaluate import evaluate
 
-        ev = evaluate(f"models:/{cfg.registry.model_name}/{version}", cfg.data.test_file, eval_set=str(cfg.eval_set),
-                      report_dir=out_dir / "report", device=str(cfg.get("device", "auto")))
-        summary["evaluation"] = {"eval_set": str(cfg.eval_set), "report": str(ev.report_json),
-                                 "gates": {k: v["passed"] for k, v in ev.gates.items()}}
+        ev = evaluate(
+            f"models:/{cfg.registry.model_name}/{version}",
+            cfg.data.test_file,
+            eval_set=str(cfg.eval_set),
+            report_dir=out_dir / "report",
+            device=str(cfg.get("device", "auto")),
+        )
+        summary["evaluation"] = {
+            "eval_set": str(cfg.eval_set),
+            "report": str(ev.report_json),
+            "gates": {k: v["passed"] for k, v in ev.gates.items()},
+        }
     summary["rounds_report"] = [r.as_dict() for r in reports]
     tracking.atomic_write_text(out_dir / "federation.json", json.dumps(summary, indent=2, ensure_ascii=False))
     log.info("federation finished: %s", out_dir / "federation.json")

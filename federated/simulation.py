@@ -3,6 +3,7 @@
 Ray is started for the run in a private temporary directory and shut down after it (Flower's Ray
 backend calls ``ray.shutdown()``); the temporary directory is removed and the environment restored.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,9 @@ def simulate(cfg: DictConfig) -> dict:
     if len(set(branches)) != len(branches) or not branches:
         raise ValueError(f"branches={branches}: give each branch once")
     if int(cfg.sampling.min_available_clients) > len(branches):
-        raise ValueError(f"sampling.min_available_clients={cfg.sampling.min_available_clients} > "
-                         f"{len(branches)} branches")
+        raise ValueError(
+            f"sampling.min_available_clients={cfg.sampling.min_available_clients} > {len(branches)} branches"
+        )
     if ray.is_initialized():
         raise FederationError("Ray is already running in this process; findial starts and stops its own")
     bound = plain(cfg)
@@ -58,12 +60,21 @@ def simulate(cfg: DictConfig) -> dict:
         init_args = {"_temp_dir": tmp, "log_to_driver": False, "include_dashboard": False}
         if cfg.simulation.get("ray_cpus"):
             init_args["num_cpus"] = int(cfg.simulation.ray_cpus)
-        backend_config = {"client_resources": {"num_cpus": float(cfg.simulation.client_cpus),
-                                               "num_gpus": float(cfg.simulation.client_gpus)},
-                          "init_args": init_args}
+        backend_config = {
+            "client_resources": {
+                "num_cpus": float(cfg.simulation.client_cpus),
+                "num_gpus": float(cfg.simulation.client_gpus),
+            },
+            "init_args": init_args,
+        }
         try:
-            run_simulation(server_app=make_server_app(bound, results), client_app=make_client_app(bound),
-                           num_supernodes=len(branches), backend_name="ray", backend_config=backend_config)
+            run_simulation(
+                server_app=make_server_app(bound, results),
+                client_app=make_client_app(bound),
+                num_supernodes=len(branches),
+                backend_name="ray",
+                backend_config=backend_config,
+            )
         finally:
             if ray.is_initialized():  # Flower's backend shuts Ray down; make sure even on an error
                 ray.shutdown()

@@ -2,6 +2,7 @@
 
 Central DP is accepted only with fedavg and fedprox (the server step is the plain mean; see ``privacy.py``).
 """
+
 from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
@@ -50,16 +51,27 @@ def build_strategy(cfg, plan: PrivacyPlan):
     if plan.mode == "central" and name not in AVERAGING:
         raise ValueError(central_aggregation_error(name))
     uniform = plan.mode == "central" or not bool(sampling.weighted)
-    common = dict(fraction_train=float(sampling.fraction_train), fraction_evaluate=1.0,
-                  min_train_nodes=int(sampling.min_train_clients), min_evaluate_nodes=1,
-                  min_available_nodes=int(sampling.min_available_clients),
-                  weighted_by_key="unit-weight" if uniform else "num-examples",
-                  train_metrics_aggr_fn=mean_train_metrics, evaluate_metrics_aggr_fn=mean_eval_metrics)
+    common = dict(
+        fraction_train=float(sampling.fraction_train),
+        fraction_evaluate=1.0,
+        min_train_nodes=int(sampling.min_train_clients),
+        min_evaluate_nodes=1,
+        min_available_nodes=int(sampling.min_available_clients),
+        weighted_by_key="unit-weight" if uniform else "num-examples",
+        train_metrics_aggr_fn=mean_train_metrics,
+        evaluate_metrics_aggr_fn=mean_eval_metrics,
+    )
     if name == "fedavg":
         base = FedAvg(**common)
     elif name == "fedprox":
         base = FedProx(proximal_mu=float(agg.proximal_mu), **common)
     else:
-        base = FedAdam(eta=float(agg.eta), eta_l=float(agg.eta_l), beta_1=float(agg.beta_1),
-                       beta_2=float(agg.beta_2), tau=float(agg.tau), **common)
+        base = FedAdam(
+            eta=float(agg.eta),
+            eta_l=float(agg.eta_l),
+            beta_1=float(agg.beta_1),
+            beta_2=float(agg.beta_2),
+            tau=float(agg.tau),
+            **common,
+        )
     return wrap_strategy(base, plan, int(sampling.min_train_clients))

@@ -1,2 +1,3 @@
 """findial: dialogue models for financial customer service (zh / en)."""
+
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@ a removed, inserted or reordered one (the next record's ``prev`` breaks the chai
 heads (the hash of each model's last record, stored as a registered-model tag at every promotion), a removed
 tail.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -21,8 +22,9 @@ HEAD_TAG = "findial.audit_head"
 
 def _digest(record: Mapping) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-                          .encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    ).hexdigest()
 
 
 def _last_hash(f) -> str:
@@ -33,8 +35,10 @@ def _last_hash(f) -> str:
             try:
                 last = json.loads(line)["hash"]
             except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{f.name}: a record that is not a chained audit record; "
-                                 f"run `findial audit verify` and repair the log before appending") from None
+                raise ValueError(
+                    f"{f.name}: a record that is not a chained audit record; "
+                    f"run `findial audit verify` and repair the log before appending"
+                ) from None
     return last
 
 
@@ -63,8 +67,11 @@ def append(path: str | Path, record: Mapping, then: Callable[[dict], object] | N
 
 def records(path: str | Path) -> list[dict]:
     path = Path(path)
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def verify(path: str | Path, heads: Mapping[str, str] | None = None) -> list[str]:
@@ -93,6 +100,8 @@ def verify(path: str | Path, heads: Mapping[str, str] | None = None) -> list[str
             last_of[rec["model_name"]] = rec["hash"]
     for name, head in (heads or {}).items():
         if last_of.get(name) != head:
-            problems.append(f"{path}: the registry's last audited promotion of {name} ({head[:12]}) is not the "
-                            f"log's last record for it: records were removed from the end")
+            problems.append(
+                f"{path}: the registry's last audited promotion of {name} ({head[:12]}) is not the "
+                f"log's last record for it: records were removed from the end"
+            )
     return problems

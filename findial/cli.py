@@ -26,6 +26,7 @@ Plain subcommands:
     findial kb search "QUERY" [--lang zh|en] [-k 5]   the best-matching articles
     findial kb eval [--split validation|test]         recall@1, recall@5 and MRR per language, as JSON
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,12 @@ def cmd_train(cfg: DictConfig) -> None:
     if cfg.task.name == "response" and result.run_id and name:  # rank 0 only (run_id "" on the others)
         from findial import registry
 
-        tags = {"findial.task": "response", "findial.data_fingerprint": result.data_fingerprint,
-                "findial.backbone": cfg.model.name, "findial.train_run_id": result.run_id}
+        tags = {
+            "findial.task": "response",
+            "findial.data_fingerprint": result.data_fingerprint,
+            "findial.backbone": cfg.model.name,
+            "findial.train_run_id": result.run_id,
+        }
         version = registry.register(result.package_dir, name, tags)
         print(f"registered {name} v{version}")
 
@@ -88,15 +93,19 @@ def _member_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     out = {}
     for name, spec in (cfg.get("members") or {}).items():
         if spec.task.name not in ("intent", "ner"):
-            raise ValueError(f"members.{name}.task: an ensemble member is an intent or NER model, "
-                             f"not {spec.task.name!r}")
+            raise ValueError(
+                f"members.{name}.task: an ensemble member is an intent or NER model, not {spec.task.name!r}"
+            )
         mcfg = cfg.copy()
         with open_dict(mcfg):
             mcfg.model = spec.model
         resolve_backbone(OmegaConf.to_container(mcfg.model.backbone, resolve=True))
         if spec.model.get("licence"):
-            print(f"ensemble member {name}: {spec.model.name} weights under the {spec.model.licence} "
-                  f"(members=none trains without members)", file=sys.stderr)
+            print(
+                f"ensemble member {name}: {spec.model.name} weights under the {spec.model.licence} "
+                f"(members=none trains without members)",
+                file=sys.stderr,
+            )
         out[name] = mcfg
     return out
 
@@ -110,36 +119,57 @@ def cmd_run(cfg: DictConfig) -> None:
 
     _refuse_policy_overrides(cfg, "run")
     members = _member_configs(cfg)
-    for where, task in [("tasks.intent", cfg.tasks.intent), ("tasks.ner", cfg.tasks.ner),
-                        *((f"members.{n}.task", m.members[n].task) for n, m in members.items())]:
+    for where, task in [
+        ("tasks.intent", cfg.tasks.intent),
+        ("tasks.ner", cfg.tasks.ner),
+        *((f"members.{n}.task", m.members[n].task) for n, m in members.items()),
+    ]:
         task_settings(task, where)  # every task setting checked before the first model trains
     _configure_tracking(cfg)
     out = _out_dir()
     results = {name: train_task(cfg, cfg.tasks[name], out) for name in ("intent", "ner")}
-    member_results = {name: train_task(mcfg, mcfg.members[name].task, out / f"member-{name}")
-                      for name, mcfg in members.items()}
+    member_results = {
+        name: train_task(mcfg, mcfg.members[name].task, out / f"member-{name}") for name, mcfg in members.items()
+    }
     if not results["intent"].run_id:  # a non-zero rank of a multi-device launch: rank 0 registers and evaluates
         return
     info = {name: {"train_run_id": r.run_id, "metrics": r.metrics} for name, r in results.items()}
-    info["members"] = {name: {"backbone": members[name].model.name, "train_run_id": r.run_id, "metrics": r.metrics}
-                       for name, r in member_results.items()}
+    info["members"] = {
+        name: {"backbone": members[name].model.name, "train_run_id": r.run_id, "metrics": r.metrics}
+        for name, r in member_results.items()
+    }
     info["data_fingerprint"] = results["intent"].data_fingerprint
     info["backbone"] = cfg.model.name
-    bundle = registry.make_bundle(results["intent"].package_dir, results["ner"].package_dir, out / "bundle", info,
-                                  members={name: r.package_dir for name, r in member_results.items()})
+    bundle = registry.make_bundle(
+        results["intent"].package_dir,
+        results["ner"].package_dir,
+        out / "bundle",
+        info,
+        members={name: r.package_dir for name, r in member_results.items()},
+    )
     name = cfg.registry.model_name
-    tags = {"findial.data_fingerprint": info["data_fingerprint"], "findial.backbone": cfg.model.name,
-            "findial.intent_run_id": results["intent"].run_id, "findial.ner_run_id": results["ner"].run_id}
+    tags = {
+        "findial.data_fingerprint": info["data_fingerprint"],
+        "findial.backbone": cfg.model.name,
+        "findial.intent_run_id": results["intent"].run_id,
+        "findial.ner_run_id": results["ner"].run_id,
+    }
     version = registry.register(bundle, name, tags, info)
     print(f"registered {name} v{version}")
     ev = evaluate(f"models:/{name}/{version}", cfg.data.test_file, eval_set=cfg.eval_set, report_dir=out / "report")
     print(Path(ev.report_md).read_text(encoding="utf-8"))
     for eval_set, data_file in (cfg.data.get("eval_sets") or {}).items():  # recorded beside the gated set
-        extra = evaluate(f"models:/{name}/{version}", data_file, eval_set=eval_set, report_dir=out / f"report-{eval_set}")
-        print(f"{eval_set}: " + ", ".join(f"{k} {extra.metrics[k]:.4f}" for k in extra.gates
-                                          if extra.metrics.get(k) is not None) + f" ({extra.report_json.parent})")
-    decision = registry.promote(name, version, cfg.registry.alias, cfg.eval_set,
-                                audit_log=Path(cfg.paths.home) / "audit" / "promotions.jsonl")
+        extra = evaluate(
+            f"models:/{name}/{version}", data_file, eval_set=eval_set, report_dir=out / f"report-{eval_set}"
+        )
+        print(
+            f"{eval_set}: "
+            + ", ".join(f"{k} {extra.metrics[k]:.4f}" for k in extra.gates if extra.metrics.get(k) is not None)
+            + f" ({extra.report_json.parent})"
+        )
+    decision = registry.promote(
+        name, version, cfg.registry.alias, cfg.eval_set, audit_log=Path(cfg.paths.home) / "audit" / "promotions.jsonl"
+    )
     print(decision.summary())
     print(f"reports: {ev.report_json.parent}\nMLflow: {cfg.logger.tracking_uri}")
 
@@ -155,8 +185,13 @@ def cmd_eval(cfg: DictConfig) -> None:
         eval_command(cfg, _out_dir())
         return
     try:
-        ev = evaluate(cfg.model_ref, cfg.data_file, eval_set=cfg.eval_set, report_dir=cfg.report_dir or _out_dir(),
-                      device=cfg.device)
+        ev = evaluate(
+            cfg.model_ref,
+            cfg.data_file,
+            eval_set=cfg.eval_set,
+            report_dir=cfg.report_dir or _out_dir(),
+            device=cfg.device,
+        )
     except EvalSetMismatch as exc:
         raise SystemExit(f"findial eval: {exc}") from None
     print(Path(ev.report_md).read_text(encoding="utf-8"))
@@ -168,9 +203,11 @@ def _refuse_policy_overrides(cfg: DictConfig, command: str) -> None:
 
     given = [k for k in ("gates", "user", "policy") if k in cfg]
     if given:
-        raise SystemExit(f"findial {command}: {', '.join(given)} cannot be given: the gates and evaluation sets come "
-                         f"from the promotion policy {POLICY_FILE} (changed by review, not by argument) and the "
-                         f"promoter is the environment's user ({promoter()})")
+        raise SystemExit(
+            f"findial {command}: {', '.join(given)} cannot be given: the gates and evaluation sets come "
+            f"from the promotion policy {POLICY_FILE} (changed by review, not by argument) and the "
+            f"promoter is the environment's user ({promoter()})"
+        )
 
 
 def cmd_promote(cfg: DictConfig) -> None:
@@ -193,9 +230,17 @@ def cmd_robustness(cfg: DictConfig) -> None:
     from findial.evaluation.robustness import robustness
 
     _configure_tracking(cfg)
-    _, _, md, run_id = robustness(cfg.model_ref, cfg.data_file, OmegaConf.to_container(cfg.perturbations, resolve=True),
-                                  cfg.seed, cfg.adversarial_file, list(cfg.safe_intents),
-                                  cfg.report_dir or _out_dir(), cfg.device, cfg.experiment)
+    _, _, md, run_id = robustness(
+        cfg.model_ref,
+        cfg.data_file,
+        OmegaConf.to_container(cfg.perturbations, resolve=True),
+        cfg.seed,
+        cfg.adversarial_file,
+        list(cfg.safe_intents),
+        cfg.report_dir or _out_dir(),
+        cfg.device,
+        cfg.experiment,
+    )
     print(Path(md).read_text(encoding="utf-8"))
     print(f"report: {md.parent} (MLflow run {run_id})")
 
@@ -212,8 +257,16 @@ def cmd_compare(cfg: DictConfig) -> None:
 
     _configure_tracking(cfg)
     a = cfg.a or f"models:/{cfg.model_name}/{newest_version(cfg.model_name)}"
-    result = compare(a, cfg.b, cfg.data_file, load_policy().gates_for("nlu"), eval_set=cfg.eval_set,
-                     out_dir=cfg.report_dir or _out_dir(), device=cfg.device, html_errors=cfg.html_errors)
+    result = compare(
+        a,
+        cfg.b,
+        cfg.data_file,
+        load_policy().gates_for("nlu"),
+        eval_set=cfg.eval_set,
+        out_dir=cfg.report_dir or _out_dir(),
+        device=cfg.device,
+        html_errors=cfg.html_errors,
+    )
     print(render_table(result.comparison))
     print(f"comparison: {result.files['compare_html']} (MLflow run {result.run_id})")
 
@@ -226,15 +279,24 @@ def cmd_sweep(cfg: DictConfig) -> None:
     _configure_tracking(cfg)
     res = run_sweep(cfg, _out_dir(), overrides=list(HydraConfig.get().overrides.task))
     cmds = res.commands()
-    print(f"sweep {cfg.sweep.name}: {len(res.trials)} trials (MLflow parent run {res.parent_run_id})\n"
-          f"best {res.best_metrics} with {res.best_params} (MLflow run {res.best_run_id})\n"
-          f"best config: {res.experiment_file}\nretrain:  {cmds['train']}\n"
-          f"or:       {cmds['train_experiment']}\nregister: {cmds['run_experiment']}")
+    print(
+        f"sweep {cfg.sweep.name}: {len(res.trials)} trials (MLflow parent run {res.parent_run_id})\n"
+        f"best {res.best_metrics} with {res.best_params} (MLflow run {res.best_run_id})\n"
+        f"best config: {res.experiment_file}\nretrain:  {cmds['train']}\n"
+        f"or:       {cmds['train_experiment']}\nregister: {cmds['run_experiment']}"
+    )
 
 
-HYDRA_COMMANDS = {"train": ("train", cmd_train), "run": ("pipeline", cmd_run), "eval": ("eval", cmd_eval),
-                  "promote": ("promote", cmd_promote), "robustness": ("robustness", cmd_robustness),
-                  "serve": ("serve", cmd_serve), "compare": ("compare", cmd_compare), "sweep": ("sweep", cmd_sweep)}
+HYDRA_COMMANDS = {
+    "train": ("train", cmd_train),
+    "run": ("pipeline", cmd_run),
+    "eval": ("eval", cmd_eval),
+    "promote": ("promote", cmd_promote),
+    "robustness": ("robustness", cmd_robustness),
+    "serve": ("serve", cmd_serve),
+    "compare": ("compare", cmd_compare),
+    "sweep": ("sweep", cmd_sweep),
+}
 _WORKER_CMD = "FINDIAL_HYDRA_COMMAND"  # Lightning's multi-device launcher re-runs us with the overrides only
 
 
@@ -250,8 +312,11 @@ def cmd_data(argv: list[str]) -> int:
     g.add_argument("--out", default=data_path("corpus"), help="output folder")
     g.add_argument("--seed", type=int, default=13)
     g.add_argument("--scale", type=float, default=1.0, help="multiplies the number of dialogues")
-    g.add_argument("--train-supplement", type=float, help="extra train dialogues drawing the train-only templates, "
-                                                            "as a share of train (default: corpus.yaml)")
+    g.add_argument(
+        "--train-supplement",
+        type=float,
+        help="extra train dialogues drawing the train-only templates, as a share of train (default: corpus.yaml)",
+    )
     n = sub.add_parser("natural", help="the hand-written corpus: check authoring files, or build the splits")
     n.add_argument("natural_action", choices=["check", "build"])
     n.add_argument("paths", nargs="*", help="check: authoring files or folders of them")
@@ -266,8 +331,9 @@ def cmd_data(argv: list[str]) -> int:
         from findial.data.generator.build import generate_corpus
 
         t0 = time.perf_counter()
-        summary = generate_corpus(Path(args.out), seed=args.seed, scale=args.scale,
-                                  train_supplement=args.train_supplement)
+        summary = generate_corpus(
+            Path(args.out), seed=args.seed, scale=args.scale, train_supplement=args.train_supplement
+        )
         print(json.dumps({**summary, "seconds": round(time.perf_counter() - t0, 2)}, ensure_ascii=False, indent=1))
         return 0
     lb, gl = LabelBook.load(args.ontology), Glossary.load(args.glossary)
@@ -290,8 +356,11 @@ def cmd_audit(argv: list[str]) -> int:
     v = sub.add_parser("verify", help="check the promotion audit log: hash chain, and the registry's last record")
     home = _home()
     v.add_argument("--log", default=str(home / "audit" / "promotions.jsonl"), help="the audit log")
-    v.add_argument("--tracking-uri", default=f"sqlite:///{(home / 'mlflow.db').resolve()}",
-                   help="the MLflow store holding each model's audit head (none: check the chain only)")
+    v.add_argument(
+        "--tracking-uri",
+        default=f"sqlite:///{(home / 'mlflow.db').resolve()}",
+        help="the MLflow store holding each model's audit head (none: check the chain only)",
+    )
     args = p.parse_args(argv)
     heads = {}
     if args.tracking_uri != "none":
@@ -304,8 +373,14 @@ def cmd_audit(argv: list[str]) -> int:
     for problem in problems:
         print(problem, file=sys.stderr)
     n = len(audit.records(args.log)) if not problems else "?"
-    print(f"{args.log}: " + (f"intact ({n} records, heads of {len(heads)} registered models match)" if not problems
-                             else f"{len(problems)} problem(s)"))
+    print(
+        f"{args.log}: "
+        + (
+            f"intact ({n} records, heads of {len(heads)} registered models match)"
+            if not problems
+            else f"{len(problems)} problem(s)"
+        )
+    )
     return 1 if problems else 0
 
 
@@ -328,8 +403,12 @@ def cmd_kb(argv: list[str]) -> int:
     e.add_argument("--queries", default=str(DEFAULT_QUERIES))
     e.add_argument("--report", help="the JSON file to write (default: <index dir>/eval-<split>.json)")
     for q in (i, s, e):
-        q.add_argument("--out" if q is i else "--index", dest="index_dir", default=str(home / "kb-index"),
-                       help="the index directory")
+        q.add_argument(
+            "--out" if q is i else "--index",
+            dest="index_dir",
+            default=str(home / "kb-index"),
+            help="the index directory",
+        )
     for q in (s, e):
         q.add_argument("--model", help="embedding model directory (default: the one the index was built with)")
         q.add_argument("--fusion", choices=list(FUSIONS), default=DEFAULT_FUSION)
@@ -350,16 +429,24 @@ def cmd_kb(argv: list[str]) -> int:
         from findial.data.kb.scoring import evaluate
 
         queries = load_queries(args.queries, r.docs, split=args.split)
-        metrics = {"split": args.split, "queries_file": args.queries, "kb_version": r.manifest["kb_version"],
-                   "model_id": r.manifest["model_id"], "fusion": args.fusion, "weight": args.weight,
-                   **evaluate(r, queries)}
+        metrics = {
+            "split": args.split,
+            "queries_file": args.queries,
+            "kb_version": r.manifest["kb_version"],
+            "model_id": r.manifest["model_id"],
+            "fusion": args.fusion,
+            "weight": args.weight,
+            **evaluate(r, queries),
+        }
     except (KBError, FileNotFoundError, ValueError) as exc:
         print(f"findial kb {args.action}: {exc}", file=sys.stderr)
         return 1
     for lang in ("zh", "en"):
         m = metrics[lang]
-        print(f"{lang}: recall@1 {m['recall@1']:.4f}  recall@5 {m['recall@5']:.4f}  MRR {m['mrr']:.4f}  "
-              f"({m['queries']} queries)")
+        print(
+            f"{lang}: recall@1 {m['recall@1']:.4f}  recall@5 {m['recall@5']:.4f}  MRR {m['mrr']:.4f}  "
+            f"({m['queries']} queries)"
+        )
     report = Path(args.report or Path(args.index_dir) / f"eval-{args.split}.json")
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(metrics, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
@@ -380,14 +467,16 @@ def _cmd_natural(args) -> int:
         print("findial data natural check: name the authoring files or folders to check", file=sys.stderr)
         return 2
     dialogues, errors, warnings = convert_paths(args.paths, lb, gl)
-    for w in warnings[:args.max_warnings]:
+    for w in warnings[: args.max_warnings]:
         print(f"warning: {w}")
     if len(warnings) > args.max_warnings:
         print(f"... and {len(warnings) - args.max_warnings} more warnings")
     for e in errors:
         print(f"error: {e}")
     print(json.dumps(summary(dialogues, lb, gl), ensure_ascii=False))
-    print(f"{len(errors)} error(s), {len(warnings)} warning(s)" + ("" if errors else f"; {len(dialogues)} dialogues OK"))
+    print(
+        f"{len(errors)} error(s), {len(warnings)} warning(s)" + ("" if errors else f"; {len(dialogues)} dialogues OK")
+    )
     return 1 if errors else 0
 
 

@@ -5,6 +5,7 @@ latencies, leak counts) and, optionally, against the current champion: with ``ma
 also fails when it is worse than the champion's value on the same evaluation set by more than the tolerance (as
 MLflow's ``MetricThreshold(min_absolute_change=...)``). A missing metric never passes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ class Gate:
     metric: str
     minimum: float | None = None
     max_regression: float | None = None  # vs the champion; None: no comparison
-    maximum: float | None = None         # instead of minimum, for a lower-is-better metric
+    maximum: float | None = None  # instead of minimum, for a lower-is-better metric
 
     def __post_init__(self):
         if (self.minimum is None) == (self.maximum is None):
@@ -38,8 +39,9 @@ class Gate:
 
     def regressed(self, value: float, champion: float) -> bool:
         """Worse than ``champion`` by more than ``max_regression``."""
-        return value < champion - self.max_regression if self.higher_is_better \
-            else value > champion + self.max_regression
+        return (
+            value < champion - self.max_regression if self.higher_is_better else value > champion + self.max_regression
+        )
 
 
 def as_gates(gates: Mapping) -> dict[str, Gate]:
@@ -68,8 +70,11 @@ def check(gates: Mapping, metrics: Mapping, champion: Mapping | None = None) -> 
             row.update(champion=champion[name], max_regression=gate.max_regression)
             if gate.regressed(value, champion[name]):
                 sign = "-" if gate.higher_is_better else "+"
-                row.update(passed=False, reason=f"{value:.4f} {'<' if gate.higher_is_better else '>'} champion "
-                                                f"{champion[name]:.4f} {sign} {gate.max_regression}")
+                row.update(
+                    passed=False,
+                    reason=f"{value:.4f} {'<' if gate.higher_is_better else '>'} champion "
+                    f"{champion[name]:.4f} {sign} {gate.max_regression}",
+                )
         out[name] = row
     return out
 

@@ -3,6 +3,7 @@
 The command line never chooses the policy: ``findial promote`` and ``findial run`` load the reviewed file.
 Library callers (tests, a user's own scripts) may build a ``Policy`` in code.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -30,7 +31,7 @@ class EvalSetMismatch(PolicyError):
 
 @dataclass(frozen=True)
 class Policy:
-    gates: Mapping[str, Mapping[str, Gate]]     # kind -> metric -> gate
+    gates: Mapping[str, Mapping[str, Gate]]  # kind -> metric -> gate
     eval_sets: Mapping[str, Mapping[str, str]]  # kind -> eval set name -> data fingerprint
     source: str = "(in code)"
 
@@ -43,27 +44,40 @@ class Policy:
         """Why an evaluation on ``eval_set`` with ``data_fingerprint`` cannot count for promotion (None: it can)."""
         bound = self.eval_sets.get(kind, {})
         if eval_set not in bound:
-            return (f"eval set {eval_set!r} is not in the promotion policy ({self.source}: "
-                    f"{', '.join(bound) or 'none'} for {kind} models)")
+            return (
+                f"eval set {eval_set!r} is not in the promotion policy ({self.source}: "
+                f"{', '.join(bound) or 'none'} for {kind} models)"
+            )
         if data_fingerprint != bound[eval_set]:
-            return (f"eval set {eval_set!r} is bound to data fingerprint {bound[eval_set]}, "
-                    f"the evaluation recorded {data_fingerprint}")
+            return (
+                f"eval set {eval_set!r} is bound to data fingerprint {bound[eval_set]}, "
+                f"the evaluation recorded {data_fingerprint}"
+            )
         return None
 
     def check_recordable(self, kind: str, eval_set: str, data_fingerprint: str, data_file) -> None:
         """Refuse (``EvalSetMismatch``) to record an evaluation of ``data_file`` under a policy set it is not."""
         bound = self.eval_sets.get(kind, {}).get(eval_set)
         if bound is not None and bound != data_fingerprint:
-            raise EvalSetMismatch(f"eval_set={eval_set}: the promotion policy ({self.source}) binds it to data "
-                                  f"fingerprint {bound}; {data_file} gives {data_fingerprint}. Score another file "
-                                  f"under another eval_set name (nothing was recorded)")
+            raise EvalSetMismatch(
+                f"eval_set={eval_set}: the promotion policy ({self.source}) binds it to data "
+                f"fingerprint {bound}; {data_file} gives {data_fingerprint}. Score another file "
+                f"under another eval_set name (nothing was recorded)"
+            )
 
     @classmethod
-    def of(cls, gates: Mapping[str, Mapping], eval_sets: Mapping[str, Mapping[str, str]] | None = None,
-           source: str = "(in code)") -> "Policy":
+    def of(
+        cls,
+        gates: Mapping[str, Mapping],
+        eval_sets: Mapping[str, Mapping[str, str]] | None = None,
+        source: str = "(in code)",
+    ) -> "Policy":
         """``gates``: kind -> metric -> minimum, or ``{minimum | maximum, max_regression}``."""
-        return cls({k: {m: _gate(m, g, f"{source}: {k}.gates.{m}") for m, g in gs.items()} for k, gs in gates.items()},
-                   {k: dict(v) for k, v in (eval_sets or {}).items()}, source)
+        return cls(
+            {k: {m: _gate(m, g, f"{source}: {k}.gates.{m}") for m, g in gs.items()} for k, gs in gates.items()},
+            {k: dict(v) for k, v in (eval_sets or {}).items()},
+            source,
+        )
 
 
 def _gate(metric: str, raw, where: str) -> Gate:
@@ -71,10 +85,14 @@ def _gate(metric: str, raw, where: str) -> Gate:
         return raw
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return Gate(metric, float(raw))
-    if not isinstance(raw, Mapping) or len({"minimum", "maximum"} & set(raw)) != 1 \
-            or set(raw) - {"minimum", "maximum", "max_regression"}:
-        raise PolicyError(f"{where}: expected {{minimum: N}} or {{maximum: N}}, optionally with max_regression: N; "
-                          f"got {raw!r}")
+    if (
+        not isinstance(raw, Mapping)
+        or len({"minimum", "maximum"} & set(raw)) != 1
+        or set(raw) - {"minimum", "maximum", "max_regression"}
+    ):
+        raise PolicyError(
+            f"{where}: expected {{minimum: N}} or {{maximum: N}}, optionally with max_regression: N; got {raw!r}"
+        )
     try:
         num = {k: None if raw.get(k) is None else float(raw[k]) for k in ("minimum", "maximum", "max_regression")}
     except (TypeError, ValueError):

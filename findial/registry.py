@@ -8,6 +8,7 @@ named set has no metrics and cannot be promoted. The gates, and the data fingerp
 must have been scored with, come from the promotion policy (``configs/policy.yaml``, ``findial.policy``)
 of the version's kind (tag ``findial.task=response``: a response model, else NLU).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,8 +21,10 @@ from findial import audit, gates, tracking
 from findial.policy import Policy, load as load_policy, promoter
 
 BUNDLE_ARTIFACT = "model"
-DESCRIPTIONS = {"nlu": "findial NLU bundle: intent (+emotion) and NER models",
-                "response": "findial response model: LoRA adapters of a causal LM that write the agent's reply"}
+DESCRIPTIONS = {
+    "nlu": "findial NLU bundle: intent (+emotion) and NER models",
+    "response": "findial response model: LoRA adapters of a causal LM that write the agent's reply",
+}
 
 
 def _client():
@@ -30,8 +33,13 @@ def _client():
     return MlflowClient()
 
 
-def make_bundle(intent_package: str | Path, ner_package: str | Path, target: str | Path, info: dict,
-                members: dict[str, str | Path] | None = None) -> Path:
+def make_bundle(
+    intent_package: str | Path,
+    ner_package: str | Path,
+    target: str | Path,
+    info: dict,
+    members: dict[str, str | Path] | None = None,
+) -> Path:
     """An NLU bundle: both task packages and the label book, as one directory (written atomically).
     ``members`` (name -> intent or NER package) go into the package of their task as its ensemble
     members (``intent/members/<name>``, ``ner/members/<name>``, listed in its meta; see
@@ -83,8 +91,7 @@ def register_bundle(bundle: str | Path, name: str, run_id: str, tags: dict[str, 
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(name, description=DESCRIPTIONS.get(model_kind(bundle), "findial model"))
     run = client.get_run(run_id)
-    mv = client.create_model_version(name, f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT}", run_id=run_id,
-                                     tags=tags or {})
+    mv = client.create_model_version(name, f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT}", run_id=run_id, tags=tags or {})
     return str(mv.version)
 
 
@@ -97,8 +104,7 @@ def register(path: str | Path, name: str, tags: dict[str, str], info: dict | Non
         return register_bundle(path, name, active.info.run_id, tags=tags)
 
 
-def resolve_model(ref: str, download_dir: str | Path, expect: str | None = None
-                  ) -> tuple[Path, tuple[str, str] | None]:
+def resolve_model(ref: str, download_dir: str | Path, expect: str | None = None) -> tuple[Path, tuple[str, str] | None]:
     """A model directory, or models:/NAME/VERSION or models:/NAME@ALIAS -> (local directory, (name, version)).
 
     A directory must be an NLU bundle (``bundle.json``) or a response package (``findial_model.json``).
@@ -108,11 +114,13 @@ def resolve_model(ref: str, download_dir: str | Path, expect: str | None = None
         path = Path(ref)
         kind = model_kind(path)
         if kind is None:
-            raise FileNotFoundError(f"model={ref}: neither a findial NLU bundle (no bundle.json) nor a response "
-                                    "package (no findial_model.json of task response)")
+            raise FileNotFoundError(
+                f"model={ref}: neither a findial NLU bundle (no bundle.json) nor a response "
+                "package (no findial_model.json of task response)"
+            )
         _expect(ref, kind, expect)
         return path, None
-    spec = ref[len("models:/"):]
+    spec = ref[len("models:/") :]
     client = _client()
     if "@" in spec:
         name, alias = spec.split("@", 1)
@@ -137,8 +145,9 @@ def _expect(ref: str, kind: str, expect: str | None) -> None:
         raise WrongModelKind(f"model={ref}: {names[kind]}, not {names.get(expect, expect)}")
 
 
-def record_evaluation(name: str, version: str, eval_set: str, metrics: dict, data_fingerprint: str,
-                      run_id: str) -> None:
+def record_evaluation(
+    name: str, version: str, eval_set: str, metrics: dict, data_fingerprint: str, run_id: str
+) -> None:
     client = _client()
     client.set_model_version_tag(name, version, f"eval.{eval_set}.data_fingerprint", data_fingerprint)
     client.set_model_version_tag(name, version, f"eval.{eval_set}.run_id", run_id)
@@ -159,9 +168,9 @@ def eval_metrics(tags: dict[str, str], eval_set: str) -> dict[str, float]:
     prefix = f"eval.{eval_set}."
     out = {}
     for k, v in tags.items():
-        if k.startswith(prefix) and k[len(prefix):] not in ("data_fingerprint", "run_id"):
+        if k.startswith(prefix) and k[len(prefix) :] not in ("data_fingerprint", "run_id"):
             try:
-                out[k[len(prefix):]] = float(v)
+                out[k[len(prefix) :]] = float(v)
             except ValueError:
                 continue
     return out
@@ -185,14 +194,16 @@ class Decision:
     results: dict = field(default_factory=dict)  # gates.check: per gate value, bound, passed, reason
 
     def summary(self) -> str:
-        head = (f"PROMOTED {self.model_name} v{self.version} -> @{self.alias}" if self.promoted
-                else f"REFUSED {self.model_name} v{self.version} -> @{self.alias}")
+        head = (
+            f"PROMOTED {self.model_name} v{self.version} -> @{self.alias}"
+            if self.promoted
+            else f"REFUSED {self.model_name} v{self.version} -> @{self.alias}"
+        )
         lines = [head + f" (eval set {self.eval_set})"]
         for metric, r in self.results.items():
             value, state = r["value"], "pass" if r["passed"] else ("missing" if r["value"] is None else "FAIL")
             vs = f"  (champion {r['champion']:.4f}, max regression {r['max_regression']})" if "champion" in r else ""
-            lines.append(f"  {metric:<24} {'-' if value is None else f'{value:.4f}':>8}  {r['bound']:<9} "
-                         f"{state}{vs}")
+            lines.append(f"  {metric:<24} {'-' if value is None else f'{value:.4f}':>8}  {r['bound']:<9} {state}{vs}")
         lines += [f"  {f}" for f in self.failures if f.split(":")[0] not in self.results]
         return "\n".join(lines)
 
@@ -201,8 +212,10 @@ def _version(client, name: str, version: str):
     from mlflow.exceptions import MlflowException
 
     if not str(version).isdigit():
-        raise PromotionError(f"version={version!r}: a model version is a number (findial-nlu versions: "
-                             f"the registry's Models page, or `findial compare`)")
+        raise PromotionError(
+            f"version={version!r}: a model version is a number (findial-nlu versions: "
+            f"the registry's Models page, or `findial compare`)"
+        )
     try:
         return client.get_model_version(name, str(version))
     except MlflowException:
@@ -216,8 +229,9 @@ def _champion(client, name: str, alias: str):
         return None
 
 
-def promote(name: str, version: str, alias: str, eval_set: str, audit_log: str | Path,
-            policy: Policy | None = None) -> Decision:
+def promote(
+    name: str, version: str, alias: str, eval_set: str, audit_log: str | Path, policy: Policy | None = None
+) -> Decision:
     """Move ``alias`` to ``version`` only if the version's evaluation on ``eval_set`` is one the policy binds
     (same data fingerprint) and passes every gate of its kind, including the no-regression tolerance against
     the version ``alias`` names now. Always audited; the promoter is ``policy.promoter()``."""
@@ -235,17 +249,29 @@ def promote(name: str, version: str, alias: str, eval_set: str, audit_log: str |
         if champion.tags.get(f"eval.{eval_set}.data_fingerprint") == fp:
             champion_metrics = eval_metrics(champion.tags, eval_set)
         elif any(g.max_regression is not None for g in kind_gates.values()):
-            failures.append(f"champion: v{champion.version} has no evaluation on {eval_set!r} with data fingerprint "
-                            f"{fp} to compare with; evaluate it first: findial eval "
-                            f"model_ref=models:/{name}@{alias} eval_set={eval_set} data_file=...")
+            failures.append(
+                f"champion: v{champion.version} has no evaluation on {eval_set!r} with data fingerprint "
+                f"{fp} to compare with; evaluate it first: findial eval "
+                f"model_ref=models:/{name}@{alias} eval_set={eval_set} data_file=..."
+            )
     results = gates.check(kind_gates, metrics, champion_metrics)
     failures = gates.failures(results) + failures
     decision = Decision(
-        model_name=name, version=str(version), alias=alias, eval_set=eval_set, promoted=not failures,
-        user=promoter(), timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        model_name=name,
+        version=str(version),
+        alias=alias,
+        eval_set=eval_set,
+        promoted=not failures,
+        user=promoter(),
+        timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         gates={m: {"bound": g.bound, "max_regression": g.max_regression} for m, g in kind_gates.items()},
-        metrics=metrics, failures=failures, data_fingerprint=fp, eval_run_id=mv.tags.get(f"eval.{eval_set}.run_id"),
-        previous_version=None if champion is None else str(champion.version), results=results)
+        metrics=metrics,
+        failures=failures,
+        data_fingerprint=fp,
+        eval_run_id=mv.tags.get(f"eval.{eval_set}.run_id"),
+        previous_version=None if champion is None else str(champion.version),
+        results=results,
+    )
     _audit(decision, audit_log)  # the record exists before the alias moves
     if decision.promoted:
         client.set_registered_model_alias(name, alias, str(version))
@@ -254,16 +280,29 @@ def promote(name: str, version: str, alias: str, eval_set: str, audit_log: str |
 
 
 def _audit(decision: Decision, audit_log: str | Path) -> None:
-    record = audit.append(audit_log, asdict(decision), then=lambda r: _client().set_registered_model_tag(
-        decision.model_name, audit.HEAD_TAG, r["hash"]))
-    with tracking.run("findial-promotions", f"promote-{decision.model_name}-v{decision.version}",
-                      tags={"findial.promoted": str(decision.promoted), "findial.model": decision.model_name,
-                            "findial.version": decision.version, "findial.user": decision.user}):
+    record = audit.append(
+        audit_log,
+        asdict(decision),
+        then=lambda r: _client().set_registered_model_tag(decision.model_name, audit.HEAD_TAG, r["hash"]),
+    )
+    with tracking.run(
+        "findial-promotions",
+        f"promote-{decision.model_name}-v{decision.version}",
+        tags={
+            "findial.promoted": str(decision.promoted),
+            "findial.model": decision.model_name,
+            "findial.version": decision.version,
+            "findial.user": decision.user,
+        },
+    ):
         tracking.log_json(record, "audit.json")
         tracking.log_metrics(decision.metrics)
 
 
 def audit_heads() -> dict[str, str]:
     """Registered model name -> the hash of its last audited promotion, as the registry holds it."""
-    return {m.name: m.tags[audit.HEAD_TAG] for m in _client().search_registered_models(max_results=1000)
-            if m.tags.get(audit.HEAD_TAG)}
+    return {
+        m.name: m.tags[audit.HEAD_TAG]
+        for m in _client().search_registered_models(max_results=1000)
+        if m.tags.get(audit.HEAD_TAG)
+    }

@@ -1,5 +1,6 @@
 """Process set-up every findial entry point needs (the CLI, federated apps, benchmarks, tests): the
 ``findial_data`` / ``findial_abspath`` config resolvers, masked logging, quiet model loading."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """MLflow tracking on an embedded sqlite store: runs, tags, redacted artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ def configure(tracking_uri: str, artifact_root: str | Path) -> None:
     import mlflow
 
     if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     Path(artifact_root).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -42,18 +43,25 @@ def experiment_id(name: str) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 @contextmanager
-def run(experiment: str, run_name: str, tags: dict[str, str] | None = None, nested: bool = False,
-        run_id: str | None = None) -> Iterator[Any]:
+def run(
+    experiment: str, run_name: str, tags: dict[str, str] | None = None, nested: bool = False, run_id: str | None = None
+) -> Iterator[Any]:
     """An MLflow run of ``experiment``; ``run_id``: continue that run (a resumed training) instead of a new one."""
     import mlflow
 
@@ -63,8 +71,9 @@ def run(experiment: str, run_name: str, tags: dict[str, str] | None = None, nest
             mlflow.set_tags({**base, **(tags or {})})
             yield active
         return
-    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name,
-                          tags={**base, **(tags or {})}, nested=nested) as active:
+    with mlflow.start_run(
+        experiment_id=experiment_id(experiment), run_name=run_name, tags={**base, **(tags or {})}, nested=nested
+    ) as active:
         yield active
 
 
@@ -85,7 +94,7 @@ def log_params(params: dict) -> None:
     flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
     items = list(flat.items())
     for i in range(0, len(items), 100):
-        mlflow.log_params(dict(items[i:i + 100]))
+        mlflow.log_params(dict(items[i : i + 100]))
 
 
 def log_json(obj: Any, artifact_file: str) -> None:
@@ -104,8 +113,11 @@ def log_text(text: str, artifact_file: str) -> None:
 def log_metrics(metrics: dict[str, Any], prefix: str = "", step: int | None = None) -> None:
     import mlflow
 
-    clean = {f"{prefix}{k}": float(v) for k, v in flatten(metrics).items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    clean = {
+        f"{prefix}{k}": float(v)
+        for k, v in flatten(metrics).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     if clean:
         mlflow.log_metrics(clean, step=step)
 

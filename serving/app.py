@@ -10,6 +10,7 @@ from the settings when not given) is checked by the guard on every request, so i
 covers /docs, /openapi.json and /metrics too; with auth on, the OpenAPI schema
 declares the two ways of sending a key.
 """
+
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
@@ -24,8 +25,19 @@ from .errors import error_response, install_error_handlers, request_id
 from .guard import RequestGuard
 from .metrics import CONTENT_TYPE, Metrics
 from .responder import PromotedResponder
-from .schemas import (ERROR_RESPONSES, SESSION_RESPONSES, UNAUTHORIZED, AgentTurnResult, DialogueTurnRequest,
-                      ErrorResponse, RespondRequest, RespondResult, SessionView, UnderstandRequest, Understanding)
+from .schemas import (
+    ERROR_RESPONSES,
+    SESSION_RESPONSES,
+    UNAUTHORIZED,
+    AgentTurnResult,
+    DialogueTurnRequest,
+    ErrorResponse,
+    RespondRequest,
+    RespondResult,
+    SessionView,
+    UnderstandRequest,
+    Understanding,
+)
 from .service import DialogueService
 from .settings import ServeSettings
 
@@ -36,13 +48,20 @@ The models are the NLU bundle and the response model behind the registry's servi
 promoted version is picked up without a restart."""
 
 
-SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer"},
-                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 NO_KEY = {"security": []}  # the probes need no key (auth.OPEN)
 
 
-def create_app(settings: ServeSettings, understander, responder=None, metrics: Metrics | None = None,
-               api_keys: ApiKeys | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings,
+    understander,
+    responder=None,
+    metrics: Metrics | None = None,
+    api_keys: ApiKeys | None = None,
+) -> FastAPI:
     api_keys = api_keys or ApiKeys.from_settings(settings)
     metrics = metrics or getattr(understander, "metrics", None) or Metrics()
     if getattr(understander, "metrics", "n/a") is None:
@@ -62,62 +81,107 @@ def create_app(settings: ServeSettings, understander, responder=None, metrics: M
                 await promoted.stop()
             await understander.stop()
 
-    app = FastAPI(title="findial serving", version=getattr(findial, "__version__", "0.1.0"),
-                  description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="findial serving",
+        version=getattr(findial, "__version__", "0.1.0"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
     app.state.service = service
     install_error_handlers(app)
-    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes, router=app,
-                       body_timeout_s=settings.limits.body_timeout_s, api_keys=api_keys)
+    app.add_middleware(
+        RequestGuard,
+        metrics=metrics,
+        max_body_bytes=settings.limits.max_body_bytes,
+        router=app,
+        body_timeout_s=settings.limits.body_timeout_s,
+        api_keys=api_keys,
+    )
     if api_keys.required:
         _declare_security(app)
 
-    @app.post("/v1/understand", response_model=Understanding, responses=ERROR_RESPONSES,
-              summary="Understand one user turn (stateless, or within a session)")
+    @app.post(
+        "/v1/understand",
+        response_model=Understanding,
+        responses=ERROR_RESPONSES,
+        summary="Understand one user turn (stateless, or within a session)",
+    )
     async def understand(body: UnderstandRequest, request: Request):
-        return await service.user_turn(body.text, body.lang, request_id(request), "understand",
-                                       session_id=body.session_id, context=body.context)
+        return await service.user_turn(
+            body.text, body.lang, request_id(request), "understand", session_id=body.session_id, context=body.context
+        )
 
-    @app.post("/v1/respond", response_model=RespondResult, responses=ERROR_RESPONSES,
-              summary="Understand a user turn and reply (needs a response model: 503 until one is promoted)")
+    @app.post(
+        "/v1/respond",
+        response_model=RespondResult,
+        responses=ERROR_RESPONSES,
+        summary="Understand a user turn and reply (needs a response model: 503 until one is promoted)",
+    )
     async def respond(body: RespondRequest, request: Request):
         responder_now = service.current_responder()
         if responder_now is None:
             raise service.no_responder()
-        return await service.user_turn(body.text, body.lang, request_id(request), "respond",
-                                       session_id=body.session_id, context=body.context, responder=responder_now)
+        return await service.user_turn(
+            body.text,
+            body.lang,
+            request_id(request),
+            "respond",
+            session_id=body.session_id,
+            context=body.context,
+            responder=responder_now,
+        )
 
-    @app.post("/v1/dialogue/{session_id}", response_model=Understanding | AgentTurnResult, responses=ERROR_RESPONSES,
-              summary="Add a turn to a session (started on its first turn); user turns are understood")
+    @app.post(
+        "/v1/dialogue/{session_id}",
+        response_model=Understanding | AgentTurnResult,
+        responses=ERROR_RESPONSES,
+        summary="Add a turn to a session (started on its first turn); user turns are understood",
+    )
     async def dialogue_turn(session_id: str, body: DialogueTurnRequest, request: Request):
         if body.speaker == "agent":
             return await service.agent_turn(session_id, body.text, request_id(request))
         return await service.user_turn(body.text, body.lang, request_id(request), "dialogue", session_id=session_id)
 
-    @app.get("/v1/dialogue/{session_id}", response_model=SessionView, responses=SESSION_RESPONSES,
-             summary="A session: its (masked) turns with their understanding, state and hand-off status")
+    @app.get(
+        "/v1/dialogue/{session_id}",
+        response_model=SessionView,
+        responses=SESSION_RESPONSES,
+        summary="A session: its (masked) turns with their understanding, state and hand-off status",
+    )
     async def get_dialogue(session_id: str):
         return service.existing_session(session_id).view()
 
-    @app.delete("/v1/dialogue/{session_id}", responses=SESSION_RESPONSES,
-                summary="End a session and forget its history")
+    @app.delete(
+        "/v1/dialogue/{session_id}", responses=SESSION_RESPONSES, summary="End a session and forget its history"
+    )
     async def delete_dialogue(session_id: str, request: Request):
         return await service.delete_session(session_id, request_id(request))
 
-    @app.get("/healthz", openapi_extra=NO_KEY,
-             summary="Liveness: the process answers; says which models it serves")
+    @app.get("/healthz", openapi_extra=NO_KEY, summary="Liveness: the process answers; says which models it serves")
     async def healthz():
         status = await understander.status()
-        return {"status": "ok", "ready": status["ready"], "model": status.get("model"),
-                "last_error": status.get("last_error"), "reloads": status.get("reloads"),
-                "response_model": service.responder_info(), "sessions": len(service.sessions)}
+        return {
+            "status": "ok",
+            "ready": status["ready"],
+            "model": status.get("model"),
+            "last_error": status.get("last_error"),
+            "reloads": status.get("reloads"),
+            "response_model": service.responder_info(),
+            "sessions": len(service.sessions),
+        }
 
-    @app.get("/readyz", summary="Readiness: 200 only when the NLU model is loaded (the response model is optional)",
-             responses={503: {"model": ErrorResponse}}, openapi_extra=NO_KEY)
+    @app.get(
+        "/readyz",
+        summary="Readiness: 200 only when the NLU model is loaded (the response model is optional)",
+        responses={503: {"model": ErrorResponse}},
+        openapi_extra=NO_KEY,
+    )
     async def readyz(request: Request):
         status = await understander.status()
         if not status["ready"]:
-            return error_response(503, "model_not_ready", status.get("last_error") or "the model is still loading",
-                                  request_id(request))
+            return error_response(
+                503, "model_not_ready", status.get("last_error") or "the model is still loading", request_id(request)
+            )
         return JSONResponse({"ready": True, "model": status.get("model")})
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics", responses=UNAUTHORIZED)

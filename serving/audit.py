@@ -5,6 +5,7 @@ caller did. A record is written with one ``write`` on an ``O_APPEND`` descriptor
 under a thread lock and an exclusive ``flock``, so lines from concurrent
 requests, threads or processes (Ray replicas) never interleave or tear.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -59,7 +60,7 @@ class AuditLog:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 view = memoryview(line)
                 while view:  # one write in practice; loop only on a short write
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 if self.fsync:
                     os.fsync(fd)
             finally:

@@ -12,6 +12,7 @@ compared with every configured key with ``hmac.compare_digest`` (no early exit).
 ``GET /healthz`` and ``GET /readyz`` (the probes) need no key. A missing or wrong
 key is a 401 ``unauthorized`` with ``WWW-Authenticate: Bearer``.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -49,13 +50,18 @@ def _read_keys(settings: ServeSettings, source: str) -> list[str]:
         try:
             lines = Path(auth.keys_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"{source}: auth.keys_file: cannot read {auth.keys_file}: "
-                                f"{type(exc).__name__}") from None
-        keys += [(line.strip(), "auth.keys_file") for line in lines if line.strip() and
-                 not line.strip().startswith("#")]
+            raise SettingsError(
+                f"{source}: auth.keys_file: cannot read {auth.keys_file}: {type(exc).__name__}"
+            ) from None
+        keys += [
+            (line.strip(), "auth.keys_file") for line in lines if line.strip() and not line.strip().startswith("#")
+        ]
     if auth.keys_env:
-        keys += [(k.strip(), f"auth.keys_env ({auth.keys_env})") for k in os.environ.get(auth.keys_env, "").split(",")
-                 if k.strip()]
+        keys += [
+            (k.strip(), f"auth.keys_env ({auth.keys_env})")
+            for k in os.environ.get(auth.keys_env, "").split(",")
+            if k.strip()
+        ]
     for key, where in keys:  # the key itself is never printed
         if not _KEY.fullmatch(key):
             raise SettingsError(f"{source}: {where}: an API key must be 1-256 visible ASCII characters (no spaces)")
@@ -65,6 +71,7 @@ def _read_keys(settings: ServeSettings, source: str) -> list[str]:
 @dataclass(frozen=True)
 class ApiKeys:
     """The keys the API accepts; ``required`` False lets every request through."""
+
     required: bool = False
     keys: tuple[bytes, ...] = field(default=(), repr=False)
 
@@ -72,14 +79,22 @@ class ApiKeys:
     def from_settings(cls, settings: ServeSettings, source: str = "serve.yaml") -> "ApiKeys":
         required, keys = auth_required(settings), _read_keys(settings, source)
         if required and not keys:
-            why = "auth.required is true" if settings.auth.required is True else \
-                f"auth.required is auto and host {settings.host} is not loopback"
-            raise SettingsError(f"{source}: auth: {why}, but no API key is configured: put keys in auth.keys_file "
-                                f"or the environment variable auth.keys_env ({settings.auth.keys_env}), or serve on "
-                                "127.0.0.1")
+            why = (
+                "auth.required is true"
+                if settings.auth.required is True
+                else f"auth.required is auto and host {settings.host} is not loopback"
+            )
+            raise SettingsError(
+                f"{source}: auth: {why}, but no API key is configured: put keys in auth.keys_file "
+                f"or the environment variable auth.keys_env ({settings.auth.keys_env}), or serve on "
+                "127.0.0.1"
+            )
         if settings.auth.required is False and not is_loopback(settings.host):
-            log.warning("!!! auth.required is false and host %s is not loopback: the API (and every session in it) "
-                        "is open to anyone who can reach this port !!!", settings.host)
+            log.warning(
+                "!!! auth.required is false and host %s is not loopback: the API (and every session in it) "
+                "is open to anyone who can reach this port !!!",
+                settings.host,
+            )
         return cls(required, tuple(dict.fromkeys(k.encode("ascii") for k in keys)))
 
     def allows(self, method: str, path: str, headers: list[tuple[bytes, bytes]]) -> bool:

@@ -11,6 +11,7 @@ that have not reached the batcher yet (so a lone request never waits). Each batc
 are run again one by one (``understand_each``): an item the model cannot take fails
 alone, with a 500, and the others in its batch get their answers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ def understand_each(pipeline, items: list[TurnInput]) -> list:
     except Exception as exc:
         if len(items) == 1:
             return [exc]
-        log.warning("inference failed on a batch of %d (%s): running its items one by one", len(items),
-                    type(exc).__name__)
+        log.warning(
+            "inference failed on a batch of %d (%s): running its items one by one", len(items), type(exc).__name__
+        )
     out = []
     for item in items:
         try:
@@ -48,8 +50,9 @@ def understand_each(pipeline, items: list[TurnInput]) -> list:
 
 
 class LocalUnderstander:
-    def __init__(self, holder: ModelHolder, max_batch_size: int = 16, max_wait_ms: float = 2.0,
-                 metrics: Metrics | None = None):
+    def __init__(
+        self, holder: ModelHolder, max_batch_size: int = 16, max_wait_ms: float = 2.0, metrics: Metrics | None = None
+    ):
         self.holder = holder
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
@@ -124,8 +127,9 @@ class LocalUnderstander:
             try:
                 if model is None:
                     raise ModelNotReady(self.holder.last_error or "the model is still loading")
-                results = await loop.run_in_executor(self._executor, understand_each, model.pipeline,
-                                                     [item for item, _ in batch])
+                results = await loop.run_in_executor(
+                    self._executor, understand_each, model.pipeline, [item for item, _ in batch]
+                )
             except asyncio.CancelledError:
                 for _, fut in batch:
                     if not fut.done():

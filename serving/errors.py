@@ -4,6 +4,7 @@ Bad input is a 4xx naming the field; an unexpected failure is a 500 whose body
 says nothing about its cause (the masked traceback goes to the server log, under
 the request id). No error echoes what the client sent: it may hold personal data.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,14 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details or []
 
 
-def error_response(status: int, code: str, message: str, request_id: str | None,
-                   details: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    request_id: str | None,
+    details: list[dict] | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or []}, "request_id": request_id}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -58,23 +65,36 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        details = [{"field": _field(e.get("loc", ()), e.get("type", "")), "message": e.get("msg", ""),
-                    "type": e.get("type", "")} for e in exc.errors()]  # the offending input is left out on purpose
+        details = [
+            {
+                "field": _field(e.get("loc", ()), e.get("type", "")),
+                "message": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
+            for e in exc.errors()
+        ]  # the offending input is left out on purpose
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
         return error_response(422, "invalid_request", f"invalid request: {summary}", request_id(request), details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed"}
-        message = {404: "no such endpoint (/openapi.json lists them)",
-                   405: "method not allowed on this endpoint (the Allow header lists those that are)"}.get(
-            exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message,
-                              request_id(request), headers=getattr(exc, "headers", None))
+        message = {
+            404: "no such endpoint (/openapi.json lists them)",
+            405: "method not allowed on this endpoint (the Allow header lists those that are)",
+        }.get(exc.status_code, str(exc.detail))
+        return error_response(
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            message,
+            request_id(request),
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         rid = request_id(request)
         log.error("request %s failed: %s (traceback follows from the server)", rid, type(exc).__name__)
-        return error_response(500, "internal_error", "internal error; the server log has the details under this "
-                              "request id", rid)
+        return error_response(
+            500, "internal_error", "internal error; the server log has the details under this request id", rid
+        )

@@ -16,6 +16,7 @@ column; a number too long to convert too) or nested deeper than ``MAX_DEPTH``
 what the request sent. It times every request and counts it under its route
 template (``/v1/dialogue/{session_id}``), never its raw path.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -71,8 +72,15 @@ def _route_template(app, scope) -> str:
 
 
 class RequestGuard:
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int, router=None, body_timeout_s: float = 10.0,
-                 api_keys: ApiKeys | None = None):
+    def __init__(
+        self,
+        app,
+        metrics: Metrics,
+        max_body_bytes: int,
+        router=None,
+        body_timeout_s: float = 10.0,
+        api_keys: ApiKeys | None = None,
+    ):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
         self.router, self.body_timeout_s, self.api_keys = router, body_timeout_s, api_keys or ApiKeys()
 
@@ -94,9 +102,13 @@ class RequestGuard:
 
         try:
             if not self.api_keys.allows(scope["method"], scope["path"], scope.get("headers", [])):
-                refusal = error_response(401, "unauthorized", "missing or invalid API key: send Authorization: "
-                                         "Bearer <key> or X-API-Key: <key>", rid,
-                                         headers={"WWW-Authenticate": "Bearer"})
+                refusal = error_response(
+                    401,
+                    "unauthorized",
+                    "missing or invalid API key: send Authorization: Bearer <key> or X-API-Key: <key>",
+                    rid,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 return await refusal(scope, receive, send_with_id)
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body, refusal = await self._read(headers, receive, rid)
@@ -117,8 +129,9 @@ class RequestGuard:
             return await self.app(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight -= 1
-            self.metrics.observe_request(scope["method"], _route_template(self.router, scope), status[0],
-                                         time.perf_counter() - start)
+            self.metrics.observe_request(
+                scope["method"], _route_template(self.router, scope), status[0], time.perf_counter() - start
+            )
 
     async def _read(self, headers: dict, receive, rid: str):
         limit = self.max_body_bytes
@@ -128,16 +141,22 @@ class RequestGuard:
             return None, too_large
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype and not (ctype == "application/json" or ctype.endswith("+json")):
-            return None, error_response(415, "unsupported_media_type", "request body must be JSON "
-                                        "(Content-Type: application/json)", rid)
+            return None, error_response(
+                415, "unsupported_media_type", "request body must be JSON (Content-Type: application/json)", rid
+            )
         chunks, size = [], 0
         deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         while True:
             try:
                 message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
             except asyncio.TimeoutError:
-                return None, error_response(408, "body_timeout", f"the request body did not arrive within "
-                                            f"{self.body_timeout_s:g} s", rid, headers={"Connection": "close"})
+                return None, error_response(
+                    408,
+                    "body_timeout",
+                    f"the request body did not arrive within {self.body_timeout_s:g} s",
+                    rid,
+                    headers={"Connection": "close"},
+                )
             if message["type"] == "http.disconnect":
                 return None, error_response(400, "client_disconnected", "the client went away", rid)
             chunk = message.get("body", b"")
@@ -153,17 +172,23 @@ class RequestGuard:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return None, error_response(400, "invalid_utf8", f"request body is not valid UTF-8 (byte {exc.start}: "
-                                        f"{exc.reason})", rid)
+            return None, error_response(
+                400, "invalid_utf8", f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason})", rid
+            )
         too_deep = error_response(400, "too_deeply_nested", f"request body nests deeper than {MAX_DEPTH} levels", rid)
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            return None, error_response(400, "invalid_json", f"request body is not valid JSON: {exc.msg} at line "
-                                        f"{exc.lineno} column {exc.colno}", rid)
+            return None, error_response(
+                400,
+                "invalid_json",
+                f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                rid,
+            )
         except RecursionError:  # deeper than the parser goes
             return None, too_deep
         except ValueError:  # an integer of more than 4300 digits
-            return None, error_response(400, "invalid_json", "request body is not valid JSON: a number is too long",
-                                        rid)
+            return None, error_response(
+                400, "invalid_json", "request body is not valid JSON: a number is too long", rid
+            )
         return (None, too_deep) if _depth(value) > MAX_DEPTH else (body, None)

@@ -8,6 +8,7 @@ A turn is handed off when any rule fires; each firing rule adds a reason code:
 - ``compliance:<rule>``     a compliance rule's regular expression matches the (masked) user text or
                             a generated response, e.g. a promise of a "guaranteed return" or "保本保息"
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,12 @@ class HandoffPolicy:
 
     @classmethod
     def from_settings(cls, s: HandoffSettings) -> "HandoffPolicy":
-        return cls(s.min_confidence, frozenset(s.intents), frozenset(s.emotions),
-                   tuple((r.name, r.compile()) for r in s.compliance_rules))
+        return cls(
+            s.min_confidence,
+            frozenset(s.intents),
+            frozenset(s.emotions),
+            tuple((r.name, r.compile()) for r in s.compliance_rules),
+        )
 
     def compliance_hits(self, text: str) -> list[str]:
         return [f"compliance:{name}" for name, rx in self.rules if rx.search(text)]

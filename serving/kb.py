@@ -11,6 +11,7 @@ logged and skipped (the old KB keeps serving) until it changes again.
 ``KBResponder`` is a ``PromotedResponder`` over that holder: the app starts and stops it, ``/v1/respond``
 answers 503 until the first index is ready, ``/healthz`` names the KB version.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,6 +29,7 @@ NAME = "findial-kb-grounded"
 
 class GroundedResponder:
     """A ``Responder`` over one KB version: ``respond`` returns a ``Reply`` with the citation."""
+
     name = NAME
 
     def __init__(self, answerer, version: str):
@@ -42,17 +44,24 @@ class GroundedResponder:
 
 @dataclass(frozen=True)
 class LoadedKB:
-    pipeline: GroundedResponder      # the name PromotedResponder reads
+    pipeline: GroundedResponder  # the name PromotedResponder reads
     name: str
-    version: str                     # kb_version
+    version: str  # kb_version
     articles: int
     loaded_at: str
-    index: dict                      # what Retriever.index reported (embedded, reused, removed)
+    index: dict  # what Retriever.index reported (embedded, reused, removed)
 
 
 class KBHolder:
-    def __init__(self, articles_path: str | Path | None, index_dir: str | Path, encoder_path=None,
-                 poll_interval_s: float = 30.0, threshold: float | None = None, glossary=None):
+    def __init__(
+        self,
+        articles_path: str | Path | None,
+        index_dir: str | Path,
+        encoder_path=None,
+        poll_interval_s: float = 30.0,
+        threshold: float | None = None,
+        glossary=None,
+    ):
         from findial.data.kb.load import DEFAULT_ARTICLES
 
         self.path = Path(articles_path or DEFAULT_ARTICLES)
@@ -101,12 +110,24 @@ class KBHolder:
                 self.reloads["failure"] += 1
                 log.error("knowledge base not loaded: %s", self.last_error)
                 return False
-            self.current = LoadedKB(GroundedResponder(answerer, version), NAME, version, len(articles),
-                                    time.strftime("%Y-%m-%dT%H:%M:%S%z"), stats)
+            self.current = LoadedKB(
+                GroundedResponder(answerer, version),
+                NAME,
+                version,
+                len(articles),
+                time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                stats,
+            )
             self.last_error = None
             self.reloads["success"] += 1
-            log.info("knowledge base %s loaded from %s (%d articles; embedded %d, reused %d)", version,
-                     self.path, len(articles), stats["embedded"], stats["reused"])
+            log.info(
+                "knowledge base %s loaded from %s (%d articles; embedded %d, reused %d)",
+                version,
+                self.path,
+                len(articles),
+                stats["embedded"],
+                stats["reused"],
+            )
             return True
 
     def start(self) -> None:
@@ -142,8 +163,13 @@ class KBResponder(PromotedResponder):
 
     def info(self) -> dict:
         kb = self.holder.current
-        return {"ref": self.holder.ref, "name": NAME, "version": kb.version if kb else None,
-                "last_error": self.holder.last_error, "index": str(self.holder.index_dir)}
+        return {
+            "ref": self.holder.ref,
+            "name": NAME,
+            "version": kb.version if kb else None,
+            "last_error": self.holder.last_error,
+            "index": str(self.holder.index_dir),
+        }
 
     def unavailable(self) -> str:
         why = f": {self.holder.last_error}" if self.holder.last_error else " (its index is being built)"

@@ -10,6 +10,7 @@ took the old ``LoadedModel`` finishes on it; the next batch takes the new one.
 A version that fails to load is logged, counted and skipped until the alias
 moves again; the old model keeps serving.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -38,9 +39,9 @@ def load_nlu(model_dir: Path, device: str, ident: tuple[str, str] | None = None)
 
 @dataclass(frozen=True)
 class LoadedModel:
-    pipeline: object                 # what the loader returned: an NLUPipeline, or a response model
-    ref: str                         # what was asked for, e.g. models:/findial-nlu@champion
-    name: str | None                 # registered model name (None for a model directory)
+    pipeline: object  # what the loader returned: an NLUPipeline, or a response model
+    ref: str  # what was asked for, e.g. models:/findial-nlu@champion
+    name: str | None  # registered model name (None for a model directory)
     version: str | None
     bundle_dir: Path
     loaded_at: str
@@ -52,7 +53,7 @@ class LoadedModel:
 def parse_alias(ref: str) -> tuple[str, str] | None:
     """models:/NAME@ALIAS -> (NAME, ALIAS); None for a fixed version or a directory (nothing to poll)."""
     if ref.startswith("models:/") and "@" in ref:
-        name, alias = ref[len("models:/"):].split("@", 1)
+        name, alias = ref[len("models:/") :].split("@", 1)
         return name, alias
     return None
 
@@ -69,9 +70,16 @@ class ModelHolder:
     """``kind`` ("nlu" or "response"): the kind of model ``ref`` must name (``registry.resolve_model``);
     ``loader`` builds the served object from the downloaded directory."""
 
-    def __init__(self, ref: str, download_dir: str | Path, device: str = "cpu", poll_interval_s: float = 30.0,
-                 on_change: Callable[["ModelHolder"], None] | None = None, loader: Loader = load_nlu,
-                 kind: str = "nlu"):
+    def __init__(
+        self,
+        ref: str,
+        download_dir: str | Path,
+        device: str = "cpu",
+        poll_interval_s: float = 30.0,
+        on_change: Callable[["ModelHolder"], None] | None = None,
+        loader: Loader = load_nlu,
+        kind: str = "nlu",
+    ):
         self.ref = ref
         self.loader, self.kind = loader, kind
         self.download_dir = Path(download_dir)
@@ -115,8 +123,9 @@ class ModelHolder:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         name, version = ident if ident else (None, None)
-        return LoadedModel(model, self.ref, name, version, Path(local),
-                           dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        return LoadedModel(
+            model, self.ref, name, version, Path(local), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        )
 
     # ------------------------------------------------------------------ checking
     def check_once(self) -> bool:
@@ -148,8 +157,13 @@ class ModelHolder:
             self.current = new  # the swap: in-flight work keeps its reference to `old`
             self._failed_version, self.last_error = None, None
             self.reloads["success"] += 1
-            log.info("serving %s (version %s) from %s%s", new.ref, new.version, new.bundle_dir,
-                     f"; replaced version {old.version}" if old else "")
+            log.info(
+                "serving %s (version %s) from %s%s",
+                new.ref,
+                new.version,
+                new.bundle_dir,
+                f"; replaced version {old.version}" if old else "",
+            )
             if old is not None and self._owns(old.bundle_dir):
                 shutil.rmtree(self._download_root(old.bundle_dir), ignore_errors=True)
             if self.on_change:
@@ -205,5 +219,9 @@ class ModelHolder:
         return self.current is not None
 
     def info(self) -> dict:
-        return {"model": self.current.info() if self.current else None, "last_error": self.last_error,
-                "reloads": dict(self.reloads), "device": self.device}
+        return {
+            "model": self.current.info() if self.current else None,
+            "last_error": self.last_error,
+            "reloads": dict(self.reloads),
+            "device": self.device,
+        }

@@ -1,5 +1,6 @@
 """What every serving process does first (the uvicorn server and each Ray Serve replica), and how it
 describes itself: shared by ``server.py`` and ``ray_backend.py`` so that neither imports the other."""
+
 from __future__ import annotations
 
 import os

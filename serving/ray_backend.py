@@ -17,6 +17,7 @@ Two deployments in one Serve application (``findial``):
 
 Ray is imported only here, so the local backend never needs it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -128,12 +129,20 @@ def build_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
         prepare(settings)
         return create_app(settings, RayUnderstander(), build_responder(settings), Metrics(), api_keys=api_keys)
 
-    model = serve.deployment(NLUReplica, name=MODEL_DEPLOYMENT, num_replicas=settings.replicas,
-                             max_ongoing_requests=max(8, 2 * settings.batching.max_batch_size),
-                             ray_actor_options={"num_cpus": settings.ray.replica_num_cpus})
-    gateway = serve.deployment(serve.ingress(asgi_app)(Gateway), name="Gateway", num_replicas=1,
-                               max_ongoing_requests=1000,
-                               ray_actor_options={"num_cpus": settings.ray.ingress_num_cpus})
+    model = serve.deployment(
+        NLUReplica,
+        name=MODEL_DEPLOYMENT,
+        num_replicas=settings.replicas,
+        max_ongoing_requests=max(8, 2 * settings.batching.max_batch_size),
+        ray_actor_options={"num_cpus": settings.ray.replica_num_cpus},
+    )
+    gateway = serve.deployment(
+        serve.ingress(asgi_app)(Gateway),
+        name="Gateway",
+        num_replicas=1,
+        max_ongoing_requests=1000,
+        ray_actor_options={"num_cpus": settings.ray.ingress_num_cpus},
+    )
     return gateway.bind(model.bind(settings))
 
 
@@ -156,9 +165,12 @@ def serve_ray(settings: ServeSettings, api_keys: ApiKeys | None = None) -> None:
         serve.run(build_app(settings, api_keys), name=APP_NAME, route_prefix="/", blocking=False)
         from .process import describe_auth, describe_responder
 
-        print(f"findial serve (ray, {settings.replicas} model replicas): http://{settings.host}:{settings.port} "
-              f"(model {settings.model_ref}, responder {describe_responder(settings)}, {describe_auth(api_keys)}, "
-              "docs at /docs, schema at /openapi.json)", flush=True)
+        print(
+            f"findial serve (ray, {settings.replicas} model replicas): http://{settings.host}:{settings.port} "
+            f"(model {settings.model_ref}, responder {describe_responder(settings)}, {describe_auth(api_keys)}, "
+            "docs at /docs, schema at /openapi.json)",
+            flush=True,
+        )
         stop.wait()
     finally:
         log.info("shutting down Ray Serve")

@@ -25,6 +25,7 @@ when it does not answer); the service checks a reply that cites articles against
 (``findial.data.kb.facts.check_grounding``) and withholds it, hand-off reason ``ungrounded``, when a figure
 in it (an amount, percentage, count of days, date) is in neither.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,11 +51,12 @@ class ResponderError(ValueError):
 @dataclass(frozen=True)
 class Reply:
     """What a grounded responder returns instead of a plain string."""
-    text: str | None                    # None: no answer, hand the turn off (``handoff_reason``)
-    citations: tuple[str, ...] = ()     # ids of the KB articles the text is drawn from
+
+    text: str | None  # None: no answer, hand the turn off (``handoff_reason``)
+    citations: tuple[str, ...] = ()  # ids of the KB articles the text is drawn from
     kb_version: str | None = None
-    handoff_reason: str | None = None   # e.g. no_kb_answer (retrieval confidence too low), ungrounded
-    sources: tuple[dict, ...] = ()      # the cited articles ({id, title, body, ...}): what the checker reads
+    handoff_reason: str | None = None  # e.g. no_kb_answer (retrieval confidence too low), ungrounded
+    sources: tuple[dict, ...] = ()  # the cited articles ({id, title, body, ...}): what the checker reads
 
 
 def load_responder(target: str | None, options: dict | None = None) -> Responder | None:
@@ -69,8 +71,10 @@ def load_responder(target: str | None, options: dict | None = None) -> Responder
         raise ResponderError(f"responder.target: cannot import {target!r}: {exc}") from None
     responder = factory(**(options or {}))
     if not isinstance(responder, Responder):
-        raise ResponderError(f"responder.target: {target!r} returned {type(responder).__name__}, which lacks "
-                             "name, version or respond(understanding, history)")
+        raise ResponderError(
+            f"responder.target: {target!r} returned {type(responder).__name__}, which lacks "
+            "name, version or respond(understanding, history)"
+        )
     return responder
 
 
@@ -101,17 +105,23 @@ class PromotedResponder:
 
     def info(self) -> dict:
         model = self.holder.current
-        return {"ref": self.holder.ref, "name": model.name if model else None,
-                "version": model.version if model else None, "last_error": self.holder.last_error}
+        return {
+            "ref": self.holder.ref,
+            "name": model.name if model else None,
+            "version": model.version if model else None,
+            "last_error": self.holder.last_error,
+        }
 
     def unavailable(self) -> str:
         """Why there is nothing to answer with, and how to promote a response model."""
         from .model_store import parse_alias
 
         name = (parse_alias(self.holder.ref) or ("findial-response",))[0]
-        return (f"no response model promoted behind {self.holder.ref}: evaluate a version "
-                f"(findial eval task=response model_ref=models:/{name}/N eval_set=SET) and promote it "
-                f"(findial promote model_name={name} version=N eval_set=SET); it is picked up without a restart")
+        return (
+            f"no response model promoted behind {self.holder.ref}: evaluate a version "
+            f"(findial eval task=response model_ref=models:/{name}/N eval_set=SET) and promote it "
+            f"(findial promote model_name={name} version=N eval_set=SET); it is picked up without a restart"
+        )
 
 
 def build_responder(settings) -> Responder | PromotedResponder | None:
@@ -129,6 +139,13 @@ def build_responder(settings) -> Responder | PromotedResponder | None:
         return None
     from .model_store import ModelHolder
 
-    return PromotedResponder(ModelHolder(cfg.model_ref, settings.download_dir, settings.device,
-                                         settings.poll_interval_s, loader=partial(load_response, **cfg.options),
-                                         kind="response"))
+    return PromotedResponder(
+        ModelHolder(
+            cfg.model_ref,
+            settings.download_dir,
+            settings.device,
+            settings.poll_interval_s,
+            loader=partial(load_response, **cfg.options),
+            kind="response",
+        )
+    )

@@ -6,6 +6,7 @@ than ``\n \r \t`` (NUL, ...) is a 422 naming the field: no model or log sees one
 ``lang`` is one of the label book's languages, zh or en.
 Every text the API returns is masked: personal data never comes back.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,14 +34,23 @@ class ContextTurn(BaseModel):
 
 
 class UnderstandRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"text": "我的信用卡昨天丢了"}, {"text": "and the annual fee?", "session_id": "call-42"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"text": "我的信用卡昨天丢了"}, {"text": "and the annual fee?", "session_id": "call-42"}]
+        },
+    )
     text: Text = Field(description="The user's turn. Personal data is masked before any model or log sees it.")
-    session_id: Text | None = Field(None, description="Continue (or start) a server-side session: its history is "
-                                   "the intent model's context and its state accumulates.")
+    session_id: Text | None = Field(
+        None,
+        description="Continue (or start) a server-side session: its history is "
+        "the intent model's context and its state accumulates.",
+    )
     lang: Lang | None = Field(None, description="zh or en; detected from the text when absent.")
-    context: list[ContextTurn] = Field(default_factory=list, description="Preceding turns, oldest first, for a "
-                                       "stateless call (ignored with session_id).")
+    context: list[ContextTurn] = Field(
+        default_factory=list,
+        description="Preceding turns, oldest first, for a stateless call (ignored with session_id).",
+    )
 
 
 class RespondRequest(UnderstandRequest):
@@ -48,11 +58,18 @@ class RespondRequest(UnderstandRequest):
 
 
 class DialogueTurnRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"text": "I lost my credit card"}, {"speaker": "agent", "text": "I have blocked it."}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"text": "I lost my credit card"}, {"speaker": "agent", "text": "I have blocked it."}]
+        },
+    )
     text: Text
-    speaker: Literal["user", "agent"] = Field("user", description="user turns are understood; agent turns "
-                                              "are recorded (as context) and checked against the compliance rules")
+    speaker: Literal["user", "agent"] = Field(
+        "user",
+        description="user turns are understood; agent turns "
+        "are recorded (as context) and checked against the compliance rules",
+    )
     lang: Lang | None = None
 
 
@@ -87,9 +104,11 @@ class Understanding(BaseModel):
     state: dict[str, Any]
     unknown_terms: list[str] = []
     handoff: bool = Field(description="true: hand this conversation to a human agent")
-    handoff_reasons: list[str] = Field(description="low_confidence, intent:<name>, emotion:<name>, "
-                                       "compliance:<rule>; /v1/respond also compliance:<rule>:response, "
-                                       "no_kb_answer, ungrounded")
+    handoff_reasons: list[str] = Field(
+        description="low_confidence, intent:<name>, emotion:<name>, "
+        "compliance:<rule>; /v1/respond also compliance:<rule>:response, "
+        "no_kb_answer, ungrounded"
+    )
 
 
 class ResponderRef(BaseModel):
@@ -100,9 +119,12 @@ class ResponderRef(BaseModel):
 class RespondResult(Understanding):
     response: str | None = Field(None, description="the reply; null when the turn is handed off")
     responder: ResponderRef
-    citations: list[str] | None = Field(None, description="ids of the knowledge-base articles the reply is "
-                                        "drawn from (responder.kind: grounded; [] when handed off); null for "
-                                        "a model responder")
+    citations: list[str] | None = Field(
+        None,
+        description="ids of the knowledge-base articles the reply is "
+        "drawn from (responder.kind: grounded; [] when handed off); null for "
+        "a model responder",
+    )
     kb_version: str | None = Field(None, description="the knowledge base answered from (12 hex characters)")
 
 

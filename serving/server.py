@@ -3,6 +3,7 @@
 The API keys are read first (``auth.ApiKeys.from_settings``): with auth on and no key
 configured, it refuses to start (``SettingsError`` naming ``auth``) before loading anything.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,11 +38,21 @@ def serve(settings: ServeSettings) -> None:
     import uvicorn
 
     app = build_local_app(settings, api_keys)
-    print(f"findial serve: http://{settings.host}:{settings.port} (model {settings.model_ref}, responder "
-          f"{describe_responder(settings)}, {describe_auth(api_keys)}, docs at /docs, schema at /openapi.json)",
-          flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
-                timeout_graceful_shutdown=settings.graceful_shutdown_s, access_log=True, ws="none")
+    print(
+        f"findial serve: http://{settings.host}:{settings.port} (model {settings.model_ref}, responder "
+        f"{describe_responder(settings)}, {describe_auth(api_keys)}, docs at /docs, schema at /openapi.json)",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        access_log=True,
+        ws="none",
+    )
 
 
 def serve_from_config(cfg: dict) -> None:

@@ -12,6 +12,7 @@ and the audit record; one that cites articles is fact-checked against them and t
 sent (``check_grounding``): an unsupported figure withholds it, hand-off reason ``ungrounded``, and the
 audit record keeps the cited ids and the unsupported facts under ``grounding``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,8 +46,12 @@ class DialogueService:
         if all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text):
             raise ApiError(422, "empty_text", f"{field}: must contain some text", [{"field": field}])
         if len(text) > self.limits.max_text_chars:
-            raise ApiError(413, "text_too_long", f"{field}: {len(text)} characters, more than the limit of "
-                           f"{self.limits.max_text_chars}", [{"field": field, "limit": self.limits.max_text_chars}])
+            raise ApiError(
+                413,
+                "text_too_long",
+                f"{field}: {len(text)} characters, more than the limit of {self.limits.max_text_chars}",
+                [{"field": field, "limit": self.limits.max_text_chars}],
+            )
         return mask_text(text)
 
     @staticmethod
@@ -59,8 +64,12 @@ class DialogueService:
     def existing_session(self, session_id: str) -> Session:
         s = self.sessions.get(self.session_id(session_id, "path.session_id"))
         if s is None:
-            raise ApiError(404, "session_not_found", "no such session (never started, deleted or expired)",
-                           [{"field": "path.session_id"}])
+            raise ApiError(
+                404,
+                "session_not_found",
+                "no such session (never started, deleted or expired)",
+                [{"field": "path.session_id"}],
+            )
         return s
 
     # ------------------------------------------------------------------ responder
@@ -70,9 +79,14 @@ class DialogueService:
         return r.current() if isinstance(r, PromotedResponder) else r
 
     def no_responder(self) -> ApiError:
-        why = self.responder.unavailable() if isinstance(self.responder, PromotedResponder) else (
-            "no response model promoted: none is configured (responder.model_ref, a registry alias such as "
-            "models:/findial-response@champion, or responder.target)")
+        why = (
+            self.responder.unavailable()
+            if isinstance(self.responder, PromotedResponder)
+            else (
+                "no response model promoted: none is configured (responder.model_ref, a registry alias such as "
+                "models:/findial-response@champion, or responder.target)"
+            )
+        )
         return ApiError(503, "no_response_model", why + "; POST /v1/understand gives the understanding")
 
     def responder_info(self) -> dict | None:
@@ -90,38 +104,76 @@ class DialogueService:
 
     def _context(self, turns) -> tuple[tuple[str, str], ...]:
         if len(turns) > self.limits.max_context_turns:
-            raise ApiError(422, "context_too_long", f"context: {len(turns)} turns, more than the limit of "
-                           f"{self.limits.max_context_turns}", [{"field": "body.context"}])
+            raise ApiError(
+                422,
+                "context_too_long",
+                f"context: {len(turns)} turns, more than the limit of {self.limits.max_context_turns}",
+                [{"field": "body.context"}],
+            )
         return tuple((t.speaker, self.check_text(t.text, f"body.context.{i}.text")[0]) for i, t in enumerate(turns))
 
-    async def user_turn(self, text: str, lang: str | None, request_id: str, endpoint: str,
-                        session_id: str | None = None, context=(), responder=None) -> dict:
+    async def user_turn(
+        self,
+        text: str,
+        lang: str | None,
+        request_id: str,
+        endpoint: str,
+        session_id: str | None = None,
+        context=(),
+        responder=None,
+    ) -> dict:
         """Understand the turn; with ``responder`` (``current_responder()``), reply too."""
         started = time.perf_counter()
         masked, pii = self.check_text(text, "body.text")
         if session_id is None:
             history = self._context(context)
-            return await self._run_turn(masked, pii, lang, history, {}, None, request_id, endpoint, started,
-                                        responder)
+            return await self._run_turn(masked, pii, lang, history, {}, None, request_id, endpoint, started, responder)
         field = "path.session_id" if endpoint == "dialogue" else "body.session_id"
         session, _ = self.sessions.get_or_create(self.session_id(session_id, field))
         self.metrics.set_sessions(len(self.sessions))
         async with session.lock:
-            return await self._run_turn(masked, pii, lang, session.history(self.limits.max_context_turns),
-                                        session.state, session, request_id, endpoint, started, responder)
+            return await self._run_turn(
+                masked,
+                pii,
+                lang,
+                session.history(self.limits.max_context_turns),
+                session.state,
+                session,
+                request_id,
+                endpoint,
+                started,
+                responder,
+            )
 
-    async def _run_turn(self, masked: str, pii: list[str], lang: str | None, history, state: dict,
-                        session: Session | None, request_id: str, endpoint: str, started: float,
-                        responder) -> dict:
+    async def _run_turn(
+        self,
+        masked: str,
+        pii: list[str],
+        lang: str | None,
+        history,
+        state: dict,
+        session: Session | None,
+        request_id: str,
+        endpoint: str,
+        started: float,
+        responder,
+    ) -> dict:
         lang = lang or (session.lang if session and session.lang else None) or detect_lang(masked)
         previous = tuple(session.intents) if session else ()
         result, model = await self._understand(TurnInput(masked, lang, history, dict(state), previous))
         text = result.pop("text")
         reasons = self.policy.reasons(result, masked)  # rules see the text before model-found names are masked
-        out = {"request_id": request_id, "session_id": session.id if session else None, "turn_index": None,
-               "model": {k: model.get(k) for k in ("ref", "name", "version")}, "text": text, "lang": lang,
-               "pii_masked": pii, **result,
-               "entities": [{**e, "text": text[e["start"]:e["end"]]} for e in result["entities"]]}
+        out = {
+            "request_id": request_id,
+            "session_id": session.id if session else None,
+            "turn_index": None,
+            "model": {k: model.get(k) for k in ("ref", "name", "version")},
+            "text": text,
+            "lang": lang,
+            "pii_masked": pii,
+            **result,
+            "entities": [{**e, "text": text[e["start"] : e["end"]]} for e in result["entities"]],
+        }
         response, grounding = None, {}
         if responder is not None:
             response, reasons, grounding = await self._respond(responder, out, history, reasons)
@@ -129,14 +181,37 @@ class DialogueService:
         if session is not None:
             session.lang = session.lang or lang
             session.state = dict(result["state"])
-            out["turn_index"] = session.add_turn({"speaker": "user", **{k: out[k] for k in (
-                "text", "intent", "confidence", "emotion", "emotion_confidence", "entities", "state",
-                "handoff_reasons", "request_id")}, "model_version": model.get("version")},
-                self.limits.max_context_turns)
+            out["turn_index"] = session.add_turn(
+                {
+                    "speaker": "user",
+                    **{
+                        k: out[k]
+                        for k in (
+                            "text",
+                            "intent",
+                            "confidence",
+                            "emotion",
+                            "emotion_confidence",
+                            "entities",
+                            "state",
+                            "handoff_reasons",
+                            "request_id",
+                        )
+                    },
+                    "model_version": model.get("version"),
+                },
+                self.limits.max_context_turns,
+            )
             if response is not None:
-                session.add_turn({"speaker": "agent", "text": response, "responder": responder.name,
-                                  **({"citations": grounding["citations"]} if grounding else {})},
-                                 self.limits.max_context_turns)
+                session.add_turn(
+                    {
+                        "speaker": "agent",
+                        "text": response,
+                        "responder": responder.name,
+                        **({"citations": grounding["citations"]} if grounding else {}),
+                    },
+                    self.limits.max_context_turns,
+                )
             self._mark_handoff(session, reasons)
         if responder is not None:
             out.update(response=response, responder={"name": responder.name, "version": responder.version})
@@ -144,13 +219,18 @@ class DialogueService:
                 out.update(citations=grounding["citations"], kb_version=grounding["kb_version"])
         if reasons:
             self.metrics.count_handoff(reasons)
-        record = {"event": endpoint, "latency_ms": round((time.perf_counter() - started) * 1000, 2), **out,
-                  **({"grounding": grounding["audit"]} if grounding else {})}
+        record = {
+            "event": endpoint,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            **out,
+            **({"grounding": grounding["audit"]} if grounding else {}),
+        }
         await asyncio.to_thread(self.audit.write, record)
         return out
 
-    async def _respond(self, responder, understanding: dict, history,
-                       reasons: list[str]) -> tuple[str | None, list[str], dict]:
+    async def _respond(
+        self, responder, understanding: dict, history, reasons: list[str]
+    ) -> tuple[str | None, list[str], dict]:
         """(the reply or None, the hand-off reasons, {} or the grounding of a ``Reply``: citations,
         kb_version and what the audit record keeps)."""
         if reasons:  # a human takes over: no generated reply
@@ -158,9 +238,15 @@ class DialogueService:
         turns = [{"speaker": s, "text": t} for s, t in history]
         reply = await asyncio.to_thread(responder.respond, understanding, turns)
         grounded = reply if isinstance(reply, Reply) else None
-        grounding = {} if grounded is None else {
-            "citations": [], "kb_version": grounded.kb_version,
-            "audit": {"cited": list(grounded.citations), "unsupported": [], "reason": grounded.handoff_reason}}
+        grounding = (
+            {}
+            if grounded is None
+            else {
+                "citations": [],
+                "kb_version": grounded.kb_version,
+                "audit": {"cited": list(grounded.citations), "unsupported": [], "reason": grounded.handoff_reason},
+            }
+        )
         if grounded is not None and grounded.text is None:  # the KB has no confident answer
             return None, [grounded.handoff_reason or "no_kb_answer"], grounding
         text, _ = mask_text(str(grounded.text if grounded is not None else reply))
@@ -189,13 +275,23 @@ class DialogueService:
         session, _ = self.sessions.get_or_create(self.session_id(session_id, "path.session_id"))
         async with session.lock:
             reasons = self.policy.compliance_hits(masked)
-            index = session.add_turn({"speaker": "agent", "text": masked, "handoff_reasons": reasons,
-                                      "request_id": request_id}, self.limits.max_context_turns)
+            index = session.add_turn(
+                {"speaker": "agent", "text": masked, "handoff_reasons": reasons, "request_id": request_id},
+                self.limits.max_context_turns,
+            )
             self._mark_handoff(session, reasons)
         if reasons:
             self.metrics.count_handoff(reasons)
-        out = {"request_id": request_id, "session_id": session.id, "turn_index": index, "speaker": "agent",
-               "text": masked, "pii_masked": pii, "handoff": bool(reasons), "handoff_reasons": reasons}
+        out = {
+            "request_id": request_id,
+            "session_id": session.id,
+            "turn_index": index,
+            "speaker": "agent",
+            "text": masked,
+            "pii_masked": pii,
+            "handoff": bool(reasons),
+            "handoff_reasons": reasons,
+        }
         await asyncio.to_thread(self.audit.write, {"event": "agent_turn", **out})
         return out
 
@@ -203,6 +299,13 @@ class DialogueService:
         session = self.existing_session(session_id)
         self.sessions.delete(session.id)
         self.metrics.set_sessions(len(self.sessions))
-        await asyncio.to_thread(self.audit.write, {"event": "session_deleted", "request_id": request_id,
-                                                   "session_id": session.id, "turns": len(session.turns)})
+        await asyncio.to_thread(
+            self.audit.write,
+            {
+                "event": "session_deleted",
+                "request_id": request_id,
+                "session_id": session.id,
+                "turns": len(session.turns),
+            },
+        )
         return {"session_id": session.id, "deleted": True, "turns": len(session.turns)}

@@ -5,6 +5,7 @@ the single ingress replica). An idle session expires after ``session_ttl_s``;
 beyond ``max_sessions`` the least recently used one is dropped. Each session
 has an ``asyncio.Lock`` so that its turns are understood one after another.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,9 @@ class SessionIdError(ValueError):
 def check_session_id(session_id: str) -> str:
     """An opaque id: 1-128 of [A-Za-z0-9_.:-], and no personal data (a phone number is no session id)."""
     if not SESSION_ID.fullmatch(session_id):  # fullmatch: "$" would let a trailing newline through
-        raise SessionIdError("session id must be 1-128 characters of A-Z a-z 0-9 _ . : - (starting with a letter "
-                             "or digit)")
+        raise SessionIdError(
+            "session id must be 1-128 characters of A-Z a-z 0-9 _ . : - (starting with a letter or digit)"
+        )
     if not default_masker().is_clean(session_id):
         raise SessionIdError("session id looks like personal data (a phone, card or ID number); use an opaque id")
     return session_id
@@ -38,8 +40,8 @@ class Session:
     id: str
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
-    turns: list[dict] = field(default_factory=list)     # the last turns: {"speaker", "text" (masked), + predictions}
-    n_turns: int = 0                                    # turns so far (``turns`` keeps only the last ones)
+    turns: list[dict] = field(default_factory=list)  # the last turns: {"speaker", "text" (masked), + predictions}
+    n_turns: int = 0  # turns so far (``turns`` keeps only the last ones)
     # The distinct intents predicted for the user turns, each at its latest position (oldest first): at
     # most one entry per intent of the label book, and the dialogue's task (the last one that is not a
     # non-task intent) however many turns ago it was set, after ``turns`` has let that turn go.
@@ -66,9 +68,16 @@ class Session:
         return self.n_turns - 1
 
     def view(self) -> dict:
-        return {"session_id": self.id, "created": self.created, "updated": self.updated, "lang": self.lang,
-                "state": dict(self.state), "handoff": self.handoff, "handoff_reasons": list(self.handoff_reasons),
-                "turns": [dict(t) for t in self.turns]}
+        return {
+            "session_id": self.id,
+            "created": self.created,
+            "updated": self.updated,
+            "lang": self.lang,
+            "state": dict(self.state),
+            "handoff": self.handoff,
+            "handoff_reasons": list(self.handoff_reasons),
+            "turns": [dict(t) for t in self.turns],
+        }
 
 
 class SessionStore:

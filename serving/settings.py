@@ -4,6 +4,7 @@
 the field of any bad value (``serve.yaml: handoff.min_confidence: ...``). The API keys
 themselves are read when the server starts (``auth.ApiKeys.from_settings``), not here.
 """
+
 from __future__ import annotations
 
 import re
@@ -46,14 +47,14 @@ class LimitSettings:
     max_context_turns: int = 50
     max_sessions: int = 10000
     session_ttl_s: float = 3600.0
-    body_timeout_s: float = 10.0     # a request body not received within this -> 408 body_timeout
+    body_timeout_s: float = 10.0  # a request body not received within this -> 408 body_timeout
 
 
 @dataclass(frozen=True)
 class AuthSettings:
-    keys_file: str | None = None            # one key per line, # comments
+    keys_file: str | None = None  # one key per line, # comments
     keys_env: str | None = "FINDIAL_API_KEYS"  # comma-separated keys
-    required: str | bool = "auto"           # auto: on unless host is loopback; true; false
+    required: str | bool = "auto"  # auto: on unless host is loopback; true; false
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,13 @@ class AuditSettings:
 @dataclass(frozen=True)
 class ResponderSettings:
     model_ref: str | None = "models:/findial-response@champion"  # null: no response model
-    target: str | None = None                                     # a custom "module:callable"; wins when set
+    target: str | None = None  # a custom "module:callable"; wins when set
     options: dict = field(default_factory=dict)
-    kind: str = "model"                  # model: the registered response model | grounded: the KB (serving/kb.py)
-    kb: str | None = None                # grounded: the articles file (null: the bundled data/kb/articles.jsonl)
+    kind: str = "model"  # model: the registered response model | grounded: the KB (serving/kb.py)
+    kb: str | None = None  # grounded: the articles file (null: the bundled data/kb/articles.jsonl)
     kb_index: str = "findial-runs/kb-index"  # grounded: the index directory (built or updated at start)
-    kb_encoder: str | None = None        # grounded: the embedding model directory (null: the bundled e5-small)
-    kb_threshold: float | None = None    # grounded: min fused retrieval score to answer (null: the validated one)
+    kb_encoder: str | None = None  # grounded: the embedding model directory (null: the bundled e5-small)
+    kb_threshold: float | None = None  # grounded: min fused retrieval score to answer (null: the validated one)
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,14 @@ class ServeSettings:
         for key in ("intents", "emotions"):
             if key in handoff:
                 handoff[key] = tuple(handoff[key] or ())
-        nested = {"batching": BatchingSettings, "limits": LimitSettings, "auth": AuthSettings,
-                  "audit": AuditSettings, "responder": ResponderSettings, "ray": RaySettings}
+        nested = {
+            "batching": BatchingSettings,
+            "limits": LimitSettings,
+            "auth": AuthSettings,
+            "audit": AuditSettings,
+            "responder": ResponderSettings,
+            "ray": RaySettings,
+        }
         built = {k: _build(t, cfg.get(k) or {}, f"{source}: {k}") for k, t in nested.items()}
         built["handoff"] = _build(HandoffSettings, handoff, f"{source}: handoff")
         top = {k: v for k, v in cfg.items() if k not in built}

@@ -10,6 +10,7 @@ Texts reaching here are already masked (``mask_text``). Names are never guessed
 by the rules, so after the models run, spans the NER model labels as personal
 data are masked too (``mask_predicted_pii``) before anything is stored or logged.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,11 +25,11 @@ _PLACEHOLDER = re.compile(r"\[(?:%s)\]" % "|".join(sorted(PII_LABELS)))
 
 @dataclass(frozen=True)
 class TurnInput:
-    text: str                                         # the user's turn, masked
+    text: str  # the user's turn, masked
     lang: str = "en"
-    history: tuple[tuple[str, str], ...] = ()         # (speaker, masked text) of the preceding turns
-    state: dict = field(default_factory=dict)         # the dialogue state before this turn
-    previous_intents: tuple[str, ...] = ()            # predicted for earlier user turns (Session.intents)
+    history: tuple[tuple[str, str], ...] = ()  # (speaker, masked text) of the preceding turns
+    state: dict = field(default_factory=dict)  # the dialogue state before this turn
+    previous_intents: tuple[str, ...] = ()  # predicted for earlier user turns (Session.intents)
 
 
 def detect_lang(text: str) -> str:

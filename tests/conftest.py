@@ -60,8 +60,9 @@ def compose(tmp_path):
 
     def make(config_name: str, overrides: list[str]):
         with initialize_config_module("findial.configs", version_base="1.3"):
-            return hydra_compose(config_name, overrides=[f"paths.home={tmp_path}", *overrides],
-                                 return_hydra_config=False)
+            return hydra_compose(
+                config_name, overrides=[f"paths.home={tmp_path}", *overrides], return_hydra_config=False
+            )
 
     return make
 
@@ -74,9 +75,27 @@ def response_model(tmp_path_factory):
     home = tmp_path_factory.mktemp("response-home")
     mini = FIXTURES / "mini.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "findial.cli", "train", "task=response", "model=tiny_lm", "data=custom",
-         f"data.train_file={mini}", f"data.val_file={mini}", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-         "trainer.enable_progress_bar=false", "task.log_samples=0", "task.generation.max_new_tokens=8"],
-        capture_output=True, text=True, env={**os.environ, "FINDIAL_HOME": str(home)}, cwd=home, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "findial.cli",
+            "train",
+            "task=response",
+            "model=tiny_lm",
+            "data=custom",
+            f"data.train_file={mini}",
+            f"data.val_file={mini}",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+            "task.log_samples=0",
+            "task.generation.max_new_tokens=8",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FINDIAL_HOME": str(home)},
+        cwd=home,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return home, next(home.glob("runs/*-response/response/package")), proc.stdout

@@ -1,4 +1,5 @@
 """The promotion audit log: one record per append under concurrency, and verify finds every tampering."""
+
 import json
 import multiprocessing
 

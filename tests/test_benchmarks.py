@@ -3,6 +3,7 @@
 Tests on the real data skip when the datasets folder is not there (../shared/datasets from the
 repository root, or $FINDIAL_DATASETS); the error-reporting tests build small files of their own.
 """
+
 import csv
 import importlib.util
 import json
@@ -71,7 +72,7 @@ def test_nlupp_counts_and_spans_match_the_source(root, nlupp):
             turn = d["turns"][0]
             assert turn["text"] == ex["text"] and turn["intents"] == ex.get("intents", [])
             want = sorted((v["span"][0], v["span"][1], v["text"]) for v in (ex.get("slots") or {}).values())
-            got = sorted((e["start"], e["end"], turn["text"][e["start"]:e["end"]]) for e in turn["entities"])
+            got = sorted((e["start"], e["end"], turn["text"][e["start"] : e["end"]]) for e in turn["entities"])
             assert got == want
     s = nlupp.splits
     assert [len(s["test"])] == [len(folds[0]) + len(folds[1])]
@@ -114,13 +115,16 @@ def test_bad_banking77_rows_are_reported_with_file_and_line(tmp_path):
     base = tmp_path / "banking77"
     base.mkdir()
     (base / "categories.json").write_text('["card_arrival", "age_limit"]', encoding="utf-8")
-    (base / "train.csv").write_text('text,category\nwhere is my card,card_arrival\n"two\nlines",top_up\n'
-                                    ' ,age_limit\n', encoding="utf-8")
+    (base / "train.csv").write_text(
+        'text,category\nwhere is my card,card_arrival\n"two\nlines",top_up\n ,age_limit\n', encoding="utf-8"
+    )
     (base / "test.csv").write_text("text,label\nx,age_limit\n", encoding="utf-8")
     with pytest.raises(B.BenchmarkDataError) as err:
         B.load_banking77(tmp_path)
-    assert err.value.problems == [f"{base / 'train.csv'}:3: category: 'top_up' is not in categories.json",
-                                  f"{base / 'train.csv'}:5: text: empty"]
+    assert err.value.problems == [
+        f"{base / 'train.csv'}:3: category: 'top_up' is not in categories.json",
+        f"{base / 'train.csv'}:5: text: empty",
+    ]
     (base / "train.csv").write_text("text,category\nwhere is my card,card_arrival\n", encoding="utf-8")
     with pytest.raises(B.BenchmarkDataError, match=r"test.csv:1: header: missing column\(s\) \['category'\]"):
         B.load_banking77(tmp_path)
@@ -129,27 +133,36 @@ def test_bad_banking77_rows_are_reported_with_file_and_line(tmp_path):
 def _fake_nlupp(root: Path, bad_fold: int, bad_examples: list) -> Path:
     base = root / "nluplusplus-banking"
     base.mkdir(parents=True)
-    onto = {"intents": {"card": {"domain": ["banking"]}, "booking": {"domain": ["hotels"]}},
-            "slots": {"date": {"domain": ["general"]}, "rooms": {"domain": ["hotels"]}}}
+    onto = {
+        "intents": {"card": {"domain": ["banking"]}, "booking": {"domain": ["hotels"]}},
+        "slots": {"date": {"domain": ["general"]}, "rooms": {"domain": ["hotels"]}},
+    }
     (base / "ontology.json").write_text(json.dumps(onto), encoding="utf-8")
     good = [{"text": "card by friday", "intents": ["card"], "slots": {"date": {"text": "friday", "span": [8, 14]}}}]
     for f in range(20):
-        (base / f"fold{f}.json").write_text(json.dumps(good + (bad_examples if f == bad_fold else [])),
-                                            encoding="utf-8")
+        (base / f"fold{f}.json").write_text(
+            json.dumps(good + (bad_examples if f == bad_fold else [])), encoding="utf-8"
+        )
     return base
 
 
 def test_bad_nlupp_examples_are_reported_with_file_example_and_field(tmp_path):
-    base = _fake_nlupp(tmp_path, 3, [{"text": "on monday", "slots": {"date": {"text": "monday", "span": [2, 9]}}},
-                                     {"text": "2 rooms", "intents": ["booking"],
-                                      "slots": {"rooms": {"text": "2", "span": [0, 1]}}}])
+    base = _fake_nlupp(
+        tmp_path,
+        3,
+        [
+            {"text": "on monday", "slots": {"date": {"text": "monday", "span": [2, 9]}}},
+            {"text": "2 rooms", "intents": ["booking"], "slots": {"rooms": {"text": "2", "span": [0, 1]}}},
+        ],
+    )
     with pytest.raises(B.BenchmarkDataError) as err:
         B.load_nlupp_banking(tmp_path)
     where = f"{base / 'fold3.json'}: examples"
     assert err.value.problems == [
         f"{where}[1].slots.date.span: text[2:9] is ' monday', the slot text is 'monday'",
         f"{where}[2].intents: unknown intent(s) ['booking'] (not a banking intent of ontology.json)",
-        f"{where}[2].slots.rooms: not a banking slot of ontology.json"]
+        f"{where}[2].slots.rooms: not a banking slot of ontology.json",
+    ]
     with pytest.raises(ValueError, match="test_folds"):
         B.load_nlupp_banking(tmp_path, test_folds=[20])
 
@@ -190,9 +203,26 @@ def test_script_end_to_end_on_a_tiny_subset(root, tmp_path):
     import mlflow
 
     out, home = tmp_path / "results.json", tmp_path / "home"
-    results = _load_script().main(["--datasets-dir", str(root), "--which", "banking77,nlupp", "--model", "tiny",
-                                   "--epochs", "1", "--max-train", "64", "--max-eval", "48",
-                                   "--out", str(out), "--home", str(home)])
+    results = _load_script().main(
+        [
+            "--datasets-dir",
+            str(root),
+            "--which",
+            "banking77,nlupp",
+            "--model",
+            "tiny",
+            "--epochs",
+            "1",
+            "--max-train",
+            "64",
+            "--max-eval",
+            "48",
+            "--out",
+            str(out),
+            "--home",
+            str(home),
+        ]
+    )
     assert json.loads(out.read_text(encoding="utf-8")) == json.loads(json.dumps(results))
     b77, nlu = results["benchmarks"]["banking77"], results["benchmarks"]["nlupp"]
     assert b77["examples"] == {"train": 64, "validation": 48, "test": 48} and b77["subset"] is True
@@ -212,9 +242,27 @@ def test_script_end_to_end_on_a_tiny_subset(root, tmp_path):
 
 @pytest.mark.slow
 def test_full_train_trains_on_validation_too_and_says_so(root, tmp_path):
-    results = _load_script().main(["--datasets-dir", str(root), "--which", "banking77", "--model", "tiny",
-                                   "--epochs", "1", "--max-train", "32", "--max-eval", "16", "--full-train",
-                                   "--out", str(tmp_path / "r.json"), "--home", str(tmp_path / "home")])
+    results = _load_script().main(
+        [
+            "--datasets-dir",
+            str(root),
+            "--which",
+            "banking77",
+            "--model",
+            "tiny",
+            "--epochs",
+            "1",
+            "--max-train",
+            "32",
+            "--max-eval",
+            "16",
+            "--full-train",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--home",
+            str(tmp_path / "home"),
+        ]
+    )
     b77 = results["benchmarks"]["banking77"]
     assert b77["examples"] == {"train": 32 + 16, "validation": 16, "test": 16}
     assert b77["validation_in_training"] is True and "--full-train" in b77["protocol"]
@@ -228,8 +276,21 @@ def test_first_turn_probe_scores_every_first_task_turn(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "probe.json"
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "first_turn_probe.py"), "--backbone", "e5_small",
-                           "--epochs", "0.01", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "first_turn_probe.py"),
+            "--backbone",
+            "e5_small",
+            "--epochs",
+            "0.01",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     spec = importlib.util.spec_from_file_location("probe", root / "benchmarks" / "first_turn_probe.py")
     probe = importlib.util.module_from_spec(spec)

@@ -1,4 +1,5 @@
 """The `findial` console command as a user runs it."""
+
 import json
 import os
 import subprocess
@@ -9,8 +10,14 @@ MINI = Path(__file__).parent / "fixtures" / "mini.jsonl"
 
 
 def findial(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "findial.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "findial.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
 
 
 def test_help_lists_subcommands(tmp_path):
@@ -39,13 +46,25 @@ def test_data_validate_reports_file_line_field(tmp_path):
 
 
 def test_hydra_multirun_trains_each_task(tmp_path):
-    out = findial("train", "-m", "task=intent,ner", "model=tiny", "data=custom", f"data.train_file={MINI}",
-                  f"data.val_file={MINI}", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                  cwd=tmp_path, env={"FINDIAL_HOME": str(tmp_path / "home")})
+    out = findial(
+        "train",
+        "-m",
+        "task=intent,ner",
+        "model=tiny",
+        "data=custom",
+        f"data.train_file={MINI}",
+        f"data.val_file={MINI}",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+        env={"FINDIAL_HOME": str(tmp_path / "home")},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     packages = sorted(p.parent.name for p in (tmp_path / "home" / "multirun").rglob("findial_model.json"))
     assert packages == ["package", "package"]
-    tasks = sorted(json.loads(p.read_text())["task"] for p in (tmp_path / "home" / "multirun").rglob("findial_model.json"))
+    tasks = sorted(
+        json.loads(p.read_text())["task"] for p in (tmp_path / "home" / "multirun").rglob("findial_model.json")
+    )
     assert tasks == ["intent", "ner"]
 
 
@@ -58,8 +77,19 @@ def test_config_override_is_visible(tmp_path):
 def test_data_generate_writes_the_three_splits(tmp_path):
     from findial.data.generator.build import generate_corpus
 
-    out = findial("data", "generate", "--out", str(tmp_path / "c"), "--seed", "7", "--scale", "0.08",
-                  "--train-supplement", "0.5", cwd=tmp_path)
+    out = findial(
+        "data",
+        "generate",
+        "--out",
+        str(tmp_path / "c"),
+        "--seed",
+        "7",
+        "--scale",
+        "0.08",
+        "--train-supplement",
+        "0.5",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     generate_corpus(tmp_path / "ref", seed=7, scale=0.08, train_supplement=0.5)
     for split in ("train", "validation", "test"):

@@ -1,4 +1,5 @@
 """`findial compare` on two tiny models registered by real `findial run` jobs in a temporary MLflow store."""
+
 import contextlib
 import io
 import json
@@ -15,8 +16,14 @@ GATES = {"terminology_f1": 0.90, "multi_turn_accuracy": 0.85}
 
 
 def findial(*args, home: Path):
-    return subprocess.run([sys.executable, "-m", "findial.cli", *args], capture_output=True, text=True,
-                          cwd=home.parent, env={**os.environ, "FINDIAL_HOME": str(home)}, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "findial.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=home.parent,
+        env={**os.environ, "FINDIAL_HOME": str(home)},
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +35,17 @@ def compared(tmp_path_factory):
     from findial.cli import main
 
     home = tmp_path_factory.mktemp("compare") / "home"
-    run = findial("run", "-m", "seed=1,2", "experiment=smoke", "data=custom", f"data.train_file={MINI}",
-                  f"data.val_file={MINI}", f"data.test_file={MINI}", home=home)
+    run = findial(
+        "run",
+        "-m",
+        "seed=1,2",
+        "experiment=smoke",
+        "data=custom",
+        f"data.train_file={MINI}",
+        f"data.val_file={MINI}",
+        f"data.test_file={MINI}",
+        home=home,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "registered findial-nlu v1" in run.stdout and "registered findial-nlu v2" in run.stdout
     tracking.configure(f"sqlite:///{home}/mlflow.db", home / "mlartifacts")
@@ -40,15 +56,24 @@ def compared(tmp_path_factory):
     with contextlib.redirect_stdout(stdout):  # the console command, in-process (saves a start-up)
         main(["compare", f"data_file={MINI}", f"paths.home={home}"])
     (run_dir,) = (home / "compare").iterdir()
-    return {"home": home, "stdout": stdout.getvalue(), "dir": run_dir, "client": client, "n_eval_runs": n_eval_runs,
-            "json": json.loads((run_dir / "compare.json").read_text(encoding="utf-8"))}
+    return {
+        "home": home,
+        "stdout": stdout.getvalue(),
+        "dir": run_dir,
+        "client": client,
+        "n_eval_runs": n_eval_runs,
+        "json": json.loads((run_dir / "compare.json").read_text(encoding="utf-8")),
+    }
 
 
 def _version_tags(client, version: str) -> dict[str, float]:
     tags = client.get_model_version("findial-nlu", version).tags
     prefix = "eval.custom-test."
-    return {k[len(prefix):]: float(v) for k, v in tags.items() if k.startswith(prefix) and "fingerprint" not in k
-            and not k.endswith("run_id")}
+    return {
+        k[len(prefix) :]: float(v)
+        for k, v in tags.items()
+        if k.startswith(prefix) and "fingerprint" not in k and not k.endswith("run_id")
+    }
 
 
 def test_defaults_compare_newest_version_with_champion(compared):
@@ -89,8 +114,10 @@ def test_printed_table_is_side_by_side_with_deltas_and_gates(compared):
             assert f"{r['delta']:+.4f}" in line
         if "bound" in r:
             verdicts = re.findall(r"\b(pass|FAIL|missing)\b", line)
-            assert verdicts == [("pass" if r["a_passed"] else "FAIL") if r["a"] is not None else "missing",
-                                ("pass" if r["b_passed"] else "FAIL") if r["b"] is not None else "missing"]
+            assert verdicts == [
+                ("pass" if r["a_passed"] else "FAIL") if r["a"] is not None else "missing",
+                ("pass" if r["b_passed"] else "FAIL") if r["b"] is not None else "missing",
+            ]
             assert r["bound"] in line
     assert "all gates pass: a no, b no" in out  # tiny random models fail the gates
 
@@ -99,8 +126,15 @@ def test_files_and_one_mlflow_run_without_double_logging(compared):
     d, client = compared["dir"], compared["client"]
     from findial import tracking
 
-    for name in ("compare.json", "compare.md", "compare.html", "a/report.html", "b/report.html",
-                 "a/intent_confusion.png", "b/confidence_histogram.png"):
+    for name in (
+        "compare.json",
+        "compare.md",
+        "compare.html",
+        "a/report.html",
+        "b/report.html",
+        "a/intent_confusion.png",
+        "b/confidence_histogram.png",
+    ):
         assert (d / name).is_file(), name
     html = (d / "compare.html").read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.I)
@@ -111,7 +145,9 @@ def test_files_and_one_mlflow_run_without_double_logging(compared):
     rows = {r["metric"]: r for r in compared["json"]["metrics"]}
     assert run.data.metrics["delta.emotion_accuracy"] == pytest.approx(rows["emotion_accuracy"]["delta"])
     assert run.data.metrics["a.intent_accuracy"] == pytest.approx(rows["intent_accuracy"]["a"])
-    assert run.data.tags["findial.a.version"] == "findial-nlu/2" and run.data.tags["findial.b.version"] == "findial-nlu/1"
+    assert (
+        run.data.tags["findial.a.version"] == "findial-nlu/2" and run.data.tags["findial.b.version"] == "findial-nlu/1"
+    )
     root = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"compare.json", "compare.md", "compare.html", "a", "b"} <= root
     assert {f.path for f in client.list_artifacts(run.info.run_id, "a")} >= {"a/report.html", "a/intent_confusion.png"}
@@ -127,8 +163,14 @@ def test_eval_runs_log_html_report_and_plots(compared):
     client = compared["client"]
     for run in client.search_runs([tracking.experiment_id("findial-eval")]):
         logged = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
-        assert {"report/report.json", "report/report.md", "report/errors.jsonl", "report/report.html",
-                "report/intent_confusion.png", "report/confidence_histogram.png"} <= logged
+        assert {
+            "report/report.json",
+            "report/report.md",
+            "report/errors.jsonl",
+            "report/report.html",
+            "report/intent_confusion.png",
+            "report/confidence_histogram.png",
+        } <= logged
         assert any(k.startswith("by_lang.zh.") for k in run.data.metrics)
         assert any(k.startswith("by_branch.shanghai.") for k in run.data.metrics)
 
@@ -148,7 +190,15 @@ def test_eval_refuses_another_file_under_the_gated_set_name(compared, capsys):
     client = compared["client"]
     before = client.get_model_version("findial-nlu", "1").tags
     with pytest.raises(SystemExit) as info:
-        main(["eval", "model_ref=models:/findial-nlu/1", f"data_file={MINI}", "eval_set=bundled-test",
-              f"paths.home={compared['home']}", "device=cpu"])
+        main(
+            [
+                "eval",
+                "model_ref=models:/findial-nlu/1",
+                f"data_file={MINI}",
+                "eval_set=bundled-test",
+                f"paths.home={compared['home']}",
+                "device=cpu",
+            ]
+        )
     assert "binds it to data fingerprint" in str(info.value) and "nothing was recorded" in str(info.value)
     assert client.get_model_version("findial-nlu", "1").tags == before

@@ -1,5 +1,6 @@
 """Every option of every config group composes and resolves (a typo in a rarely used option fails here,
 not in a user's run). Only composition: nothing is instantiated or downloaded."""
+
 from pathlib import Path
 
 import pytest
@@ -7,9 +8,19 @@ from omegaconf import OmegaConf
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # group -> the top-level config that composes it
-HOST = {"task": "train", "model": "train", "data": "train", "trainer": "train", "strategy": "train",
-        "logger": "train", "labels": "train", "paths": "train", "experiment": "pipeline", "members": "pipeline",
-        "federated": "fed"}
+HOST = {
+    "task": "train",
+    "model": "train",
+    "data": "train",
+    "trainer": "train",
+    "strategy": "train",
+    "logger": "train",
+    "labels": "train",
+    "paths": "train",
+    "experiment": "pipeline",
+    "members": "pipeline",
+    "federated": "fed",
+}
 EXTRA = {("data", "custom"): ["data.train_file=t.jsonl", "data.val_file=v.jsonl"]}  # its mandatory keys
 CASES = sorted((group, option.stem) for group in HOST for option in (CONFIGS / group).glob("*.yaml"))
 

@@ -1,4 +1,5 @@
 """The corpus loader: every rule of corpus-format.md, with file, line and field in the error."""
+
 import json
 from pathlib import Path
 
@@ -16,18 +17,33 @@ def labels():
 
 
 def good():
-    return {"id": "d1", "lang": "zh", "branch": "shanghai", "turns": [
-        {"speaker": "user", "text": "我的信用卡昨天丢了", "intent": "card_lost_report", "emotion": "anxious",
-         "entities": [{"start": 2, "end": 5, "label": "PRODUCT", "term_id": "credit_card"},
-                      {"start": 5, "end": 7, "label": "DATE"}],
-         "state": {"product": "credit_card", "date": "昨天"}},
-        {"speaker": "agent", "text": "已为您临时挂失。"}]}
+    return {
+        "id": "d1",
+        "lang": "zh",
+        "branch": "shanghai",
+        "turns": [
+            {
+                "speaker": "user",
+                "text": "我的信用卡昨天丢了",
+                "intent": "card_lost_report",
+                "emotion": "anxious",
+                "entities": [
+                    {"start": 2, "end": 5, "label": "PRODUCT", "term_id": "credit_card"},
+                    {"start": 5, "end": 7, "label": "DATE"},
+                ],
+                "state": {"product": "credit_card", "date": "昨天"},
+            },
+            {"speaker": "agent", "text": "已为您临时挂失。"},
+        ],
+    }
 
 
 def write(tmp_path, records, name="c.jsonl"):
     p = tmp_path / name
-    p.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records),
-                 encoding="utf-8")
+    p.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records),
+        encoding="utf-8",
+    )
     return p
 
 
@@ -43,28 +59,37 @@ def test_bundled_fixture_loads(labels):
     assert dialogues[0]["turns"][0]["entities"][0]["term_id"] == "credit_card"
 
 
-@pytest.mark.parametrize("mutate, field, words", [
-    (lambda d: d["turns"][0].update(intent="fly_to_mars"), "turns[0].intent", "unknown intent"),
-    (lambda d: d["turns"][0].update(emotion="ecstatic"), "turns[0].emotion", "unknown emotion"),
-    (lambda d: d["turns"][0]["entities"][0].update(label="PLANET"), "turns[0].entities[0].label", "unknown entity"),
-    (lambda d: d["turns"][0]["entities"][0].update(term_id="warp_drive"), "turns[0].entities[0].term_id",
-     "unknown glossary term"),
-    (lambda d: d["turns"][0]["entities"][0].update(term_id="annual_fee"), "turns[0].entities[0].term_id",
-     "is a TERM, not a PRODUCT"),
-    (lambda d: d["turns"][0]["entities"][0].pop("term_id"), "turns[0].entities[0].term_id", "required"),
-    (lambda d: d["turns"][0]["entities"][1].update(start=4), "turns[0].entities[1]", "overlaps"),
-    (lambda d: d["turns"][0]["entities"][1].update(start=7, end=7), "turns[0].entities[1]", "non-empty range"),
-    (lambda d: d["turns"][0]["entities"][1].update(end=99), "turns[0].entities[1]", "inside the text"),
-    (lambda d: d["turns"][0].pop("intent"), "turns[0].intent", "required"),
-    (lambda d: d["turns"][0].pop("entities"), "turns[0].entities", "required"),
-    (lambda d: d["turns"][0]["state"].update(product="warp_drive"), "turns[0].state.product", "unknown glossary"),
-    (lambda d: d["turns"][0]["state"].update(colour="red"), "turns[0].state.colour", "unknown state slot"),
-    (lambda d: d["turns"][1].update(speaker="bot"), "turns[1].speaker", "'user' or 'agent'"),
-    (lambda d: d["turns"][1].update(text=""), "turns[1].text", "non-empty"),
-    (lambda d: d.update(lang="fr"), "lang", "not one of"),
-    (lambda d: d.update(turns=[]), "turns", "non-empty list"),
-    (lambda d: d.pop("id"), "id", "required"),
-])
+@pytest.mark.parametrize(
+    "mutate, field, words",
+    [
+        (lambda d: d["turns"][0].update(intent="fly_to_mars"), "turns[0].intent", "unknown intent"),
+        (lambda d: d["turns"][0].update(emotion="ecstatic"), "turns[0].emotion", "unknown emotion"),
+        (lambda d: d["turns"][0]["entities"][0].update(label="PLANET"), "turns[0].entities[0].label", "unknown entity"),
+        (
+            lambda d: d["turns"][0]["entities"][0].update(term_id="warp_drive"),
+            "turns[0].entities[0].term_id",
+            "unknown glossary term",
+        ),
+        (
+            lambda d: d["turns"][0]["entities"][0].update(term_id="annual_fee"),
+            "turns[0].entities[0].term_id",
+            "is a TERM, not a PRODUCT",
+        ),
+        (lambda d: d["turns"][0]["entities"][0].pop("term_id"), "turns[0].entities[0].term_id", "required"),
+        (lambda d: d["turns"][0]["entities"][1].update(start=4), "turns[0].entities[1]", "overlaps"),
+        (lambda d: d["turns"][0]["entities"][1].update(start=7, end=7), "turns[0].entities[1]", "non-empty range"),
+        (lambda d: d["turns"][0]["entities"][1].update(end=99), "turns[0].entities[1]", "inside the text"),
+        (lambda d: d["turns"][0].pop("intent"), "turns[0].intent", "required"),
+        (lambda d: d["turns"][0].pop("entities"), "turns[0].entities", "required"),
+        (lambda d: d["turns"][0]["state"].update(product="warp_drive"), "turns[0].state.product", "unknown glossary"),
+        (lambda d: d["turns"][0]["state"].update(colour="red"), "turns[0].state.colour", "unknown state slot"),
+        (lambda d: d["turns"][1].update(speaker="bot"), "turns[1].speaker", "'user' or 'agent'"),
+        (lambda d: d["turns"][1].update(text=""), "turns[1].text", "non-empty"),
+        (lambda d: d.update(lang="fr"), "lang", "not one of"),
+        (lambda d: d.update(turns=[]), "turns", "non-empty list"),
+        (lambda d: d.pop("id"), "id", "required"),
+    ],
+)
 def test_each_rule_names_file_line_and_field(tmp_path, labels, mutate, field, words):
     bad = good()
     mutate(bad)
@@ -79,8 +104,9 @@ def test_each_rule_names_file_line_and_field(tmp_path, labels, mutate, field, wo
 
 def test_duplicate_ids_invalid_json_and_utf8(tmp_path, labels):
     p = tmp_path / "c.jsonl"
-    p.write_bytes(json.dumps(good()).encode() + b"\n" + json.dumps(good()).encode() + b"\n"
-                  + b"{not json\n" + b"\xff\xfe\n")
+    p.write_bytes(
+        json.dumps(good()).encode() + b"\n" + json.dumps(good()).encode() + b"\n" + b"{not json\n" + b"\xff\xfe\n"
+    )
     with pytest.raises(CorpusError) as info:
         load_corpus(p, *labels)
     got = {(x.line, x.field) for x in info.value.problems}

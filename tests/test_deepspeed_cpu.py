@@ -7,6 +7,7 @@ reload to the same predictions. DeepSpeed compiles its CPU ops on first use
 (about a minute; cached in ~/.cache/torch_extensions); the offload presets also
 compile DeepSpeedCPUAdam and are marked slow.
 """
+
 import socket
 from functools import partial
 from pathlib import Path
@@ -24,8 +25,12 @@ from findial.data.labelbook import Glossary, LabelBook  # noqa: E402
 from findial.training.datamodule import TurnDataModule  # noqa: E402
 from findial.training.features import IGNORE, encode_intent  # noqa: E402
 from findial.training.package import build_module, load_package, resolve_backbone, save_package  # noqa: E402
-from findial.training.strategies import (consolidated_trainable_state, is_sharded,  # noqa: E402
-                                         load_deepspeed_config, rebuilt_module)
+from findial.training.strategies import (  # noqa: E402
+    consolidated_trainable_state,
+    is_sharded,
+    load_deepspeed_config,
+    rebuilt_module,
+)
 from findial.training.train import task_meta  # noqa: E402
 
 MINI = str(Path(__file__).parent / "fixtures" / "mini.jsonl")
@@ -38,8 +43,13 @@ def single_process_group():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
-                     "WORLD_SIZE": "1"}.items():
+        for k, v in {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+        }.items():
             mp.setenv(k, v)
         yield
         if torch.distributed.is_initialized():
@@ -54,10 +64,20 @@ def intent_setup(compose):
     meta = task_meta(cfg.task, cfg.model, labelbook, cfg.data.context_turns)
     backbone = resolve_backbone(meta["backbone"])
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
-    encode = partial(encode_intent, tokenizer, max_length=cfg.task.max_length, intents=meta["intents"],
-                     emotions=meta["emotions"])
-    dm = TurnDataModule(MINI, MINI, encode, tokenizer, labelbook, glossary, batch_size=8,
-                        context_turns=cfg.data.context_turns, seed=cfg.seed)
+    encode = partial(
+        encode_intent, tokenizer, max_length=cfg.task.max_length, intents=meta["intents"], emotions=meta["emotions"]
+    )
+    dm = TurnDataModule(
+        MINI,
+        MINI,
+        encode,
+        tokenizer,
+        labelbook,
+        glossary,
+        batch_size=8,
+        context_turns=cfg.data.context_turns,
+        seed=cfg.seed,
+    )
     dm.setup()
     return cfg, meta, backbone, dm
 
@@ -65,16 +85,16 @@ def intent_setup(compose):
 def _loss(out, batch):
     loss = torch.nn.functional.cross_entropy(out["intent_logits"], batch["intent_label"])
     if (batch["emotion_label"] != IGNORE).any():
-        loss = loss + 0.5 * torch.nn.functional.cross_entropy(out["emotion_logits"], batch["emotion_label"],
-                                                              ignore_index=IGNORE)
+        loss = loss + 0.5 * torch.nn.functional.cross_entropy(
+            out["emotion_logits"], batch["emotion_label"], ignore_index=IGNORE
+        )
     return loss
 
 
 def _engine(module, config: dict, lr: float = 2e-2):
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
     # What Lightning fills in from the Trainer for the "auto" keys.
-    config = {**config, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
-              "gradient_clipping": 1.0}
+    config = {**config, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0}
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
     return engine
 
@@ -126,8 +146,15 @@ def test_zero3_lora_training_saves_gathered_adapters_that_reload(single_process_
     assert by_shape == sorted(tuple(state[k].shape) for k in lora)
 
 
-@pytest.mark.parametrize("name", ["zero2", pytest.param("zero2_offload", marks=pytest.mark.slow),  # offload: compiles
-                                  "zero3", pytest.param("zero3_offload", marks=pytest.mark.slow)])  # DeepSpeedCPUAdam
+@pytest.mark.parametrize(
+    "name",
+    [
+        "zero2",
+        pytest.param("zero2_offload", marks=pytest.mark.slow),  # offload: compiles
+        "zero3",
+        pytest.param("zero3_offload", marks=pytest.mark.slow),
+    ],
+)  # DeepSpeedCPUAdam
 def test_shipped_deepspeed_configs_train_the_real_model(single_process_group, intent_setup, name):
     """Each JSON under configs/deepspeed is accepted by DeepSpeed and trains (fp32 on CPU)."""
     cfg, meta, backbone, dm = intent_setup

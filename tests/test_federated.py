@@ -1,4 +1,5 @@
 """Federated training: what a branch sends, how the server aggregates, how the federation is configured."""
+
 import json
 import re
 import subprocess
@@ -23,31 +24,65 @@ def planted_corpus(tmp_path: Path, branch: str = "shanghai") -> Path:
     """mini.jsonl plus one dialogue of ``branch`` carrying an ID number, a card number and a phone number."""
     text = f"我的身份证号是{ID_NUMBER}，卡号{CARD}，电话{PHONE}，帮我查余额"
     s1, s2 = text.index(ID_NUMBER), text.index(CARD)
-    record = {"id": "zh-pii", "lang": "zh", "branch": branch, "turns": [
-        {"speaker": "user", "text": text, "intent": "account_balance", "emotion": "neutral",
-         "entities": [{"start": s1, "end": s1 + len(ID_NUMBER), "label": "ID_NUMBER"},
-                      {"start": s2, "end": s2 + len(CARD), "label": "CARD_NUMBER"}], "state": {}},
-        {"speaker": "agent", "text": f"已为尾号{CARD[-4:]}的卡查询余额。"}]}
+    record = {
+        "id": "zh-pii",
+        "lang": "zh",
+        "branch": branch,
+        "turns": [
+            {
+                "speaker": "user",
+                "text": text,
+                "intent": "account_balance",
+                "emotion": "neutral",
+                "entities": [
+                    {"start": s1, "end": s1 + len(ID_NUMBER), "label": "ID_NUMBER"},
+                    {"start": s2, "end": s2 + len(CARD), "label": "CARD_NUMBER"},
+                ],
+                "state": {},
+            },
+            {"speaker": "agent", "text": f"已为尾号{CARD[-4:]}的卡查询余额。"},
+        ],
+    }
     out = tmp_path / "planted.jsonl"
     out.write_text(MINI.read_text(encoding="utf-8") + json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 
 
 def fed_overrides(corpus: Path, *extra: str) -> list[str]:
-    return ["model=tiny", "data=custom", f"data.train_file={corpus}", f"data.val_file={corpus}",
-            "branches=[shanghai,beijing,shenzhen]", *extra]
+    return [
+        "model=tiny",
+        "data=custom",
+        f"data.train_file={corpus}",
+        f"data.val_file={corpus}",
+        "branches=[shanghai,beijing,shenzhen]",
+        *extra,
+    ]
 
 
 def message(content: RecordDict, node: int, kind: str = MessageType.TRAIN, msg_id: str = "m1") -> Message:
     """A message as the SuperLink delivers it to a node (metadata set by the runtime)."""
-    meta = Metadata(run_id=7, message_id=msg_id, src_node_id=0, dst_node_id=node, reply_to_message_id="",
-                    group_id="1", created_at=time.time(), ttl=3600, message_type=kind)
+    meta = Metadata(
+        run_id=7,
+        message_id=msg_id,
+        src_node_id=0,
+        dst_node_id=node,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=3600,
+        message_type=kind,
+    )
     return Message(content, metadata=meta)
 
 
 def node_context(partition: int) -> Context:
-    return Context(run_id=7, node_id=100 + partition, node_config={"partition-id": partition, "num-partitions": 3},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=7,
+        node_id=100 + partition,
+        node_config={"partition-id": partition, "num-partitions": 3},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 def test_branch_reply_holds_only_float_adapters_and_scalar_metrics(compose, tmp_path):
@@ -61,8 +96,9 @@ def test_branch_reply_holds_only_float_adapters_and_scalar_metrics(compose, tmp_
     sent = to_record(models)
     app = make_client_app(plain(cfg))
     ctx = node_context(0)  # partition 0 = shanghai, the branch holding the planted dialogue
-    train_msg = message(RecordDict({"arrays": sent, "config": ConfigRecord({"server-round": 1, "local-epochs": 1})}),
-                        ctx.node_id)
+    train_msg = message(
+        RecordDict({"arrays": sent, "config": ConfigRecord({"server-round": 1, "local-epochs": 1})}), ctx.node_id
+    )
     reply = app(train_msg, ctx)
     assert not reply.has_error(), reply.error
     content = reply.content
@@ -87,8 +123,12 @@ def test_branch_reply_holds_only_float_adapters_and_scalar_metrics(compose, tmp_
     for secret in (ID_NUMBER, ID_NUMBER[:17], CARD, PHONE, "身份证"):
         assert secret.encode() not in wire and secret.encode("utf-16-le") not in wire
 
-    eval_msg = message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})}), ctx.node_id,
-                       MessageType.EVALUATE, "m2")
+    eval_msg = message(
+        RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})}),
+        ctx.node_id,
+        MessageType.EVALUATE,
+        "m2",
+    )
     ev = app(eval_msg, ctx)
     assert not ev.has_error(), ev.error
     assert set(ev.content.keys()) == {"metrics"}
@@ -111,8 +151,9 @@ def test_a_node_of_an_unknown_branch_is_refused(compose, tmp_path):
 
 def _reply(values: dict[str, np.ndarray], metrics: dict, node: int) -> Message:
     request = message(RecordDict({"config": ConfigRecord({})}), node, msg_id=f"q{node}")
-    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in values.items()}),
-                          "metrics": MetricRecord(metrics)})
+    content = RecordDict(
+        {"arrays": ArrayRecord({k: Array(v) for k, v in values.items()}), "metrics": MetricRecord(metrics)}
+    )
     return Message(content, reply_to=request)
 
 
@@ -123,6 +164,7 @@ def test_aggregation_of_known_arrays_is_the_weighted_mean(compose, tmp_path, nam
 
     a = {"intent/w": np.array([1.0, 2.0], dtype=np.float32), "ner/b": np.array([[0.0]], dtype=np.float32)}
     b = {"intent/w": np.array([5.0, -2.0], dtype=np.float32), "ner/b": np.array([[4.0]], dtype=np.float32)}
+
     def metrics(n, i):
         return {"num-examples": n, "unit-weight": 1, "branch-index": i, "intent_train_loss": float(n)}
 
@@ -158,8 +200,10 @@ def test_fedadam_moves_from_the_global_model_towards_the_mean(compose):
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
     list(strategy.configure_train(1, current, ConfigRecord({}), TwoNodes()))
     m = {"num-examples": 1, "unit-weight": 1, "branch-index": 0}
-    replies = [_reply({"intent/w": np.ones(3, dtype=np.float32)}, m, 1),
-               _reply({"intent/w": np.ones(3, dtype=np.float32)}, {**m, "branch-index": 1}, 2)]
+    replies = [
+        _reply({"intent/w": np.ones(3, dtype=np.float32)}, m, 1),
+        _reply({"intent/w": np.ones(3, dtype=np.float32)}, {**m, "branch-index": 1}, 2),
+    ]
     arrays, _ = strategy.aggregate_train(1, replies)
     w = arrays["intent/w"].numpy()
     # Adam's first step is about eta * sign(delta): towards the branches' mean (1.0), not all the way
@@ -170,9 +214,21 @@ def test_support_weighted_federated_evaluation():
     from findial.federated.strategies import mean_eval_metrics
 
     def rec(acc, n, multi, n_multi):
-        return RecordDict({"m": MetricRecord({"num-examples": n, "unit-weight": 1, "branch-index": 0,
-                                              "intent_accuracy": acc, "intent_accuracy.n": n,
-                                              "multi_turn_accuracy": multi, "multi_turn_accuracy.n": n_multi})})
+        return RecordDict(
+            {
+                "m": MetricRecord(
+                    {
+                        "num-examples": n,
+                        "unit-weight": 1,
+                        "branch-index": 0,
+                        "intent_accuracy": acc,
+                        "intent_accuracy.n": n,
+                        "multi_turn_accuracy": multi,
+                        "multi_turn_accuracy.n": n_multi,
+                    }
+                )
+            }
+        )
 
     out = mean_eval_metrics([rec(1.0, 2, 0.0, 0), rec(0.5, 6, 0.25, 4)], "num-examples")
     assert out["intent_accuracy"] == pytest.approx((2 * 1.0 + 6 * 0.5) / 8)
@@ -214,11 +270,21 @@ def test_only_adapters_travel_a_fraction_of_the_model(compose):
 
 
 def test_fed_help(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "findial.cli", "fed", "--help"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "findial.cli", "fed", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 0 and "findial fed simulate" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "findial.cli", "fed", "simulat"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "findial.cli", "fed", "simulat"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown action 'simulat'" in bad.stderr
 
 
@@ -238,11 +304,15 @@ def test_warm_start_loads_a_bundles_adapters_and_refuses_another_model(compose, 
                 if p.requires_grad:
                     p.add_(0.5)  # "trained": anything but the fresh initialisation
     labels = {"ontology.yaml": cfg.labels.ontology, "glossary.yaml": cfg.labels.glossary}
-    packages = {t: save_package(trained.modules[t], trained.metas[t], tmp_path / t, files=labels) for t in ("intent", "ner")}
+    packages = {
+        t: save_package(trained.modules[t], trained.metas[t], tmp_path / t, files=labels) for t in ("intent", "ner")
+    }
     bundle = make_bundle(packages["intent"], packages["ner"], tmp_path / "bundle", {})
 
     fresh = build_task_models(cfg, cache=False)
-    assert not all((a.numpy() == b.numpy()).all() for a, b in zip(to_record(fresh).values(), to_record(trained).values()))
+    assert not all(
+        (a.numpy() == b.numpy()).all() for a, b in zip(to_record(fresh).values(), to_record(trained).values())
+    )
     assert warm_start(fresh, str(bundle)) == {"findial.federated.warm_start": str(bundle)}
     assert all((a.numpy() == b.numpy()).all() for a, b in zip(to_record(fresh).values(), to_record(trained).values()))
 

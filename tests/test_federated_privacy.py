@@ -1,4 +1,5 @@
 """Differential privacy of the federation: the budget arithmetic, Flower's clipping/noise as wired, SecAgg+."""
+
 import math
 import time
 
@@ -9,8 +10,17 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import GaussianPrivacyEvent
 from omegaconf import OmegaConf
 
-from findial.federated.privacy import (SECAGG_UNAVAILABLE, GaussianAccountant, PrivacyPlan, classic_noise_multiplier,
-                                       gdp_delta, gdp_epsilon, privacy_mod, rdp_epsilon, wrap_strategy)
+from findial.federated.privacy import (
+    SECAGG_UNAVAILABLE,
+    GaussianAccountant,
+    PrivacyPlan,
+    classic_noise_multiplier,
+    gdp_delta,
+    gdp_epsilon,
+    privacy_mod,
+    rdp_epsilon,
+    wrap_strategy,
+)
 
 
 def independent_gdp_epsilon(mu: float, delta: float) -> float:
@@ -65,8 +75,15 @@ def test_max_epsilon_stops_before_the_budget_is_exceeded():
 
 
 def _plan(min_train_clients: int = 1, **privacy):
-    base = {"mode": "none", "clipping_norm": 1.0, "noise_multiplier": 1.0, "local_epsilon": 1.0,
-            "local_delta": 1e-5, "target_delta": 1e-5, "max_epsilon": None}
+    base = {
+        "mode": "none",
+        "clipping_norm": 1.0,
+        "noise_multiplier": 1.0,
+        "local_epsilon": 1.0,
+        "local_delta": 1e-5,
+        "target_delta": 1e-5,
+        "max_epsilon": None,
+    }
     return PrivacyPlan.from_config(OmegaConf.create({**base, **privacy}), min_train_clients=min_train_clients)
 
 
@@ -81,7 +98,7 @@ def test_central_round_is_accounted_with_the_noise_multiplier_of_its_replies():
     acc = plan.accountant()
     for n in (2, 3, 4):
         acc.compose(plan.event(n))
-    mu = math.sqrt(1 / 0.6 ** 2 + 1 / 0.9 ** 2 + 1 / 1.2 ** 2)
+    mu = math.sqrt(1 / 0.6**2 + 1 / 0.9**2 + 1 / 1.2**2)
     assert acc.mu == pytest.approx(mu) and acc.noise_multipliers == pytest.approx([0.6, 0.9, 1.2])
     assert acc.get_epsilon() == pytest.approx(independent_gdp_epsilon(mu, 1e-5), rel=1e-6)
     # T rounds of m replies: mu = sqrt(T) / (z/2), twice what accounting with z claimed
@@ -111,14 +128,20 @@ def test_gdp_epsilon_is_within_flowers_rdp_accountant_for_the_same_events():
     plan = _plan(mode="central", noise_multiplier=1.1, clipping_norm=1.0, min_train_clients=2)
     for replies in ([2] * 5, [2, 3, 4, 3], [4] * 20, [2] * 100):
         ours = plan.accountant()
-        flower = RdpAccountant(PrivacyConfig(target_delta=1e-5, population_size=4,
-                                             neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                                             sampling_method=SamplingMethod.NO_AMPLIFICATION))
+        flower = RdpAccountant(
+            PrivacyConfig(
+                target_delta=1e-5,
+                population_size=4,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )
+        )
         for n in replies:
             event = plan.event(n)
             ours.compose(event)
-            flower.compose(GaussianPrivacyEvent(noise_multiplier=event.noise_multiplier, sample_size=n,
-                                                population_size=4))
+            flower.compose(
+                GaussianPrivacyEvent(noise_multiplier=event.noise_multiplier, sample_size=n, population_size=4)
+            )
         spent = flower.get_privacy_spent()
         assert spent.num_releases == ours.num_releases == len(replies)
         # exact GDP <= Flower's RDP figure <= findial's own (looser-converted) RDP bound, all from the same z_eff
@@ -133,10 +156,16 @@ def test_central_dp_is_refused_with_an_aggregator_that_is_not_the_plain_mean(com
     from findial.federated.strategies import build_strategy
 
     cfg = compose("fed", ["federated=fedadam", "privacy.mode=central"])
-    refusals = [lambda: build_strategy(cfg, PrivacyPlan.from_config(cfg.privacy)), lambda: simulate(cfg),
-                lambda: wrap_strategy(FedAdam(), _plan(mode="central"), 2), lambda: PrivacyPlan.for_federation(cfg)]
+    refusals = [
+        lambda: build_strategy(cfg, PrivacyPlan.from_config(cfg.privacy)),
+        lambda: simulate(cfg),
+        lambda: wrap_strategy(FedAdam(), _plan(mode="central"), 2),
+        lambda: PrivacyPlan.for_federation(cfg),
+    ]
     for refused in refusals:
-        with pytest.raises(ValueError, match=r"privacy.mode=central with aggregation.name='fedadam'.*not the plain mean"):
+        with pytest.raises(
+            ValueError, match=r"privacy.mode=central with aggregation.name='fedadam'.*not the plain mean"
+        ):
             refused()
     for name in ("fedavg", "fedprox"):
         ok = compose("fed", [f"federated={name}", "privacy.mode=central"])
@@ -172,8 +201,17 @@ def test_secure_aggregation_is_legacy_api_only_in_this_flower():
 
 
 def _train_message(arrays: ArrayRecord, config: dict, node: int = 5) -> Message:
-    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=0, dst_node_id=node, reply_to_message_id="", group_id="1",
-                    created_at=time.time(), ttl=3600, message_type=MessageType.TRAIN)
+    meta = Metadata(
+        run_id=1,
+        message_id=f"m{node}",
+        src_node_id=0,
+        dst_node_id=node,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=3600,
+        message_type=MessageType.TRAIN,
+    )
     return Message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}), metadata=meta)
 
 
@@ -193,11 +231,13 @@ def _update_of(reply: Message, sent: ArrayRecord) -> np.ndarray:
 
 
 def test_central_mode_clips_each_branch_update_to_the_norm():
-    sent = ArrayRecord({"intent/a": Array(np.zeros(400, dtype=np.float32)),
-                        "ner/b": Array(np.zeros((10, 10), dtype=np.float32))})
+    sent = ArrayRecord(
+        {"intent/a": Array(np.zeros(400, dtype=np.float32)), "ner/b": Array(np.zeros((10, 10), dtype=np.float32))}
+    )
     ctx = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
     reply = _client_with(_plan(mode="central", clipping_norm=0.5), 1.0)(
-        _train_message(sent, {"clipping_norm": 0.5}), ctx)
+        _train_message(sent, {"clipping_norm": 0.5}), ctx
+    )
     assert np.linalg.norm(_update_of(reply, sent)) == pytest.approx(0.5, rel=1e-5)
     # mode none leaves the update alone (same app, same update: the clipping above is the mod's doing)
     clean = _client_with(_plan(mode="none"), 1.0)(_train_message(sent, {}), ctx)
@@ -208,7 +248,8 @@ def test_local_mode_clips_and_adds_the_configured_noise():
     sent = ArrayRecord({"intent/a": Array(np.zeros(20000, dtype=np.float32))})
     ctx = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
     nearly_exact = _client_with(_plan(mode="local", clipping_norm=2.0, local_epsilon=1e6), 3.0)(
-        _train_message(sent, {}), ctx)
+        _train_message(sent, {}), ctx
+    )
     assert np.linalg.norm(_update_of(nearly_exact, sent)) == pytest.approx(2.0, rel=1e-3)
     plan = _plan(mode="local", clipping_norm=2.0, local_epsilon=1.0, local_delta=1e-5)
     noisy = _update_of(_client_with(plan, 3.0)(_train_message(sent, {}), ctx), sent)
@@ -225,8 +266,18 @@ def test_central_mode_server_noise_is_calibrated_to_the_minimum_replies():
     plan = _plan(mode="central", clipping_norm=1.0, noise_multiplier=0.8, min_train_clients=2)
     strategy = wrap_strategy(FedAvg(weighted_by_key="unit-weight"), plan, min_train_clients=2)
     request = _train_message(ArrayRecord({"intent/a": Array(np.zeros(1, dtype=np.float32))}), {})
-    replies = [Message(RecordDict({"arrays": ArrayRecord({"intent/a": Array(np.full(20000, v, dtype=np.float32))}),
-                                   "metrics": MetricRecord({"unit-weight": 1})}), reply_to=request) for v in (1.0, 3.0)]
+    replies = [
+        Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({"intent/a": Array(np.full(20000, v, dtype=np.float32))}),
+                    "metrics": MetricRecord({"unit-weight": 1}),
+                }
+            ),
+            reply_to=request,
+        )
+        for v in (1.0, 3.0)
+    ]
     arrays, _ = strategy.aggregate_train(1, replies)
     noise = arrays["intent/a"].numpy() - 2.0
     assert np.std(noise) == pytest.approx(0.8 * 1.0 / 2, rel=0.03) and plan.noise_std == 0.8 * 1.0 / 2
@@ -246,9 +297,20 @@ class _Grid:
 
     def send_and_receive(self, messages, timeout):
         self.round += 1
-        return [Message(RecordDict({"arrays": m.content["arrays"], "metrics": MetricRecord(
-            {"branch-index": m.metadata.dst_node_id - 1, "unit-weight": 1, "num-examples": 1})}), reply_to=m)
-            for m in list(messages)[:self.answers[self.round - 1]]]
+        return [
+            Message(
+                RecordDict(
+                    {
+                        "arrays": m.content["arrays"],
+                        "metrics": MetricRecord(
+                            {"branch-index": m.metadata.dst_node_id - 1, "unit-weight": 1, "num-examples": 1}
+                        ),
+                    }
+                ),
+                reply_to=m,
+            )
+            for m in list(messages)[: self.answers[self.round - 1]]
+        ]
 
 
 class _Mean:
@@ -267,12 +329,19 @@ class _Mean:
 def _rounds(plan: PrivacyPlan, answers: list[int]):
     from findial.federated.rounds import run_rounds
 
-    cfg = OmegaConf.create({"branches": ["a", "b", "c"], "rounds": len(answers), "local_epochs": 1,
-                            "sampling": {"min_train_clients": 2, "min_available_clients": 1},
-                            "timeouts": {"round_s": 1, "connect_s": 1}})
+    cfg = OmegaConf.create(
+        {
+            "branches": ["a", "b", "c"],
+            "rounds": len(answers),
+            "local_epochs": 1,
+            "sampling": {"min_train_clients": 2, "min_available_clients": 1},
+            "timeouts": {"round_s": 1, "connect_s": 1},
+        }
+    )
     accountant = plan.accountant()
-    _, reports = run_rounds(_Grid(answers), _Mean(), ArrayRecord({"intent/a": Array(np.zeros(2, np.float32))}), cfg,
-                            plan, accountant)
+    _, reports = run_rounds(
+        _Grid(answers), _Mean(), ArrayRecord({"intent/a": Array(np.zeros(2, np.float32))}), cfg, plan, accountant
+    )
     return reports, accountant
 
 
@@ -282,7 +351,7 @@ def test_rounds_account_what_each_round_released():
     reports, acc = _rounds(_plan(mode="central", noise_multiplier=z, min_train_clients=2), [3, 2, 1, 3])
     assert [r.applied for r in reports] == [True, True, False, True]
     assert acc.noise_multipliers == pytest.approx([0.75, 0.5, 0.75])
-    mu = math.sqrt(2 / 0.75 ** 2 + 1 / 0.5 ** 2)
+    mu = math.sqrt(2 / 0.75**2 + 1 / 0.5**2)
     assert reports[-1].epsilon == pytest.approx(independent_gdp_epsilon(mu, 1e-5), rel=1e-6)
     # local: a branch's noisy update reached the server whether or not its round was applied
     local = _plan(mode="local", local_epsilon=2.0, local_delta=1e-5, min_train_clients=2)
@@ -292,8 +361,8 @@ def test_rounds_account_what_each_round_released():
 
 def test_max_epsilon_is_checked_against_the_worst_case_round():
     # after a round of 3 replies (z_eff 0.75) a round of 3 more would fit the limit, one of m = 2 (z_eff 0.5) not
-    fits = gdp_epsilon(math.sqrt(2 / 0.75 ** 2), 1e-5)
-    worst = gdp_epsilon(math.sqrt(1 / 0.75 ** 2 + 1 / 0.5 ** 2), 1e-5)
+    fits = gdp_epsilon(math.sqrt(2 / 0.75**2), 1e-5)
+    worst = gdp_epsilon(math.sqrt(1 / 0.75**2 + 1 / 0.5**2), 1e-5)
     plan = _plan(mode="central", noise_multiplier=1.0, min_train_clients=2, max_epsilon=(fits + worst) / 2)
     reports, acc = _rounds(plan, [3, 3, 3])
     assert len(reports) == 1 and acc.num_releases == 1 and reports[0].epsilon < plan.max_epsilon

@@ -5,6 +5,7 @@ a branch that fails in round 2 (the round still completes and is applied), per-r
 the registered bundle with its federation tags and gate metrics, no planted PII in anything written
 or printed, and no Ray process left behind.
 """
+
 import json
 import math
 import os
@@ -38,11 +39,30 @@ def test_simulation_of_three_branches_survives_a_dropped_branch(tmp_path):
     env = {**os.environ, "FINDIAL_HOME": str(home), "FINDIAL_TEST_MARKER": marker}
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "findial.cli", "fed", "simulate", f"branches={','.join(BRANCHES)}", "rounds=2",
-         "model=tiny", "data=custom", f"data.train_file={corpus}", f"data.val_file={corpus}",
-         "federated=fedprox", "privacy.mode=central", "privacy.noise_multiplier=0.5", "privacy.clipping_norm=5.0",
-         "+faults.shenzhen=2"],
-        capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "findial.cli",
+            "fed",
+            "simulate",
+            f"branches={','.join(BRANCHES)}",
+            "rounds=2",
+            "model=tiny",
+            "data=custom",
+            f"data.train_file={corpus}",
+            f"data.val_file={corpus}",
+            "federated=fedprox",
+            "privacy.mode=central",
+            "privacy.noise_multiplier=0.5",
+            "privacy.clipping_norm=5.0",
+            "+faults.shenzhen=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=tmp_path,
+    )
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
     print(f"simulation took {seconds:.0f}s")
@@ -59,7 +79,7 @@ def test_simulation_of_three_branches_survives_a_dropped_branch(tmp_path):
     assert privacy["mode"] == "central" and privacy["releases"] == 2
     # noise 0.5 * C / 2 (min_train_clients) on means of 3, then 2 replies of sensitivity 2C/n: z_eff = 0.5 * n / 4
     assert privacy["noise_multipliers_accounted"] == [0.375, 0.25]
-    assert privacy["epsilon"] == gdp_epsilon(math.sqrt(1 / 0.375 ** 2 + 1 / 0.25 ** 2), 1e-5)
+    assert privacy["epsilon"] == gdp_epsilon(math.sqrt(1 / 0.375**2 + 1 / 0.25**2), 1e-5)
 
     from mlflow import MlflowClient
 
@@ -79,9 +99,14 @@ def test_simulation_of_three_branches_survives_a_dropped_branch(tmp_path):
     assert len(client.get_metric_history(run_id, "privacy.epsilon")) == 2
 
     # the federated bundle goes through the same promotion gates
-    promote = subprocess.run([sys.executable, "-m", "findial.cli", "promote", f"version={version}",
-                              "eval_set=custom-test"], capture_output=True, text=True, env=env, timeout=300,
-                             cwd=tmp_path)
+    promote = subprocess.run(
+        [sys.executable, "-m", "findial.cli", "promote", f"version={version}", "eval_set=custom-test"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert "terminology_f1" in promote.stdout and ("REFUSED" in promote.stdout or "PROMOTED" in promote.stdout)
 
     console = proc.stdout + proc.stderr

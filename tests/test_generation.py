@@ -1,4 +1,5 @@
 """Response generation on the tiny random causal LM: prompts, LoRA fine-tuning, package, Responder, evaluation."""
+
 import json
 from pathlib import Path
 
@@ -22,8 +23,12 @@ from findial.training.generation.train import train_response
 
 MINI = str(Path(__file__).parent / "fixtures" / "mini.jsonl")
 SYSTEM = {"en": "Bank agent. Intent: {intent}. State: {state}.", "zh": "银行客服。意图：{intent}。状态：{state}。"}
-LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                   "gate_proj", "up_proj", "down_proj"]}
+LORA = {
+    "r": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +50,17 @@ def test_agent_turns_become_examples_with_gold_intent_and_state():
 def test_loss_only_on_the_response_and_context_dropped_oldest_first(tiny):
     _, tok = tiny
     end = tok.convert_tokens_to_ids("<|im_end|>")
-    row = {"history": [{"speaker": "user", "text": "我的信用卡丢了"}], "intent": "card_lost_report",
-           "state": {"product": "credit_card"}, "lang": "zh", "response": "已挂失。"}
+    row = {
+        "history": [{"speaker": "user", "text": "我的信用卡丢了"}],
+        "intent": "card_lost_report",
+        "state": {"product": "credit_card"},
+        "lang": "zh",
+        "response": "已挂失。",
+    }
     ex = encode_example(tok, row, SYSTEM, max_length=256, max_response_tokens=64, end_id=end)
     target = [i for i, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE]
     assert tok.decode(target) == "已挂失。<|im_end|>"
-    prompt = tok.decode(ex["input_ids"][:len(ex["input_ids"]) - len(target)])
+    prompt = tok.decode(ex["input_ids"][: len(ex["input_ids"]) - len(target)])
     assert prompt.endswith("<|im_start|>assistant\n") and "意图：card_lost_report" in prompt
     assert "product=credit_card" in prompt and "我的信用卡丢了" in prompt
     long_history = [{"speaker": "user", "text": f"turn {i} " + "x" * 40} for i in range(20)]
@@ -77,9 +87,16 @@ def test_tiny_lm_fine_tunes_and_the_loss_decreases(tiny):
     dm.setup()
     module = ResponseLMModule(str(path), LORA, {"lr": 1e-2, "warmup_ratio": 0.0})
     before = _mean_loss(module, dm.val_dataloader())
-    trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=40,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=dm)
     after = _mean_loss(module, dm.val_dataloader())
     assert after < before - 0.5, (before, after)  # from ln(262) = 5.57, the uniform guess
@@ -88,15 +105,29 @@ def test_tiny_lm_fine_tunes_and_the_loss_decreases(tiny):
 
 
 def test_train_package_respond_and_evaluate(compose, tmp_path):
-    cfg = compose("train", ["task=response", "model=tiny_lm", "data=custom", f"data.train_file={MINI}",
-                            f"data.val_file={MINI}", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-                            "trainer.accelerator=cpu", "task.log_samples=0", "task.generation.max_new_tokens=12"])
+    cfg = compose(
+        "train",
+        [
+            "task=response",
+            "model=tiny_lm",
+            "data=custom",
+            f"data.train_file={MINI}",
+            f"data.val_file={MINI}",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+            "trainer.accelerator=cpu",
+            "task.log_samples=0",
+            "task.generation.max_new_tokens=12",
+        ],
+    )
     OmegaConf.resolve(cfg)
     tracking.configure(cfg.logger.tracking_uri, cfg.logger.artifact_root)
     result = train_response(cfg, cfg.task, tmp_path / "run")
     pkg = result.package_dir
     meta = json.loads((pkg / "findial_model.json").read_text(encoding="utf-8"))
-    assert meta["task"] == "response" and meta["backbone_name"] == "tiny_lm" and meta["generation"]["max_new_tokens"] == 12
+    assert (
+        meta["task"] == "response" and meta["backbone_name"] == "tiny_lm" and meta["generation"]["max_new_tokens"] == 12
+    )
     assert {"weights.safetensors", "rules.yaml", "glossary.yaml"} <= {p.name for p in pkg.iterdir()}
     assert (pkg / "adapter" / "adapter_config.json").is_file()
     weights = load_file(str(pkg / "weights.safetensors"))
@@ -106,13 +137,17 @@ def test_train_package_respond_and_evaluate(compose, tmp_path):
     assert "val_loss" in result.metrics
 
     responder = Responder(pkg)
-    out = responder.respond([{"speaker": "user", "text": "我的信用卡昨天丢了，卡号6222021234567890128"}],
-                            intent="card_lost_report", state={"product": "credit_card"})
+    out = responder.respond(
+        [{"speaker": "user", "text": "我的信用卡昨天丢了，卡号6222021234567890128"}],
+        intent="card_lost_report",
+        state={"product": "credit_card"},
+    )
     assert set(out) == {"text", "flags", "lang"} and out["lang"] == "zh"
     assert default_masker().is_clean(out["text"])
     assert all(f in {"pii_masked", "empty", "truncated"} or f.startswith("compliance:") for f in out["flags"])
-    prompt = responder.tokenizer.decode(responder.prompt([{"speaker": "user", "text": "卡号6222021234567890128"}],
-                                                         None, {}, "zh"))
+    prompt = responder.tokenizer.decode(
+        responder.prompt([{"speaker": "user", "text": "卡号6222021234567890128"}], None, {}, "zh")
+    )
     assert "6222021234567890128" not in prompt and "[CARD_NUMBER]" in prompt  # the model never sees PII
 
     serving = ServingResponder(responder)  # the serving protocol (serving/responder.py) over the same model
@@ -120,8 +155,7 @@ def test_train_package_respond_and_evaluate(compose, tmp_path):
     assert isinstance(reply, str) and default_masker().is_clean(reply)
     assert serving.name == "findial-response-tiny_lm" and serving.version
 
-    ev = evaluate_responses(pkg, MINI, eval_set="mini", report_dir=tmp_path / "report", responder=responder,
-                            limit=3)
+    ev = evaluate_responses(pkg, MINI, eval_set="mini", report_dir=tmp_path / "report", responder=responder, limit=3)
     m = ev.metrics
     assert m["replies"] == 3 and 0.0 <= m["chrf"] <= 100.0 and m["pii_leaked"] == 0 and m["pii_clean_rate"] == 1.0
     assert set(ev.gates) == {"pii_clean_rate", "compliance_clean_rate", "term_grounding", "chrf"}

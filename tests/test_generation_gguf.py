@@ -3,6 +3,7 @@
 The first conversion takes minutes on a CPU (SmolLM2: ~4 min on 2 busy cores), later runs reuse the cache
 in $FINDIAL_CACHE / ~/.cache/findial: marked slow.
 """
+
 import importlib.util
 import json
 import re
@@ -24,7 +25,7 @@ def _greedy(path, messages=None, prompt=None, max_new_tokens=24) -> str:
         ids = tok(prompt, return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_smollm2_gguf_is_found_through_the_package_metadata():
@@ -63,6 +64,9 @@ def test_gemma3_converts_and_continues_chinese_in_chinese():
     assert len(re.findall(r"[\u4e00-\u9fff]", cont)) >= 5, cont
     tok = AutoTokenizer.from_pretrained(str(path))
     ensure_chat_template(tok, "gemma")  # the GGUF has no chat template: the fallback names Gemma's turns
-    text = tok.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
-                                   add_generation_prompt=True, tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     assert text.endswith("<start_of_turn>user\nS\n\nU<end_of_turn>\n<start_of_turn>model\n")

@@ -1,4 +1,5 @@
 """Response-generation metrics on hand-computed cases, and the bank checks."""
+
 import math
 
 import pytest
@@ -8,8 +9,22 @@ from findial.evaluation import generation_metrics as gm
 
 
 def test_tokens_are_characters_for_chinese_and_words_for_latin():
-    assert gm.tokenize("今天美元兑人民币为7.1。I can't.") == \
-        ["今", "天", "美", "元", "兑", "人", "民", "币", "为", "7.1", "。", "I", "can't", "."]
+    assert gm.tokenize("今天美元兑人民币为7.1。I can't.") == [
+        "今",
+        "天",
+        "美",
+        "元",
+        "兑",
+        "人",
+        "民",
+        "币",
+        "为",
+        "7.1",
+        "。",
+        "I",
+        "can't",
+        ".",
+    ]
 
 
 def test_bleu_hand_computed():
@@ -53,9 +68,15 @@ def test_glossary_mentions_take_the_longest_form_and_whole_latin_words():
 
 def test_term_scores_recall_and_grounding():
     g = Glossary.load()
-    rows = [{"generated": "您的信用卡已挂失，另外房贷可以提前还款", "reference": "您的信用卡已临时挂失",
-             "context": ["我的信用卡丢了"], "state": {"product": "credit_card"}},
-            {"generated": "好的", "reference": "好的，LPR 每月公布一次", "context": ["LPR 是多少"], "state": {}}]
+    rows = [
+        {
+            "generated": "您的信用卡已挂失，另外房贷可以提前还款",
+            "reference": "您的信用卡已临时挂失",
+            "context": ["我的信用卡丢了"],
+            "state": {"product": "credit_card"},
+        },
+        {"generated": "好的", "reference": "好的，LPR 每月公布一次", "context": ["LPR 是多少"], "state": {}},
+    ]
     s = gm.term_scores(rows, g)
     assert s["term_recall"] == pytest.approx(1 / 2)  # credit_card found, lpr missed
     assert s["generated_terms"] == 2 and s["term_grounding"] == pytest.approx(1 / 2)  # housing_loan from nowhere

@@ -1,4 +1,5 @@
 """Compliance rules on generated replies, and the masking of personal data in a generation."""
+
 import pytest
 
 from findial.data.pii import default_masker
@@ -11,24 +12,27 @@ def rules():
     return RuleSet.load()  # configs/generation_rules/default.yaml
 
 
-@pytest.mark.parametrize("text, rule", [
-    ("这款理财产品保本保息，您放心购买。", "guaranteed_return"),
-    ("放心，这只基金稳赚不赔。", "guaranteed_return"),
-    ("This fund offers a guaranteed return of 5% a year.", "guaranteed_return"),
-    ("It is a risk-free investment.", "guaranteed_return"),
-    ("我们可以给您免年费。", "fee_waiver"),
-    ("逾期的罚息全部给您免了。", "fee_waiver"),
-    ("We will waive the annual fee for you.", "fee_waiver"),
-    ("Your late fees have been waived.", "fee_waiver"),
-    ("您的贷款保证能批下来。", "approval_promise"),
-    ("You will definitely be approved for the loan.", "approval_promise"),
-    ("请告诉我您的银行卡密码。", "credential_request"),
-    ("麻烦提供一下验证码，我帮您操作。", "credential_request"),
-    ("这次我帮您免掉年费。", "fee_waiver"),
-    ("Please tell me your PIN to continue.", "credential_request"),
-    ("不用担心，保证收益。", "guaranteed_return"),  # a negation in an earlier clause does not count
-    ("ＷＥ ＷＩＬＬ ＷＡＩＶＥ ＴＨＥ ＦＥＥ", "fee_waiver"),  # full-width and upper case
-])
+@pytest.mark.parametrize(
+    "text, rule",
+    [
+        ("这款理财产品保本保息，您放心购买。", "guaranteed_return"),
+        ("放心，这只基金稳赚不赔。", "guaranteed_return"),
+        ("This fund offers a guaranteed return of 5% a year.", "guaranteed_return"),
+        ("It is a risk-free investment.", "guaranteed_return"),
+        ("我们可以给您免年费。", "fee_waiver"),
+        ("逾期的罚息全部给您免了。", "fee_waiver"),
+        ("We will waive the annual fee for you.", "fee_waiver"),
+        ("Your late fees have been waived.", "fee_waiver"),
+        ("您的贷款保证能批下来。", "approval_promise"),
+        ("You will definitely be approved for the loan.", "approval_promise"),
+        ("请告诉我您的银行卡密码。", "credential_request"),
+        ("麻烦提供一下验证码，我帮您操作。", "credential_request"),
+        ("这次我帮您免掉年费。", "fee_waiver"),
+        ("Please tell me your PIN to continue.", "credential_request"),
+        ("不用担心，保证收益。", "guaranteed_return"),  # a negation in an earlier clause does not count
+        ("ＷＥ ＷＩＬＬ ＷＡＩＶＥ ＴＨＥ ＦＥＥ", "fee_waiver"),  # full-width and upper case
+    ],
+)
 def test_forbidden_promises_are_flagged(rules, text, rule):
     hits = rules.check(text)
     assert [h.rule for h in hits] == [rule], hits
@@ -36,18 +40,21 @@ def test_forbidden_promises_are_flagged(rules, text, rule):
     assert rules.flags(text) == [f"compliance:{rule}"]
 
 
-@pytest.mark.parametrize("text", [
-    "这款产品不保本，收益会随市场波动。",
-    "我们无法为您免年费，可以帮您查询年费政策。",
-    "We cannot guarantee returns on this fund.",
-    "Returns are not guaranteed.",
-    "I'm unable to waive the fee, but I can explain it.",
-    "您的信用卡已临时挂失，请问需要补办新卡吗？",
-    "I have frozen the card. Do you want a replacement?",
-    "Never share your PIN with anyone, including us.",
-    "该卡首年免年费，当年刷卡满六次即可免次年年费。",  # the product's terms, not a waiver granted
-    "银行不会通过电话或短信要求您提供验证码，请提供可疑号码，我为您登记。",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "这款产品不保本，收益会随市场波动。",
+        "我们无法为您免年费，可以帮您查询年费政策。",
+        "We cannot guarantee returns on this fund.",
+        "Returns are not guaranteed.",
+        "I'm unable to waive the fee, but I can explain it.",
+        "您的信用卡已临时挂失，请问需要补办新卡吗？",
+        "I have frozen the card. Do you want a replacement?",
+        "Never share your PIN with anyone, including us.",
+        "该卡首年免年费，当年刷卡满六次即可免次年年费。",  # the product's terms, not a waiver granted
+        "银行不会通过电话或短信要求您提供验证码，请提供可疑号码，我为您登记。",
+    ],
+)
 def test_compliant_replies_are_not_flagged(rules, text):
     assert rules.check(text) == []
 

@@ -1,5 +1,6 @@
 """The corpus generator (data/generator): determinism, template splits, coverage, spans,
 state carry-over and synthetic personal data."""
+
 from __future__ import annotations
 
 import re
@@ -109,7 +110,7 @@ def test_spans_and_labels(built, labelbook, glossary):
                 assert t["intent"] in labelbook.intents and t["emotion"] in labelbook.emotions
                 end = 0
                 for e in t["entities"]:
-                    surface = t["text"][e["start"]:e["end"]]
+                    surface = t["text"][e["start"] : e["end"]]
                     assert surface and surface == surface.strip() and e["start"] >= end, (t, e)
                     end = e["end"]
                     assert e["label"] in labelbook.entities
@@ -127,8 +128,10 @@ def test_loader_accepts_bundle(built, tmp_path, labelbook, glossary):
     corpus = pytest.importorskip("findial.data.corpus")
     summary = generate_corpus(tmp_path, seed=13, scale=0.1)
     for split in SPLITS:
-        assert len(corpus.load_corpus(tmp_path / f"{split}.jsonl", labelbook, glossary)) == \
-            summary["splits"][split]["dialogues"]
+        assert (
+            len(corpus.load_corpus(tmp_path / f"{split}.jsonl", labelbook, glossary))
+            == summary["splits"][split]["dialogues"]
+        )
 
 
 def test_every_glossary_form_in_text_is_tagged(built, glossary):
@@ -158,7 +161,7 @@ def test_state_carries_over(built, labelbook):
                 for e in sorted(t["entities"], key=lambda e: e["start"]):
                     for slot, label in labelbook.state_slots.items():
                         if e["label"] == label:
-                            state[slot] = e.get("term_id") or t["text"][e["start"]:e["end"]]
+                            state[slot] = e.get("term_id") or t["text"][e["start"] : e["end"]]
                 assert t["state"] == state, (d["id"], t)
                 if before and not t["entities"] and t["state"] == before:
                     carried += 1
@@ -174,10 +177,16 @@ def test_supply_turn_keeps_task_intent_and_correction_tags_standing_value(built)
     for d in splits["train"]:
         users = _users([d])
         for prev, cur in zip(users, users[1:]):
-            if any(d["lang"] == lang and cur["text"].startswith(p) for lang, p in supply_texts) \
-                    and [e["label"] for e in cur["entities"]] == ["PERSON"]:  # only the name: a supply turn
+            if any(d["lang"] == lang and cur["text"].startswith(p) for lang, p in supply_texts) and [
+                e["label"] for e in cur["entities"]
+            ] == ["PERSON"]:  # only the name: a supply turn
                 assert cur["intent"] == prev["intent"] or prev["intent"] in (
-                    "affirm", "deny", "greeting", "thanks", "request_human_agent")
+                    "affirm",
+                    "deny",
+                    "greeting",
+                    "thanks",
+                    "request_human_agent",
+                )
                 seen += 1
     assert seen > 0
     # a correction template tags only the new value; the retracted one stays plain text
@@ -193,7 +202,7 @@ def test_personal_data_is_synthetic(built):
     for split in SPLITS:
         for t in _users(splits[split]):
             for e in t["entities"]:
-                s = unicodedata.normalize("NFKC", t["text"][e["start"]:e["end"]])
+                s = unicodedata.normalize("NFKC", t["text"][e["start"] : e["end"]])
                 if e["label"] == "CARD_NUMBER":
                     digits = re.sub(r"[ -]", "", s)
                     assert digits.isdigit() and 16 <= len(digits) <= 19 and luhn_ok(digits), s
@@ -211,11 +220,18 @@ def test_personal_data_is_synthetic(built):
 
 
 def test_markup_parse():
-    emotion, toks = parse("@angry 我的[信用卡](PRODUCT:credit_card){date:past}{丢了|不见了}<check>{~amount}",
-                          {"date", "amount"})
+    emotion, toks = parse(
+        "@angry 我的[信用卡](PRODUCT:credit_card){date:past}{丢了|不见了}<check>{~amount}", {"date", "amount"}
+    )
     assert emotion == "angry"
-    assert toks == [("text", "我的"), ("lit", "信用卡", "PRODUCT", "credit_card"), ("slot", "date", "past", True),
-                    ("alt", ["丢了", "不见了"]), ("esc", "check"), ("slot", "amount", None, False)]
+    assert toks == [
+        ("text", "我的"),
+        ("lit", "信用卡", "PRODUCT", "credit_card"),
+        ("slot", "date", "past", True),
+        ("alt", ["丢了", "不见了"]),
+        ("esc", "check"),
+        ("slot", "amount", None, False),
+    ]
 
 
 def _supplement(tmp_path, monkeypatch, intents: str, followups: str = ""):
@@ -234,8 +250,12 @@ def test_train_supplement_widens_train_only(tmp_path, monkeypatch):
     """Train-only templates reach train through the supplement, never validation or test, and
     adding them leaves validation and test byte-identical."""
     base = generate_corpus(tmp_path / "base", seed=7, scale=0.08, train_supplement=0)
-    _supplement(tmp_path, monkeypatch, "card_lost_report:\n  user:\n    - 钱包被偷了，{product:ccard}得赶紧挂失\n",
-                "supply:\n  phone: ['Reach me on {phone} please']\n")
+    _supplement(
+        tmp_path,
+        monkeypatch,
+        "card_lost_report:\n  user:\n    - 钱包被偷了，{product:ccard}得赶紧挂失\n",
+        "supply:\n  phone: ['Reach me on {phone} please']\n",
+    )
     sup = generate_corpus(tmp_path / "sup", seed=7, scale=0.08, train_supplement=2.0)
     for split in ("validation", "test"):
         assert (tmp_path / "sup" / f"{split}.jsonl").read_bytes() == (tmp_path / "base" / f"{split}.jsonl").read_bytes()
@@ -282,7 +302,10 @@ def test_supplement_weights_unknown_intent_is_named(monkeypatch):
     import findial.data.generator.build as build
 
     real = build._yaml
-    monkeypatch.setattr(build, "_yaml", lambda name: {**real(name), "supplement_weights": {"no_such": 2.0}}
-                        if name == "corpus.yaml" else real(name))
+    monkeypatch.setattr(
+        build,
+        "_yaml",
+        lambda name: {**real(name), "supplement_weights": {"no_such": 2.0}} if name == "corpus.yaml" else real(name),
+    )
     with pytest.raises(ValueError, match=r"corpus\.yaml.*supplement_weights.*no_such"):
         Builder(seed=7, scale=0.08)

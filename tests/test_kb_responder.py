@@ -3,6 +3,7 @@
 CI-fast: a tiny random encoder over a small KB written in tmp_path, and a stand-in understander (the service
 and the app are what is tested, not the NLU model). Tests on the real e5 index are marked slow.
 """
+
 import asyncio
 import json
 import os
@@ -14,23 +15,53 @@ from findial.data.kb.facts import check_grounding, extract_facts
 from findial.data.kb.grounded import GroundedAnswerer, select, sentences
 
 ARTICLES = [
-    {"id": "kb-zh-0001", "lang": "zh", "category": "fee", "title": "信用卡年费",
-     "body": "普卡年费100元，金卡年费300元。当年刷卡满6笔可免次年年费。年费在发卡后次月扣收。"
-             "以上收费标准仅供参考，以本行公示为准。",
-     "products": ["credit_card"], "terms": ["annual_fee"], "effective_date": "2025-01-01", "reference_only": True},
-    {"id": "kb-zh-0002", "lang": "zh", "category": "procedure", "title": "借记卡挂失补卡",
-     "body": "借记卡丢失后请立即通过手机银行或客服热线办理挂失。补卡需要本人携带身份证到网点办理。"
-             "新卡一般三个工作日内制成。",
-     "products": ["debit_card"], "terms": [], "effective_date": "2025-01-01"},
-    {"id": "kb-en-0001", "lang": "en", "category": "fee", "title": "Credit card late fee",
-     "body": "If the minimum payment is not made by the due date, a late fee of HK$200 is charged. "
-             "Interest of 3.5% per month applies to the unpaid balance. Repeated late payments may be reported "
-             "to the credit reference agency. These fees are for reference only and subject to change.",
-     "products": ["credit_card"], "terms": ["late_fee"], "effective_date": "2025-01-01", "reference_only": True},
-    {"id": "kb-en-0002", "lang": "en", "category": "procedure", "title": "Replacing a lost debit card",
-     "body": "Report a lost debit card at once in the mobile app or through our hotline. "
-             "A replacement card is usually ready within five working days. You can collect it at any branch.",
-     "products": ["debit_card"], "terms": [], "effective_date": "2025-01-01"},
+    {
+        "id": "kb-zh-0001",
+        "lang": "zh",
+        "category": "fee",
+        "title": "信用卡年费",
+        "body": "普卡年费100元，金卡年费300元。当年刷卡满6笔可免次年年费。年费在发卡后次月扣收。"
+        "以上收费标准仅供参考，以本行公示为准。",
+        "products": ["credit_card"],
+        "terms": ["annual_fee"],
+        "effective_date": "2025-01-01",
+        "reference_only": True,
+    },
+    {
+        "id": "kb-zh-0002",
+        "lang": "zh",
+        "category": "procedure",
+        "title": "借记卡挂失补卡",
+        "body": "借记卡丢失后请立即通过手机银行或客服热线办理挂失。补卡需要本人携带身份证到网点办理。"
+        "新卡一般三个工作日内制成。",
+        "products": ["debit_card"],
+        "terms": [],
+        "effective_date": "2025-01-01",
+    },
+    {
+        "id": "kb-en-0001",
+        "lang": "en",
+        "category": "fee",
+        "title": "Credit card late fee",
+        "body": "If the minimum payment is not made by the due date, a late fee of HK$200 is charged. "
+        "Interest of 3.5% per month applies to the unpaid balance. Repeated late payments may be reported "
+        "to the credit reference agency. These fees are for reference only and subject to change.",
+        "products": ["credit_card"],
+        "terms": ["late_fee"],
+        "effective_date": "2025-01-01",
+        "reference_only": True,
+    },
+    {
+        "id": "kb-en-0002",
+        "lang": "en",
+        "category": "procedure",
+        "title": "Replacing a lost debit card",
+        "body": "Report a lost debit card at once in the mobile app or through our hotline. "
+        "A replacement card is usually ready within five working days. You can collect it at any branch.",
+        "products": ["debit_card"],
+        "terms": [],
+        "effective_date": "2025-01-01",
+    },
 ]
 
 
@@ -66,7 +97,7 @@ def test_template_answer_cites_the_retrieved_article_and_uses_only_its_sentences
     top = a.ranking[0][0]
     assert a.text is not None and a.citations == (top,) and a.reason is None
     assert a.text.startswith("根据本行资料：") and a.text.endswith(f"（参考：{top}）")
-    body = a.text[len("根据本行资料："):-len(f"（参考：{top}）")]
+    body = a.text[len("根据本行资料：") : -len(f"（参考：{top}）")]
     article = answerer.articles[top]
     used = sentences(body, "zh")
     assert used and all(s in sentences(article["body"], "zh") for s in used)
@@ -98,27 +129,39 @@ def test_state_terms_enrich_the_query(answerer):
 
 
 # ------------------------------------------------------------------ the fact checker
-@pytest.mark.parametrize("text, facts", [
-    ("普卡年费100元，金卡5万元，三个工作日，利率3.5%", [("100", "cny"), ("50000", "cny"), ("3", "workday"), ("3.5", "%")]),
-    ("HK$1,000 within three working days from 1 January 2025", [("1000", "hkd"), ("3", "workday"), ("2025-01-01", "date")]),
-    ("百分之五，2025年3月1日起，20 bps", [("5", "%"), ("2025-03-01", "date"), ("20", "bp")]),
-])
+@pytest.mark.parametrize(
+    "text, facts",
+    [
+        (
+            "普卡年费100元，金卡5万元，三个工作日，利率3.5%",
+            [("100", "cny"), ("50000", "cny"), ("3", "workday"), ("3.5", "%")],
+        ),
+        (
+            "HK$1,000 within three working days from 1 January 2025",
+            [("1000", "hkd"), ("3", "workday"), ("2025-01-01", "date")],
+        ),
+        ("百分之五，2025年3月1日起，20 bps", [("5", "%"), ("2025-03-01", "date"), ("20", "bp")]),
+    ],
+)
 def test_facts_are_normalised(text, facts):
     assert [(v, u) for _, v, u in extract_facts(text)] == facts
 
 
-@pytest.mark.parametrize("reply, dialogue, unsupported", [
-    ("普卡年费100元（参考：kb-zh-0001）", [], []),
-    ("普卡年费150元（参考：kb-zh-0001）", [], ["150元"]),
-    ("年费打8折（参考：kb-zh-0001）", [], ["8"]),
-    ("满六笔免年费，2025年1月1日起（参考：kb-zh-0001）", [], ["2025年1月1日"]),
-    ("您说的200元已收到（参考：kb-zh-0001）", ["我昨天还了200元"], []),
-    ("A late fee of HK$200 and 3.5% a month (source: kb-en-0001)", [], []),
-    ("A late fee of HK$250 (source: kb-en-0001)", [], ["hk$250"]),
-    ("Interest of 4.5% per month (source: kb-en-0001)", [], ["4.5%"]),
-    ("Effective 1 March 2026 (source: kb-en-0001)", [], ["1 march 2026"]),
-    ("You paid 2 days late (source: kb-en-0001)", ["I paid 2 days late, what is the fee?"], []),
-])
+@pytest.mark.parametrize(
+    "reply, dialogue, unsupported",
+    [
+        ("普卡年费100元（参考：kb-zh-0001）", [], []),
+        ("普卡年费150元（参考：kb-zh-0001）", [], ["150元"]),
+        ("年费打8折（参考：kb-zh-0001）", [], ["8"]),
+        ("满六笔免年费，2025年1月1日起（参考：kb-zh-0001）", [], ["2025年1月1日"]),
+        ("您说的200元已收到（参考：kb-zh-0001）", ["我昨天还了200元"], []),
+        ("A late fee of HK$200 and 3.5% a month (source: kb-en-0001)", [], []),
+        ("A late fee of HK$250 (source: kb-en-0001)", [], ["hk$250"]),
+        ("Interest of 4.5% per month (source: kb-en-0001)", [], ["4.5%"]),
+        ("Effective 1 March 2026 (source: kb-en-0001)", [], ["1 march 2026"]),
+        ("You paid 2 days late (source: kb-en-0001)", ["I paid 2 days late, what is the fee?"], []),
+    ],
+)
 def test_checker_flags_invented_figures_and_accepts_the_article_or_dialogue(reply, dialogue, unsupported):
     cited = [a for a in ARTICLES if a["id"] in reply]
     assert check_grounding(reply, cited, dialogue) == unsupported
@@ -127,6 +170,7 @@ def test_checker_flags_invented_figures_and_accepts_the_article_or_dialogue(repl
 # ------------------------------------------------------------------ the service and the app
 class StandIn:
     """A stand-in understander: intent and state are given; the service and app are under test."""
+
     metrics = None
 
     async def start(self):
@@ -139,9 +183,19 @@ class StandIn:
         return {"ready": True, "model": {"ref": "stand-in", "name": "stand-in", "version": "1"}}
 
     async def understand(self, item):
-        return ({"text": item.text, "intent": "fee_inquiry", "confidence": 0.9, "emotion": "neutral",
-                 "emotion_confidence": 0.9, "entities": [], "state": {}, "unknown_terms": []},
-                {"ref": "stand-in", "name": "stand-in", "version": "1"})
+        return (
+            {
+                "text": item.text,
+                "intent": "fee_inquiry",
+                "confidence": 0.9,
+                "emotion": "neutral",
+                "emotion_confidence": 0.9,
+                "entities": [],
+                "state": {},
+                "unknown_terms": [],
+            },
+            {"ref": "stand-in", "name": "stand-in", "version": "1"},
+        )
 
 
 @pytest.fixture()
@@ -151,11 +205,24 @@ def settings(compose, tmp_path, encoder):
     from findial.serving.settings import ServeSettings
 
     def make(*overrides):
-        cfg = OmegaConf.to_container(compose("serve", [
-            f"audit.path={tmp_path}/audit.jsonl", "responder.kind=grounded", f"responder.kb={tmp_path}/kb.jsonl",
-            f"responder.kb_index={tmp_path}/kb-index", f"responder.kb_encoder={encoder}",
-            "responder.kb_threshold=0", "handoff.min_confidence=0", *overrides]), resolve=True)
+        cfg = OmegaConf.to_container(
+            compose(
+                "serve",
+                [
+                    f"audit.path={tmp_path}/audit.jsonl",
+                    "responder.kind=grounded",
+                    f"responder.kb={tmp_path}/kb.jsonl",
+                    f"responder.kb_index={tmp_path}/kb-index",
+                    f"responder.kb_encoder={encoder}",
+                    "responder.kb_threshold=0",
+                    "handoff.min_confidence=0",
+                    *overrides,
+                ],
+            ),
+            resolve=True,
+        )
         return ServeSettings.from_mapping(cfg)
+
     write_kb(tmp_path / "kb.jsonl", SERVED)
     return make
 
@@ -243,7 +310,7 @@ def test_kb_hot_reload_picks_up_an_edited_article_without_a_restart(settings, tm
         edited = [dict(a) for a in SERVED]
         edited[0]["body"] = edited[0]["body"].replace("三个工作日", "五个工作日")
         write_kb(tmp_path / "kb.jsonl", edited)
-        os.utime(tmp_path / "kb.jsonl", ns=(time.time_ns(), time.time_ns() + 10 ** 9))  # a coarse-mtime FS
+        os.utime(tmp_path / "kb.jsonl", ns=(time.time_ns(), time.time_ns() + 10**9))  # a coarse-mtime FS
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             r = client.post("/v1/respond", json={"text": "补卡要几个工作日"}).json()

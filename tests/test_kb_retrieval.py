@@ -2,6 +2,7 @@
 filtering, fusion, the metrics, and the CLI on a small KB. A tiny random BERT stands in for e5 except in the
 `slow` test, which checks the real e5-small on the bundled validation queries.
 """
+
 import json
 from contextlib import contextmanager
 
@@ -59,8 +60,9 @@ def test_incremental_rebuild_embeds_only_new_and_changed(tmp_path, model, articl
     assert one.index(edited, d)["embedded"] == 1 == one.passages
     full = Counting(model)
     full.index(edited, tmp_path / "fresh")
-    np.testing.assert_allclose(one.vectors.reconstruct_n(0, len(edited)),
-                               full.vectors.reconstruct_n(0, len(edited)), atol=1e-6)
+    np.testing.assert_allclose(
+        one.vectors.reconstruct_n(0, len(edited)), full.vectors.reconstruct_n(0, len(edited)), atol=1e-6
+    )
 
     new = {**articles[1], "id": "kb-zh-9999"}
     stats = Counting(model).index(edited[2:] + [new], d)
@@ -86,6 +88,7 @@ def test_failed_build_leaves_the_old_index(tmp_path, monkeypatch, model, article
         Broken(model).index([_edit(a) for a in articles], d)
 
     import findial.data.kb.index as ix
+
     real = ix.atomic_directory
 
     @contextmanager
@@ -127,7 +130,9 @@ def test_fusion():
     assert [i for i, _ in rank(ids, dense, sparse, "weighted", 1.0)] == ["a", "b", "c"]
     assert [i for i, _ in rank(ids, dense, sparse, "weighted", 0.0)] == ["b", "c", "a"]
     np.testing.assert_allclose(fuse(dense, sparse, "weighted", 0.5), [0.5, 0.75, 0.1])
-    np.testing.assert_allclose(fuse(dense, sparse, "rrf", 0.5), [(1 / 61 + 1 / 63) / 2, (1 / 62 + 1 / 61) / 2, (1 / 63 + 1 / 62) / 2])
+    np.testing.assert_allclose(
+        fuse(dense, sparse, "rrf", 0.5), [(1 / 61 + 1 / 63) / 2, (1 / 62 + 1 / 61) / 2, (1 / 63 + 1 / 62) / 2]
+    )
     with pytest.raises(ValueError):
         fuse(dense, sparse, "max", 0.5)
     with pytest.raises(ValueError):
@@ -167,8 +172,16 @@ def _run(capsys, *argv):
 def test_cli_index_search_eval(tmp_path, monkeypatch, capsys, model, articles):
     kb, queries = tmp_path / "kb.jsonl", tmp_path / "queries.jsonl"
     kb.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in articles), encoding="utf-8")
-    qs = [{"id": f"q-{a['lang']}-{i:04d}", "lang": a["lang"], "query": a["title"], "answers": [a["id"]],
-           "split": ("validation", "test")[i % 2]} for i, a in enumerate(articles)]
+    qs = [
+        {
+            "id": f"q-{a['lang']}-{i:04d}",
+            "lang": a["lang"],
+            "query": a["title"],
+            "answers": [a["id"]],
+            "split": ("validation", "test")[i % 2],
+        }
+        for i, a in enumerate(articles)
+    ]
     queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in qs), encoding="utf-8")
     monkeypatch.setenv("FINDIAL_HOME", str(tmp_path / "home"))
 

@@ -1,12 +1,20 @@
 """Metrics on small hand-computed cases (definitions: data/spec/corpus-format.md)."""
+
 import copy
 
 import pytest
 
 from findial.data.labelbook import LabelBook
 from findial.evaluation.metrics import (
-    emotion_accuracy, entity_prf_per_label, evaluate_dialogues, intent_accuracy,
-    intent_macro_f1, joint_state_accuracy, multi_turn_accuracy, terminology_prf)
+    emotion_accuracy,
+    entity_prf_per_label,
+    evaluate_dialogues,
+    intent_accuracy,
+    intent_macro_f1,
+    joint_state_accuracy,
+    multi_turn_accuracy,
+    terminology_prf,
+)
 
 TERMINOLOGY = ("PRODUCT", "TERM")
 
@@ -36,13 +44,34 @@ def m(start, end, label, term_id=None):
 
 # ------------------------------------------------------------------ terminology
 
+
 def test_terminology_one_of_three():
-    gold = [dlg("d1", user(entities=[m(0, 3, "PRODUCT", "credit_card"), m(5, 8, "TERM", "annual_fee"),
-                                     m(10, 13, "TERM", "lpr"), m(20, 25, "AMOUNT")]))]
-    pred = [dlg("d1", user(entities=[m(0, 3, "PRODUCT", "credit_card"),   # correct
-                                     m(5, 8, "TERM", "late_fee"),         # wrong term_id
-                                     m(10, 12, "TERM", "lpr"),            # wrong end
-                                     m(20, 25, "AMOUNT")]))]              # not terminology
+    gold = [
+        dlg(
+            "d1",
+            user(
+                entities=[
+                    m(0, 3, "PRODUCT", "credit_card"),
+                    m(5, 8, "TERM", "annual_fee"),
+                    m(10, 13, "TERM", "lpr"),
+                    m(20, 25, "AMOUNT"),
+                ]
+            ),
+        )
+    ]
+    pred = [
+        dlg(
+            "d1",
+            user(
+                entities=[
+                    m(0, 3, "PRODUCT", "credit_card"),  # correct
+                    m(5, 8, "TERM", "late_fee"),  # wrong term_id
+                    m(10, 12, "TERM", "lpr"),  # wrong end
+                    m(20, 25, "AMOUNT"),
+                ]
+            ),
+        )
+    ]  # not terminology
     r = terminology_prf(gold, pred, TERMINOLOGY)
     assert r["precision"] == pytest.approx(1 / 3)
     assert r["recall"] == pytest.approx(1 / 3)
@@ -51,11 +80,28 @@ def test_terminology_one_of_three():
 
 
 def test_terminology_label_must_match_and_multiset():
-    gold = [dlg("d1", user(entities=[m(0, 3, "PRODUCT", "credit_card"), m(5, 8, "TERM", "annual_fee")]),
-                AGENT, user(entities=[m(0, 3, "PRODUCT", "credit_card")]))]
-    pred = [dlg("d1", user(entities=[m(0, 3, "PRODUCT", "credit_card"), m(0, 3, "PRODUCT", "credit_card"),
-                                     m(5, 8, "PRODUCT", "annual_fee")]),   # wrong label
-                AGENT, user(entities=[m(0, 3, "PRODUCT", "credit_card")]))]
+    gold = [
+        dlg(
+            "d1",
+            user(entities=[m(0, 3, "PRODUCT", "credit_card"), m(5, 8, "TERM", "annual_fee")]),
+            AGENT,
+            user(entities=[m(0, 3, "PRODUCT", "credit_card")]),
+        )
+    ]
+    pred = [
+        dlg(
+            "d1",
+            user(
+                entities=[
+                    m(0, 3, "PRODUCT", "credit_card"),
+                    m(0, 3, "PRODUCT", "credit_card"),
+                    m(5, 8, "PRODUCT", "annual_fee"),
+                ]
+            ),  # wrong label
+            AGENT,
+            user(entities=[m(0, 3, "PRODUCT", "credit_card")]),
+        )
+    ]
     # tp = 2 (the duplicate matches once; the same span in another turn is another mention)
     r = terminology_prf(gold, pred, TERMINOLOGY)
     assert r["precision"] == pytest.approx(2 / 4)
@@ -75,7 +121,12 @@ def test_zero_division_conventions():
     nothing = [dlg("d1", user(entities=[]))]
     # gold but no predictions: a failure, not missing
     assert terminology_prf(gold, nothing, TERMINOLOGY) == {
-        "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1, "predicted": 0}
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 1,
+        "predicted": 0,
+    }
     # predictions but no gold
     r = terminology_prf(nothing, gold, TERMINOLOGY)
     assert (r["precision"], r["recall"], r["f1"], r["support"]) == (0.0, 0.0, 0.0, 0)
@@ -86,12 +137,22 @@ def test_zero_division_conventions():
 
 # ------------------------------------------------------------------ entities
 
+
 def test_entity_prf_per_label():
     gold = [dlg("d1", user(entities=[m(0, 3, "PRODUCT", "credit_card"), m(5, 9, "AMOUNT"), m(10, 12, "DATE")]))]
-    pred = [dlg("d1", user(entities=[m(0, 3, "PRODUCT", "debit_card"),  # term_id ignored here
-                                     m(5, 8, "AMOUNT"),                  # wrong end
-                                     m(10, 12, "DATE"),
-                                     m(13, 15, "CURRENCY")]))]           # spurious
+    pred = [
+        dlg(
+            "d1",
+            user(
+                entities=[
+                    m(0, 3, "PRODUCT", "debit_card"),  # term_id ignored here
+                    m(5, 8, "AMOUNT"),  # wrong end
+                    m(10, 12, "DATE"),
+                    m(13, 15, "CURRENCY"),
+                ]
+            ),
+        )
+    ]  # spurious
     r = entity_prf_per_label(gold, pred, labels=["PRODUCT", "AMOUNT", "DATE", "CURRENCY", "ORG"])
     assert r["PRODUCT"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1, "predicted": 1}
     assert (r["AMOUNT"]["precision"], r["AMOUNT"]["recall"], r["AMOUNT"]["f1"]) == (0.0, 0.0, 0.0)
@@ -141,35 +202,46 @@ def test_emotion_accuracy_only_over_turns_with_gold_emotion():
 
 # ------------------------------------------------------------------ state, multi-turn
 
+
 def _state_dialogues():
     s1 = {"product": "credit_card"}
     s2 = {"product": "credit_card", "date": "昨天"}
     s3 = {"product": "credit_card", "date": "昨天", "amount": "5000元"}
     gold = [
-        dlg("d1", user("card_lost_report", state=s1), AGENT,
-            user("card_replace", state=s2), AGENT,
-            user("card_repayment", state=s3)),
+        dlg(
+            "d1",
+            user("card_lost_report", state=s1),
+            AGENT,
+            user("card_replace", state=s2),
+            AGENT,
+            user("card_repayment", state=s3),
+        ),
         dlg("d2", user("greeting", state={})),
     ]
     pred = [
-        dlg("d1", user("card_activate", state=s1), AGENT,      # first user turn: not counted
-            user("card_replace", state=dict(s2)), AGENT,       # intent and state right
-            user("card_repayment", state={**s3, "amount": "500元"})),  # one slot wrong -> fails
-        dlg("d2", user("thanks", state={})),                   # single-turn: not counted
+        dlg(
+            "d1",
+            user("card_activate", state=s1),
+            AGENT,  # first user turn: not counted
+            user("card_replace", state=dict(s2)),
+            AGENT,  # intent and state right
+            user("card_repayment", state={**s3, "amount": "500元"}),
+        ),  # one slot wrong -> fails
+        dlg("d2", user("thanks", state={})),  # single-turn: not counted
     ]
     return gold, pred
 
 
 def test_multi_turn_accuracy_excludes_first_user_turn():
     gold, pred = _state_dialogues()
-    assert multi_turn_accuracy(gold, pred) == 0.5   # 1 of the 2 later user turns
+    assert multi_turn_accuracy(gold, pred) == 0.5  # 1 of the 2 later user turns
 
 
 def test_multi_turn_needs_intent_and_state():
     gold, pred = _state_dialogues()
     pred[0]["turns"][4]["state"] = copy.deepcopy(gold[0]["turns"][4]["state"])
     assert multi_turn_accuracy(gold, pred) == 1.0
-    pred[0]["turns"][2]["intent"] = "card_activate"     # right state, wrong intent
+    pred[0]["turns"][2]["intent"] = "card_activate"  # right state, wrong intent
     assert multi_turn_accuracy(gold, pred) == 0.5
 
 
@@ -183,6 +255,7 @@ def test_joint_state_accuracy_over_all_user_turns():
 
 
 # ------------------------------------------------------------------ evaluate_dialogues
+
 
 def test_evaluate_dialogues():
     gold, pred = _state_dialogues()
@@ -203,7 +276,7 @@ def test_evaluate_dialogues_none_without_support():
     pred = copy.deepcopy(gold)
     r = evaluate_dialogues(gold, pred, LabelBook.load())
     assert r["n_multi_turn"] == 0
-    assert r["multi_turn_accuracy"] is None          # missing, not failed
+    assert r["multi_turn_accuracy"] is None  # missing, not failed
     assert r["terminology_f1"] is None
     assert r["entity_micro_f1"] is None
     assert r["emotion_accuracy"] is None

@@ -1,4 +1,5 @@
 """The multi-turn breakdown of the evaluation report: by phenomenon and by state slot."""
+
 import pytest
 
 from findial.evaluation.multi_turn import multi_turn_breakdown
@@ -12,16 +13,32 @@ def user(intent, state, phenomena=None):
 
 
 def test_turns_are_grouped_by_annotated_and_derived_phenomena():
-    gold = [{"id": "d", "lang": "en", "turns": [
-        user("transfer_money", {"amount": "5000"}), {"speaker": "agent", "text": "ok"},
-        user("transfer_money", {"amount": "8000"}, ["correction"]),
-        user("exchange_rate_query", {"amount": "8000", "currency": "USD"}, ["topic_change"]),
-        user("exchange_rate_query", {"amount": "8000", "currency": "USD"}, ["ellipsis"])]}]
-    pred = [{"id": "d", "lang": "en", "turns": [
-        user("transfer_money", {"amount": "5000"}), {"speaker": "agent", "text": "ok"},
-        user("transfer_money", {"amount": "5000"}),                               # correction missed
-        user("exchange_rate_query", {"amount": "8000", "currency": "USD"}),       # right
-        user("transfer_money", {"amount": "8000", "currency": "USD", "org": "HSBC"})]}]  # intent wrong, extra org
+    gold = [
+        {
+            "id": "d",
+            "lang": "en",
+            "turns": [
+                user("transfer_money", {"amount": "5000"}),
+                {"speaker": "agent", "text": "ok"},
+                user("transfer_money", {"amount": "8000"}, ["correction"]),
+                user("exchange_rate_query", {"amount": "8000", "currency": "USD"}, ["topic_change"]),
+                user("exchange_rate_query", {"amount": "8000", "currency": "USD"}, ["ellipsis"]),
+            ],
+        }
+    ]
+    pred = [
+        {
+            "id": "d",
+            "lang": "en",
+            "turns": [
+                user("transfer_money", {"amount": "5000"}),
+                {"speaker": "agent", "text": "ok"},
+                user("transfer_money", {"amount": "5000"}),  # correction missed
+                user("exchange_rate_query", {"amount": "8000", "currency": "USD"}),  # right
+                user("transfer_money", {"amount": "8000", "currency": "USD", "org": "HSBC"}),
+            ],
+        }
+    ]  # intent wrong, extra org
     out = multi_turn_breakdown(gold, pred, ["amount", "currency", "org"])
     ph = out["phenomena"]
     assert ph["all"]["n"] == 3 and ph["all"]["multi_turn_accuracy"] == pytest.approx(1 / 3)

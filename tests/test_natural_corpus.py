@@ -1,4 +1,5 @@
 """The hand-written corpus: its authoring format, the build of its splits, and what the issue asks of it."""
+
 import json
 from pathlib import Path
 
@@ -20,19 +21,49 @@ def labels():
 
 
 def dialogue(**turn0):
-    first = {"user": "我上周五在京东刷信用卡买了手机，六千八，卡号<CARD>", "intent": "installment_apply",
-             "emotion": "neutral", "entities": [["上周五", "DATE"], ["京东", "MERCHANT"],
-                                                ["信用卡", "PRODUCT", "credit_card"], ["六千八", "AMOUNT"],
-                                                ["<CARD>", "CARD_NUMBER"]], "phenomena": ["multi_fact"]}
+    first = {
+        "user": "我上周五在京东刷信用卡买了手机，六千八，卡号<CARD>",
+        "intent": "installment_apply",
+        "emotion": "neutral",
+        "entities": [
+            ["上周五", "DATE"],
+            ["京东", "MERCHANT"],
+            ["信用卡", "PRODUCT", "credit_card"],
+            ["六千八", "AMOUNT"],
+            ["<CARD>", "CARD_NUMBER"],
+        ],
+        "phenomena": ["multi_fact"],
+    }
     first.update(turn0)
-    return {"id": "t-001", "lang": "zh", "branch": "shanghai", "turns": [
-        first, {"agent": "请问分几期？"},
-        {"user": "12期吧，手续费高的话就6期", "intent": "installment_apply", "emotion": "neutral",
-         "entities": [["12期", "DURATION"], ["手续费", "TERM", "handling_fee"], ["6期", "DURATION"]],
-         "state": {"product": "credit_card", "date": "上周五", "merchant": "京东", "amount": "六千八",
-                   "duration": "12期", "term": "handling_fee"}},
-        {"user": "那6期呢", "intent": "installment_apply", "entities": [["6期", "DURATION"]],
-         "phenomena": ["ellipsis"]}]}
+    return {
+        "id": "t-001",
+        "lang": "zh",
+        "branch": "shanghai",
+        "turns": [
+            first,
+            {"agent": "请问分几期？"},
+            {
+                "user": "12期吧，手续费高的话就6期",
+                "intent": "installment_apply",
+                "emotion": "neutral",
+                "entities": [["12期", "DURATION"], ["手续费", "TERM", "handling_fee"], ["6期", "DURATION"]],
+                "state": {
+                    "product": "credit_card",
+                    "date": "上周五",
+                    "merchant": "京东",
+                    "amount": "六千八",
+                    "duration": "12期",
+                    "term": "handling_fee",
+                },
+            },
+            {
+                "user": "那6期呢",
+                "intent": "installment_apply",
+                "entities": [["6期", "DURATION"]],
+                "phenomena": ["ellipsis"],
+            },
+        ],
+    }
 
 
 def write(tmp_path, *records, name="batch-01.jsonl"):
@@ -49,7 +80,7 @@ def test_conversion_computes_offsets_surrogates_and_the_guidelines_state(tmp_pat
     assert agent == {"speaker": "agent", "text": "请问分几期？"}
     for e in first["entities"] + second["entities"]:
         assert e["end"] > e["start"]
-    spans = {e["label"]: first["text"][e["start"]:e["end"]] for e in first["entities"]}
+    spans = {e["label"]: first["text"][e["start"] : e["end"]] for e in first["entities"]}
     assert spans["DATE"] == "上周五" and spans["AMOUNT"] == "六千八" and "<CARD>" not in first["text"]
     assert luhn_ok(spans["CARD_NUMBER"]) and spans["CARD_NUMBER"] in first["text"]
     # the rule: each slot takes the turn's latest tagged value; PII feeds no slot
@@ -64,39 +95,66 @@ def test_conversion_computes_offsets_surrogates_and_the_guidelines_state(tmp_pat
 
 def test_every_placeholder_kind_is_valid_synthetic_data(tmp_path, labels):
     text = "身份证<ID>，护照<PASSPORT>，手机<PHONE>，香港电话<PHONE_INTL>，邮箱<EMAIL>"
-    ents = [["<ID>", "ID_NUMBER"], ["<PASSPORT>", "ID_NUMBER"], ["<PHONE>", "PHONE"], ["<PHONE_INTL>", "PHONE"],
-            ["<EMAIL>", "EMAIL"]]
+    ents = [
+        ["<ID>", "ID_NUMBER"],
+        ["<PASSPORT>", "ID_NUMBER"],
+        ["<PHONE>", "PHONE"],
+        ["<PHONE_INTL>", "PHONE"],
+        ["<EMAIL>", "EMAIL"],
+    ]
     d = {"id": "p-1", "lang": "zh", "turns": [{"user": text, "intent": "account_open", "entities": ents}]}
     [d], errors, _ = convert_paths([write(tmp_path, d)], *labels)
     assert errors == []
     t = d["turns"][0]
-    values = [t["text"][e["start"]:e["end"]] for e in t["entities"]]
+    values = [t["text"][e["start"] : e["end"]] for e in t["entities"]]
     assert id_ok(values[0]) and values[4].split("@")[1].startswith(("example.", "mail.example."))
     assert "<" not in t["text"]
 
 
-@pytest.mark.parametrize("turn0, field, words", [
-    ({"entities": [["下周五", "DATE"]]}, "turns[0].entities[0]", "'下周五' not found"),
-    ({"entities": [["京东", "MERCHANT"], ["上周五", "DATE"]]}, "turns[0].entities[1]", "list entities in text order"),
-    ({"entities": [["信用卡", "PRODUCT", "debit_card"]]}, "turns[0].entities[0].term_id",
-     "listed form of 'credit_card'"),
-    ({"entities": [["信用卡", "PRODUCT", "annual_fee"]]}, "turns[0].entities[0].term_id", "is a TERM, not a PRODUCT"),
-    ({"entities": [["京东", "SHOP"]]}, "turns[0].entities[0].label", "unknown entity label"),
-    ({"entities": [["京东", "MERCHANT", "jd"]]}, "turns[0].entities[0].term_id", "carry a term_id"),
-    ({"entities": [["上周五", "DATE"]]}, "turns[0].entities", "<CARD> occurs 1 time(s) in the text but is tagged 0"),
-    ({"intent": "fly_to_mars"}, "turns[0].intent", "unknown intent"),
-    ({"emotion": "calm"}, "turns[0].emotion", "unknown emotion"),
-    ({"phenomena": ["sarcasm"]}, "turns[0].phenomena", "a list of"),
-    ({"speaker": "user"}, "turns[0]", "unknown field"),
-    ({"state": {"amount": "一万"}}, "turns[0].state.amount", "neither the slot's earlier value"),
-])
+@pytest.mark.parametrize(
+    "turn0, field, words",
+    [
+        ({"entities": [["下周五", "DATE"]]}, "turns[0].entities[0]", "'下周五' not found"),
+        (
+            {"entities": [["京东", "MERCHANT"], ["上周五", "DATE"]]},
+            "turns[0].entities[1]",
+            "list entities in text order",
+        ),
+        (
+            {"entities": [["信用卡", "PRODUCT", "debit_card"]]},
+            "turns[0].entities[0].term_id",
+            "listed form of 'credit_card'",
+        ),
+        (
+            {"entities": [["信用卡", "PRODUCT", "annual_fee"]]},
+            "turns[0].entities[0].term_id",
+            "is a TERM, not a PRODUCT",
+        ),
+        ({"entities": [["京东", "SHOP"]]}, "turns[0].entities[0].label", "unknown entity label"),
+        ({"entities": [["京东", "MERCHANT", "jd"]]}, "turns[0].entities[0].term_id", "carry a term_id"),
+        (
+            {"entities": [["上周五", "DATE"]]},
+            "turns[0].entities",
+            "<CARD> occurs 1 time(s) in the text but is tagged 0",
+        ),
+        ({"intent": "fly_to_mars"}, "turns[0].intent", "unknown intent"),
+        ({"emotion": "calm"}, "turns[0].emotion", "unknown emotion"),
+        ({"phenomena": ["sarcasm"]}, "turns[0].phenomena", "a list of"),
+        ({"speaker": "user"}, "turns[0]", "unknown field"),
+        ({"state": {"amount": "一万"}}, "turns[0].state.amount", "neither the slot's earlier value"),
+    ],
+)
 def test_authoring_errors_name_file_line_and_field(tmp_path, labels, turn0, field, words):
-    path = write(tmp_path, {"id": "ok-1", "lang": "en", "turns": [
-        {"user": "hi", "intent": "greeting", "entities": []}]}, dialogue(**turn0))
+    path = write(
+        tmp_path,
+        {"id": "ok-1", "lang": "en", "turns": [{"user": "hi", "intent": "greeting", "entities": []}]},
+        dialogue(**turn0),
+    )
     dialogues, errors, _ = convert_paths([path], *labels)
     assert dialogues == []  # a file with a problem yields nothing
-    assert any(e.path == str(path) and e.line == 2 and e.field == field and words in e.message for e in errors), \
-        [str(e) for e in errors]
+    assert any(e.path == str(path) and e.line == 2 and e.field == field and words in e.message for e in errors), [
+        str(e) for e in errors
+    ]
 
 
 def test_a_written_state_never_drops_a_slot(tmp_path, labels):
@@ -115,8 +173,11 @@ def test_an_untagged_glossary_form_is_a_warning(tmp_path, labels):
 
 
 def test_corpus_files_take_paths_and_repeats(tmp_path, labels):
-    one = write(tmp_path, {"id": "x", "lang": "en", "turns": [{"speaker": "user", "text": "hi", "intent": "greeting",
-                                                               "entities": []}]}, name="one.jsonl")
+    one = write(
+        tmp_path,
+        {"id": "x", "lang": "en", "turns": [{"speaker": "user", "text": "hi", "intent": "greeting", "entities": []}]},
+        name="one.jsonl",
+    )
     assert corpus_files(str(one)) == [(str(one), 1)]
     assert len(load_corpora([str(one), {"path": str(one), "repeat": 3}], *labels)) == 4
     for bad in ([{"file": str(one)}], [{"path": str(one), "repeat": 0}], []):
@@ -127,6 +188,7 @@ def test_corpus_files_take_paths_and_repeats(tmp_path, labels):
 
 
 # ------------------------------------------------------------------ the committed corpus
+
 
 @pytest.fixture(scope="module")
 def built(labels, tmp_path_factory):
@@ -153,8 +215,11 @@ def test_the_corpus_meets_the_issue(built, labels):
     """At least 800 dialogues, >= 55% zh, >= 60% with 3-7 user turns, every intent, label and emotion,
     at least 150 glossary terms (issue 22)."""
     labelbook, glossary = labels
-    dialogues = [d for split in ("train", "validation", "test") for d in load_corpus(NATURAL / f"{split}.jsonl",
-                                                                                    labelbook, glossary)]
+    dialogues = [
+        d
+        for split in ("train", "validation", "test")
+        for d in load_corpus(NATURAL / f"{split}.jsonl", labelbook, glossary)
+    ]
     s = natural_build.summary(dialogues, labelbook, glossary)
     assert s["dialogues"] >= 800 and s["zh_share"] >= 0.55 and s["share_3_to_7_user_turns"] >= 0.60, s
     assert s["intents_missing"] == []

@@ -1,4 +1,5 @@
 """Perturbations: deterministic, user turns only, annotations re-mapped and still valid."""
+
 import random
 import re
 import unicodedata
@@ -11,8 +12,16 @@ from findial.data.corpus import load_corpus
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.state import DialogueStateTracker
 from findial.data.term_linker import TermLinker
-from findial.evaluation.perturb import (PERTURBATIONS, CodeMix, Edit, SpanError, apply_edits, build_suite,
-                                        perturb_dialogues, validate_dialogues)
+from findial.evaluation.perturb import (
+    PERTURBATIONS,
+    CodeMix,
+    Edit,
+    SpanError,
+    apply_edits,
+    build_suite,
+    perturb_dialogues,
+    validate_dialogues,
+)
 
 MINI = Path(__file__).parent / "fixtures" / "mini.jsonl"
 CONFIG = Path(__file__).parent.parent / "configs" / "robustness.yaml"
@@ -27,27 +36,51 @@ def _turn(text: str, intent: str, *mentions: tuple[str, str, str | None], state:
     ents = []
     for surface, label, term_id in mentions:
         start = text.index(surface)
-        ents.append({"start": start, "end": start + len(surface), "label": label,
-                     **({"term_id": term_id} if term_id else {})})
-    return {"speaker": "user", "text": text, "intent": intent, "emotion": "neutral", "entities": ents,
-            "state": state}
+        ents.append(
+            {"start": start, "end": start + len(surface), "label": label, **({"term_id": term_id} if term_id else {})}
+        )
+    return {"speaker": "user", "text": text, "intent": intent, "emotion": "neutral", "entities": ents, "state": state}
 
 
 # longer turns with more punctuation than the mini corpus has
 EXTRA = [
-    {"id": "zh-x", "lang": "zh", "turns": [
-        _turn("你好，请问信用卡的年费怎么收？我上个月刚办的，能免吗？谢谢！", "annual_fee_query",
-              ("信用卡", "PRODUCT", "credit_card"), ("年费", "TERM", "annual_fee"), ("上个月", "DATE", None),
-              state={"product": "credit_card", "term": "annual_fee", "date": "上个月"}),
-        {"speaker": "agent", "text": "您好，首年免年费。"},
-        _turn("好的，那账单分期呢？手续费是多少，3.5%吗？", "installment_apply",
-              ("账单分期", "PRODUCT", "bill_installment"), ("手续费", "TERM", "handling_fee"), ("3.5%", "RATE", None),
-              state={"product": "bill_installment", "term": "handling_fee", "date": "上个月"})]},
-    {"id": "en-x", "lang": "en", "turns": [
-        _turn("Hi, I lost my credit card yesterday. Can you block it, please? Also, what's the annual fee?",
-              "card_lost_report", ("credit card", "PRODUCT", "credit_card"), ("yesterday", "DATE", None),
-              ("annual fee", "TERM", "annual_fee"),
-              state={"product": "credit_card", "date": "yesterday", "term": "annual_fee"})]},
+    {
+        "id": "zh-x",
+        "lang": "zh",
+        "turns": [
+            _turn(
+                "你好，请问信用卡的年费怎么收？我上个月刚办的，能免吗？谢谢！",
+                "annual_fee_query",
+                ("信用卡", "PRODUCT", "credit_card"),
+                ("年费", "TERM", "annual_fee"),
+                ("上个月", "DATE", None),
+                state={"product": "credit_card", "term": "annual_fee", "date": "上个月"},
+            ),
+            {"speaker": "agent", "text": "您好，首年免年费。"},
+            _turn(
+                "好的，那账单分期呢？手续费是多少，3.5%吗？",
+                "installment_apply",
+                ("账单分期", "PRODUCT", "bill_installment"),
+                ("手续费", "TERM", "handling_fee"),
+                ("3.5%", "RATE", None),
+                state={"product": "bill_installment", "term": "handling_fee", "date": "上个月"},
+            ),
+        ],
+    },
+    {
+        "id": "en-x",
+        "lang": "en",
+        "turns": [
+            _turn(
+                "Hi, I lost my credit card yesterday. Can you block it, please? Also, what's the annual fee?",
+                "card_lost_report",
+                ("credit card", "PRODUCT", "credit_card"),
+                ("yesterday", "DATE", None),
+                ("annual fee", "TERM", "annual_fee"),
+                state={"product": "credit_card", "date": "yesterday", "term": "annual_fee"},
+            )
+        ],
+    },
 ]
 
 
@@ -75,14 +108,16 @@ def test_output_validates_and_keeps_annotations(p):
                 assert ot == gt  # agent turns untouched
                 continue
             changed += gt["text"] != ot["text"]
-            assert {k: v for k, v in ot.items() if k not in ("text", "entities")} == \
-                   {k: v for k, v in gt.items() if k not in ("text", "entities")}  # intent, emotion, state
-            assert [(e["label"], e.get("term_id")) for e in ot["entities"]] == \
-                   [(e["label"], e.get("term_id")) for e in gt["entities"]]
+            assert {k: v for k, v in ot.items() if k not in ("text", "entities")} == {
+                k: v for k, v in gt.items() if k not in ("text", "entities")
+            }  # intent, emotion, state
+            assert [(e["label"], e.get("term_id")) for e in ot["entities"]] == [
+                (e["label"], e.get("term_id")) for e in gt["entities"]
+            ]
             for ge, oe in zip(gt["entities"], ot["entities"]):
-                surface = ot["text"][oe["start"]:oe["end"]]
+                surface = ot["text"][oe["start"] : oe["end"]]
                 if ge.get("term_id") is None:  # amounts, dates, ...: the surface the state holds, unchanged
-                    assert surface == gt["text"][ge["start"]:ge["end"]]
+                    assert surface == gt["text"][ge["start"] : ge["end"]]
                 elif p.name != "typo":  # a homophone, width or language switch still links to the same term
                     assert linker.link(surface, oe["label"]).term_id == oe["term_id"], (p.name, surface)
         users = [t for t in o["turns"] if t["speaker"] == "user"]
@@ -127,8 +162,9 @@ def test_width_maps_one_character_for_one_and_folds_back():
     for g, o in zip(_copies(3), out):
         for gt, ot in zip(g["turns"], o["turns"]):
             assert len(ot["text"]) == len(gt["text"])
-            assert [(e["start"], e["end"]) for e in ot.get("entities", [])] == \
-                   [(e["start"], e["end"]) for e in gt.get("entities", [])]
+            assert [(e["start"], e["end"]) for e in ot.get("entities", [])] == [
+                (e["start"], e["end"]) for e in gt.get("entities", [])
+            ]
             seen_fullwidth |= any("\uff01" <= c <= "\uff5e" for c in ot["text"])
             assert _fold(ot["text"]) == _fold(gt["text"])  # nothing but width changed
     assert seen_fullwidth
@@ -139,12 +175,14 @@ def test_codemix_switches_a_term_to_the_other_language():
     zh = next(d for d in GOLD if d["id"] == "zh-1")
     out = mix.apply(zh, random.Random(0))["turns"][0]
     e = out["entities"][0]
-    assert out["text"][e["start"]:e["end"]] == GL.terms["credit_card"].en and e["term_id"] == "credit_card"
-    assert out["text"][out["entities"][1]["start"]:out["entities"][1]["end"]] == "昨天"  # DATE moved with it
+    assert out["text"][e["start"] : e["end"]] == GL.terms["credit_card"].en and e["term_id"] == "credit_card"
+    assert out["text"][out["entities"][1]["start"] : out["entities"][1]["end"]] == "昨天"  # DATE moved with it
     en = next(d for d in GOLD if d["id"] == "en-2")
     out = mix.apply(en, random.Random(0))["turns"][0]
-    assert [out["text"][e["start"]:e["end"]] for e in out["entities"]] == \
-           [GL.terms["annual_fee"].zh, GL.terms["platinum_card"].zh]
+    assert [out["text"][e["start"] : e["end"]] for e in out["entities"]] == [
+        GL.terms["annual_fee"].zh,
+        GL.terms["platinum_card"].zh,
+    ]
 
 
 def test_chitchat_shifts_spans_and_skips_small_talk():
@@ -160,11 +198,14 @@ def test_chitchat_shifts_spans_and_skips_small_talk():
 
 def test_apply_edits_remaps_spans():
     text = "我的信用卡昨天丢了"
-    ents = [{"start": 2, "end": 5, "label": "PRODUCT", "term_id": "credit_card"}, {"start": 5, "end": 7, "label": "DATE"}]
+    ents = [
+        {"start": 2, "end": 5, "label": "PRODUCT", "term_id": "credit_card"},
+        {"start": 5, "end": 7, "label": "DATE"},
+    ]
     # an insertion at an entity's start goes before it, one at its end after it; an edit inside moves the end
     new, out = apply_edits(text, ents, [Edit(0, 0, "嗯，"), Edit(2, 2, "那张"), Edit(4, 5, "咔咔"), Edit(7, 7, "晚上")])
     assert new == "嗯，我的那张信用咔咔昨天晚上丢了"
-    assert [new[e["start"]:e["end"]] for e in out] == ["信用咔咔", "昨天"]
+    assert [new[e["start"] : e["end"]] for e in out] == ["信用咔咔", "昨天"]
     assert out[0]["term_id"] == "credit_card" and ents[0]["start"] == 2  # copies, input untouched
     with pytest.raises(SpanError, match="cuts entity"):
         apply_edits(text, ents, [Edit(4, 6, "x")])
@@ -184,13 +225,22 @@ def test_unknown_perturbation_or_parameter_is_named():
 
 def test_a_word_or_run_crossing_an_entity_boundary_is_left_alone():
     # "credit card" is the mention, the plural s is not: an edit over "cards" would cut the span
-    d = {"id": "x", "lang": "en", "turns": [_turn("credit cards", "card_bill_query",
-                                                  ("credit card", "PRODUCT", "credit_card"),
-                                                  state={"product": "credit_card"})]}
+    d = {
+        "id": "x",
+        "lang": "en",
+        "turns": [
+            _turn(
+                "credit cards",
+                "card_bill_query",
+                ("credit card", "PRODUCT", "credit_card"),
+                state={"product": "credit_card"},
+            )
+        ],
+    }
     for p in build_suite({"typo": {"per_words": 1}, "width": {"share": 1.0}}, GL):
         texts = set()
         for seed in range(20):
             (t,) = perturb_dialogues([d], p, seed)[0]["turns"]
-            assert t["text"].endswith(" cards") and t["text"][t["entities"][0]["end"]:] == "s"
+            assert t["text"].endswith(" cards") and t["text"][t["entities"][0]["end"] :] == "s"
             texts.add(t["text"])
         assert texts - {"credit cards"}  # "credit", inside the mention, was still edited

@@ -1,4 +1,5 @@
 """PII masking: detection rules, record masking, log and JSON redaction."""
+
 from __future__ import annotations
 
 import io
@@ -7,9 +8,19 @@ import logging
 import pytest
 
 from findial.data.labelbook import LabelBook
-from findial.data.pii import (PII_LABELS, PIIMasker, PIIRedactingFilter, Span, id_checksum_ok,
-                              install_log_redaction, luhn_ok, mask_record, redact_json, remap_span,
-                              uninstall_log_redaction)
+from findial.data.pii import (
+    PII_LABELS,
+    PIIMasker,
+    PIIRedactingFilter,
+    Span,
+    id_checksum_ok,
+    install_log_redaction,
+    luhn_ok,
+    mask_record,
+    redact_json,
+    remap_span,
+    uninstall_log_redaction,
+)
 
 _W = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
@@ -75,8 +86,9 @@ def test_id_failing_checksum_is_left_alone(m):
     assert m.mask(f"证件号{bad}") == f"证件号{bad}"
 
 
-@pytest.mark.parametrize("first17", ["11010519491332002", "11010519490230002", "11010518991231002",
-                                     "11010530000101002"])  # month 13, 30 Feb, before 1900, in the future
+@pytest.mark.parametrize(
+    "first17", ["11010519491332002", "11010519490230002", "11010518991231002", "11010530000101002"]
+)  # month 13, 30 Feb, before 1900, in the future
 def test_id_with_impossible_birth_date_is_left_alone(m, first17):
     number = make_id(first17)  # the check character is right, the date is not
     assert not id_checksum_ok(number) and not luhn_ok(number)
@@ -89,11 +101,18 @@ def test_18_digit_run_failing_checksum_but_passing_luhn_is_a_card(m):
     assert m.find(number) == [Span(0, 18, "CARD_NUMBER")]
 
 
-@pytest.mark.parametrize("card", [
-    "4111 1111 1111 1111", "4111-1111-1111-1111", "4111111111111111", "5500 0000 0000 0004",
-    CARD_GEN, " ".join([CARD_GEN[:4], CARD_GEN[4:8], CARD_GEN[8:12], CARD_GEN[12:16], CARD_GEN[16:]]),
-    "3782 822463 10005",  # Amex 4-6-5
-])
+@pytest.mark.parametrize(
+    "card",
+    [
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "4111111111111111",
+        "5500 0000 0000 0004",
+        CARD_GEN,
+        " ".join([CARD_GEN[:4], CARD_GEN[4:8], CARD_GEN[8:12], CARD_GEN[12:16], CARD_GEN[16:]]),
+        "3782 822463 10005",  # Amex 4-6-5
+    ],
+)
 def test_card_numbers_masked(m, card):
     assert m.mask(f"卡号{card}，帮我查一下") == "卡号[CARD_NUMBER]，帮我查一下"
     assert m.mask(f"My card is {card}.") == "My card is [CARD_NUMBER]."
@@ -105,15 +124,30 @@ def test_luhn_failures_not_masked(m, number):
 
 
 def test_number_inside_longer_digit_run_not_masked(m):
-    for text in ["0" + "4111111111111111" + "0", "9" + ID_FIXED, "913812345678", "138123456789",
-                 "1234 4111 1111 1111 1111 1111"]:
+    for text in [
+        "0" + "4111111111111111" + "0",
+        "9" + ID_FIXED,
+        "913812345678",
+        "138123456789",
+        "1234 4111 1111 1111 1111 1111",
+    ]:
         assert m.is_clean(text), text
 
 
-@pytest.mark.parametrize("phone", [
-    "13812345678", "138-1234-5678", "138 1234 5678", "+8613812345678", "+86 138 1234 5678",
-    "0086 13812345678", "(+86)13812345678", "010-12345678", "0755-1234567",
-])
+@pytest.mark.parametrize(
+    "phone",
+    [
+        "13812345678",
+        "138-1234-5678",
+        "138 1234 5678",
+        "+8613812345678",
+        "+86 138 1234 5678",
+        "0086 13812345678",
+        "(+86)13812345678",
+        "010-12345678",
+        "0755-1234567",
+    ],
+)
 def test_mainland_phones_masked(m, phone):
     assert m.mask(f"手机{phone}，谢谢") == "手机[PHONE]，谢谢"
 
@@ -136,26 +170,44 @@ def test_phone_followed_by_other_numbers(m):
 
 def test_full_width_digits_detected_and_replaced_in_original(m):
     fw = str.maketrans("0123456789X+@", "０１２３４５６７８９Ｘ＋＠")
-    text = f"卡号{'4111 1111 1111 1111'.translate(fw)}，手机{'+8613812345678'.translate(fw)}，" \
-           f"证件{ID_FIXED.translate(fw)}，邮箱ａｂ{'@'.translate(fw)}example.com，ＯＫ"
+    text = (
+        f"卡号{'4111 1111 1111 1111'.translate(fw)}，手机{'+8613812345678'.translate(fw)}，"
+        f"证件{ID_FIXED.translate(fw)}，邮箱ａｂ{'@'.translate(fw)}example.com，ＯＫ"
+    )
     assert m.mask(text) == "卡号[CARD_NUMBER]，手机[PHONE]，证件[ID_NUMBER]，邮箱[EMAIL]，ＯＫ"
     # characters whose NFKC form is longer (⑴ -> "(1)", ㎏ -> "kg") keep the offsets right
     assert m.mask("⑴㎏ 电话１３８１２３４５６７８，ﬁne") == "⑴㎏ 电话[PHONE]，ﬁne"
 
 
-@pytest.mark.parametrize("text", [
-    "尾号5521的卡", "the card ending in 0093", "卡号6222 **** **** 1234", "手机138****5678",
-    "转账20000元", "on 2024-05-01 at 14:30", "年化3.5%", "amount 1,234,567.89", "订单号 2024050112",
-    "[CARD_NUMBER] and [PHONE]",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "尾号5521的卡",
+        "the card ending in 0093",
+        "卡号6222 **** **** 1234",
+        "手机138****5678",
+        "转账20000元",
+        "on 2024-05-01 at 14:30",
+        "年化3.5%",
+        "amount 1,234,567.89",
+        "订单号 2024050112",
+        "[CARD_NUMBER] and [PHONE]",
+    ],
+)
 def test_masked_numbers_amounts_dates_rates_untouched(m, text):
     assert m.mask(text) == text and m.is_clean(text)
 
 
-@pytest.mark.parametrize("text", [
-    "val_loss: 3.4111111111111111", "lr=0.13812345678", f"score 0.{ID_FIXED}", "x=2.4111111111111111e-05",
-    "'val_loss': 1.0048003492355347",  # "00..." after the point once read as an international phone
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "val_loss: 3.4111111111111111",
+        "lr=0.13812345678",
+        f"score 0.{ID_FIXED}",
+        "x=2.4111111111111111e-05",
+        "'val_loss': 1.0048003492355347",  # "00..." after the point once read as an international phone
+    ],
+)
 def test_fractional_digits_of_logged_floats_untouched(m, text):
     assert m.mask(text.split(".", 1)[1].split("e")[0]) != text.split(".", 1)[1].split("e")[0]  # alone: masked
     assert m.mask(text) == text
@@ -170,8 +222,11 @@ def test_numbers_after_a_full_stop_still_masked(m):
 def test_person_only_when_tagged(m):
     text = "我叫张伟，my name is John Smith"
     assert m.mask(text) == text
-    ents = [{"start": 2, "end": 4, "label": "PERSON"}, {"start": 16, "end": 26, "label": "PERSON"},
-            {"start": 0, "end": 1, "label": "PRODUCT"}]
+    ents = [
+        {"start": 2, "end": 4, "label": "PERSON"},
+        {"start": 16, "end": 26, "label": "PERSON"},
+        {"start": 0, "end": 1, "label": "PRODUCT"},
+    ]
     assert m.mask(text, ents) == "我叫[PERSON]，my name is [PERSON]"
 
 
@@ -188,27 +243,40 @@ def test_mask_with_spans_and_remap(m):
     assert masked == "卡[CARD_NUMBER]于昨天挂失"
     (e,) = edits
     assert (e.old_start, e.old_end, e.new_start, e.new_end, e.label) == (1, 17, 1, 14, "CARD_NUMBER")
-    assert masked[e.new_start:e.new_end] == "[CARD_NUMBER]"
+    assert masked[e.new_start : e.new_end] == "[CARD_NUMBER]"
     new = remap_span(18, 20, edits)
-    assert masked[new[0]:new[1]] == text[18:20] == "昨天"
+    assert masked[new[0] : new[1]] == text[18:20] == "昨天"
     assert remap_span(0, 1, edits) == (0, 1) and remap_span(5, 8, edits) is None
 
 
 def test_mask_record_remaps_offsets_and_masks_state():
     text = f"我是李娜，卡号{CARD_GEN}的信用卡昨天被盗刷了5000元"
     i = text.index
-    rec = {"id": "zh-1", "lang": "zh", "branch": "bj", "turns": [
-        {"speaker": "user", "text": text, "intent": "card_fraud", "emotion": "anxious",
-         "entities": [{"start": 2, "end": 4, "label": "PERSON"},
-                      {"start": i("信用卡"), "end": i("信用卡") + 3, "label": "PRODUCT", "term_id": "credit_card"},
-                      {"start": i("昨天"), "end": i("昨天") + 2, "label": "DATE"},
-                      {"start": i("5000元"), "end": i("5000元") + 5, "label": "AMOUNT"}],
-         "state": {"product": "credit_card", "date": "昨天", "amount": "5000元", "note": "李娜 13812345678"}},
-        {"speaker": "agent", "text": "李娜女士您好，已为您冻结该卡，回电请拨+86 138 1234 5678。"}]}
+    rec = {
+        "id": "zh-1",
+        "lang": "zh",
+        "branch": "bj",
+        "turns": [
+            {
+                "speaker": "user",
+                "text": text,
+                "intent": "card_fraud",
+                "emotion": "anxious",
+                "entities": [
+                    {"start": 2, "end": 4, "label": "PERSON"},
+                    {"start": i("信用卡"), "end": i("信用卡") + 3, "label": "PRODUCT", "term_id": "credit_card"},
+                    {"start": i("昨天"), "end": i("昨天") + 2, "label": "DATE"},
+                    {"start": i("5000元"), "end": i("5000元") + 5, "label": "AMOUNT"},
+                ],
+                "state": {"product": "credit_card", "date": "昨天", "amount": "5000元", "note": "李娜 13812345678"},
+            },
+            {"speaker": "agent", "text": "李娜女士您好，已为您冻结该卡，回电请拨+86 138 1234 5678。"},
+        ],
+    }
     out = mask_record(rec)
     user, agent = out["turns"]
     assert user["text"] == "我是[PERSON]，卡号[CARD_NUMBER]的信用卡昨天被盗刷了5000元"
-    got = {(e["label"], user["text"][e["start"]:e["end"]]) for e in user["entities"]}
+    got = {(e["label"], user["text"][e["start"] : e["end"]]) for e in user["entities"]}
     assert got == {("PERSON", "[PERSON]"), ("PRODUCT", "信用卡"), ("DATE", "昨天"), ("AMOUNT", "5000元")}
     assert next(e for e in user["entities"] if e["label"] == "PRODUCT")["term_id"] == "credit_card"
     assert user["state"] == {"product": "credit_card", "date": "昨天", "amount": "5000元", "note": "[PERSON] [PHONE]"}
@@ -218,8 +286,11 @@ def test_mask_record_remaps_offsets_and_masks_state():
 
 def test_redact_json_masks_nested_strings():
     report = {"errors": [{"text": f"ID {ID_FIXED}", "n": 3}], "f1": 0.91, ("a@b.com"): ("13812345678", None)}
-    assert redact_json(report) == {"errors": [{"text": "ID [ID_NUMBER]", "n": 3}], "f1": 0.91,
-                                   "[EMAIL]": ("[PHONE]", None)}
+    assert redact_json(report) == {
+        "errors": [{"text": "ID [ID_NUMBER]", "n": 3}],
+        "f1": 0.91,
+        "[EMAIL]": ("[PHONE]", None),
+    }
 
 
 def _stream_logger(name: str, flt: logging.Filter | None = None) -> tuple[logging.Logger, io.StringIO]:

@@ -1,4 +1,5 @@
 """A planted ID number and card number never reach a log, an MLflow artifact, the store or a checkpoint."""
+
 import json
 import os
 import subprocess
@@ -16,11 +17,25 @@ def planted_corpus(tmp_path: Path) -> Path:
     text = f"我的身份证号是{ID_NUMBER}，卡号{CARD}，帮我查余额"
     s1 = text.index(ID_NUMBER)
     s2 = text.index(CARD)
-    record = {"id": "zh-pii", "lang": "zh", "branch": "beijing", "turns": [
-        {"speaker": "user", "text": text, "intent": "account_balance", "emotion": "neutral",
-         "entities": [{"start": s1, "end": s1 + len(ID_NUMBER), "label": "ID_NUMBER"},
-                      {"start": s2, "end": s2 + len(CARD), "label": "CARD_NUMBER"}], "state": {}},
-        {"speaker": "agent", "text": f"已为尾号{CARD[-4:]}的卡查询余额。"}]}
+    record = {
+        "id": "zh-pii",
+        "lang": "zh",
+        "branch": "beijing",
+        "turns": [
+            {
+                "speaker": "user",
+                "text": text,
+                "intent": "account_balance",
+                "emotion": "neutral",
+                "entities": [
+                    {"start": s1, "end": s1 + len(ID_NUMBER), "label": "ID_NUMBER"},
+                    {"start": s2, "end": s2 + len(CARD), "label": "CARD_NUMBER"},
+                ],
+                "state": {},
+            },
+            {"speaker": "agent", "text": f"已为尾号{CARD[-4:]}的卡查询余额。"},
+        ],
+    }
     out = tmp_path / "planted.jsonl"
     out.write_text(MINI.read_text(encoding="utf-8") + json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
@@ -32,12 +47,28 @@ def test_planted_pii_never_stored_or_logged(tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "FINDIAL_HOME": str(home)}
     proc = subprocess.run(
-        [sys.executable, "-m", "findial.cli", "run", "experiment=smoke", "data=custom",
-         f"data.train_file={corpus}", f"data.val_file={corpus}", f"data.test_file={corpus}",
-         # with intent and NER ensemble members (as members=gemma3 adds), on the tiny backbone: their runs too
-         "+model@members.tiny.model=tiny", "+task@members.tiny.task=intent_member",
-         "+model@members.tiny_ner.model=tiny", "+task@members.tiny_ner.task=ner_member"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "findial.cli",
+            "run",
+            "experiment=smoke",
+            "data=custom",
+            f"data.train_file={corpus}",
+            f"data.val_file={corpus}",
+            f"data.test_file={corpus}",
+            # with intent and NER ensemble members (as members=gemma3 adds), on the tiny backbone: their runs too
+            "+model@members.tiny.model=tiny",
+            "+task@members.tiny.task=intent_member",
+            "+model@members.tiny_ner.model=tiny",
+            "+task@members.tiny_ner.task=ner_member",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle_meta = json.loads(next(home.glob("runs/*-pipeline/bundle/intent/findial_model.json")).read_text())
     assert bundle_meta["members"] == ["tiny"]  # registered and evaluated with the members

@@ -1,4 +1,5 @@
 """The promotion policy file: its bundled evaluation sets are bound to the bundled data, bad entries are named."""
+
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ def test_the_bundled_eval_sets_are_bound_to_the_bundled_files():
     generated = load_corpus(REPO / "data" / "corpus" / "test.jsonl", lb, gl)
     # the NLU fingerprint covers the label book the bundle carries (evaluation.evaluate.predict)
     assert p.eval_sets["nlu"]["bundled-test"] == fingerprint(natural, spec / "ontology.yaml", spec / "glossary.yaml")
-    assert p.eval_sets["nlu"]["generated-test"] == fingerprint(generated, spec / "ontology.yaml",
-                                                               spec / "glossary.yaml")
+    assert p.eval_sets["nlu"]["generated-test"] == fingerprint(
+        generated, spec / "ontology.yaml", spec / "glossary.yaml"
+    )
     assert p.eval_sets["response"]["bundled-test"] == fingerprint(natural)
 
 
@@ -29,13 +31,16 @@ def test_the_policy_holds_the_spec_gates():
     assert gates["terminology_f1"].minimum == 0.90 and gates["multi_turn_accuracy"].minimum == 0.85
 
 
-@pytest.mark.parametrize("text, where", [
-    ("nlu:\n  gates:\n    terminology_f1: {min: 0.9}\n", "nlu.gates.terminology_f1"),
-    ("nlu:\n  gates:\n    terminology_f1: {minimum: high}\n", "nlu.gates.terminology_f1"),
-    ("nlu:\n  gates: {}\n", "nlu.gates"),
-    ("nlu:\n  gates: {f1: 0.9}\n  eval_sets: {bundled-test: null}\n", "nlu.eval_sets.bundled-test"),
-    ("nlx:\n  gates: {f1: 0.9}\n", "nlx"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("nlu:\n  gates:\n    terminology_f1: {min: 0.9}\n", "nlu.gates.terminology_f1"),
+        ("nlu:\n  gates:\n    terminology_f1: {minimum: high}\n", "nlu.gates.terminology_f1"),
+        ("nlu:\n  gates: {}\n", "nlu.gates"),
+        ("nlu:\n  gates: {f1: 0.9}\n  eval_sets: {bundled-test: null}\n", "nlu.eval_sets.bundled-test"),
+        ("nlx:\n  gates: {f1: 0.9}\n", "nlx"),
+    ],
+)
 def test_a_bad_policy_names_the_key(tmp_path, text, where):
     path = tmp_path / "policy.yaml"
     path.write_text(text)

@@ -1,4 +1,5 @@
 """Gated promotion against a real MLflow registry on sqlite."""
+
 import getpass
 import json
 
@@ -43,9 +44,20 @@ def promote_cli(tmp, *args):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "findial.cli", "promote", *args, f"paths.home={tmp}",
-                           f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db"], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "findial.cli",
+            "promote",
+            *args,
+            f"paths.home={tmp}",
+            f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done.returncode, done.stderr
 
 
@@ -99,7 +111,9 @@ def test_gate_exactly_at_threshold_passes():
     results = gates.check(GATES, {"terminology_f1": 0.9, "multi_turn_accuracy": 0.85})
     assert gates.failures(results) == [] and all(r["passed"] for r in results.values())
     assert gates.failures(gates.check(GATES, {"terminology_f1": 0.8999})) == [
-        "terminology_f1: 0.8999 < 0.9", "multi_turn_accuracy: missing"]
+        "terminology_f1: 0.8999 < 0.9",
+        "multi_turn_accuracy: missing",
+    ]
 
 
 def test_promote_command_exits_nonzero_on_refusal(store, capsys):
@@ -123,8 +137,16 @@ def test_the_user_comes_from_the_environment_not_an_argument(store, monkeypatch)
     assert audit(tmp)[-1]["user"] == "mlflow-erin"
 
 
-@pytest.mark.parametrize("override", ["gates.multi_turn_accuracy=0.0", "+gates.multi_turn_accuracy=0.0",
-                                      "~gates.multi_turn_accuracy", "user=anyone", "+user=anyone"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "gates.multi_turn_accuracy=0.0",
+        "+gates.multi_turn_accuracy=0.0",
+        "~gates.multi_turn_accuracy",
+        "user=anyone",
+        "+user=anyone",
+    ],
+)
 def test_promote_refuses_gate_and_user_overrides(store, override, capsys):
     tmp, new_version = store
     v = new_version({"terminology_f1": 0.95, "multi_turn_accuracy": 0.10})
@@ -146,18 +168,21 @@ def test_promote_names_a_missing_version_without_a_traceback(store, version, cap
 def test_refused_when_evaluated_on_another_file_under_the_bound_name(store):
     tmp, new_version = store
     v = new_version()
-    registry.record_evaluation("findial-nlu", v, "test-set", {"terminology_f1": 1.0, "multi_turn_accuracy": 1.0},
-                               "my-own-easy-file", "run-y")
+    registry.record_evaluation(
+        "findial-nlu", v, "test-set", {"terminology_f1": 1.0, "multi_turn_accuracy": 1.0}, "my-own-easy-file", "run-y"
+    )
     d = registry.promote("findial-nlu", v, "champion", "test-set", tmp / "audit.jsonl", POLICY)
     assert not d.promoted and d.failures == [
-        "eval set: eval set 'test-set' is bound to data fingerprint fp123, the evaluation recorded my-own-easy-file"]
+        "eval set: eval set 'test-set' is bound to data fingerprint fp123, the evaluation recorded my-own-easy-file"
+    ]
 
 
 def test_a_regression_against_the_champion_beyond_the_tolerance_is_refused(store):
     tmp, new_version = store
-    policy = Policy.of({"nlu": {"terminology_f1": 0.90,
-                                "multi_turn_accuracy": {"minimum": 0.85, "max_regression": 0.01}}},
-                       POLICY.eval_sets)
+    policy = Policy.of(
+        {"nlu": {"terminology_f1": 0.90, "multi_turn_accuracy": {"minimum": 0.85, "max_regression": 0.01}}},
+        POLICY.eval_sets,
+    )
     champion = new_version({"terminology_f1": 0.95, "multi_turn_accuracy": 0.95})
     assert registry.promote("findial-nlu", champion, "champion", "test-set", tmp / "audit.jsonl", policy).promoted
     worse = new_version({"terminology_f1": 0.99, "multi_turn_accuracy": 0.93})  # passes the minimums
@@ -171,8 +196,10 @@ def test_a_regression_against_the_champion_beyond_the_tolerance_is_refused(store
 
 def test_a_champion_without_a_comparable_evaluation_blocks_a_regression_gate(store):
     tmp, new_version = store
-    policy = Policy.of({"nlu": {"multi_turn_accuracy": {"minimum": 0.5, "max_regression": 0.0}}},
-                       {"nlu": {"test-set": "fp123", "other": "fp-other"}})
+    policy = Policy.of(
+        {"nlu": {"multi_turn_accuracy": {"minimum": 0.5, "max_regression": 0.0}}},
+        {"nlu": {"test-set": "fp123", "other": "fp-other"}},
+    )
     old = new_version()
     registry.record_evaluation("findial-nlu", old, "other", {"multi_turn_accuracy": 0.9}, "fp-other", "r")
     assert registry.promote("findial-nlu", old, "champion", "other", tmp / "audit.jsonl", policy).promoted

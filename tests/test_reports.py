@@ -1,4 +1,5 @@
 """Evaluation report tables, plots, Markdown and the self-contained HTML page (no model needed)."""
+
 import base64
 import copy
 import json
@@ -42,20 +43,23 @@ def pred(gold):
         for t in d["turns"]:
             if t["speaker"] == "user":
                 t["confidence"] = 0.9
-    _user_turn(pred, "zh-1", 0).update(intent="card_replace", confidence=0.3)     # was card_lost_report
+    _user_turn(pred, "zh-1", 0).update(intent="card_replace", confidence=0.3)  # was card_lost_report
     _user_turn(pred, "zh-5", 1).update(intent="transfer_money", confidence=0.45)  # was exchange_rate_query
-    _user_turn(pred, "en-4", 0).update(intent=None, confidence=None)              # was thanks
+    _user_turn(pred, "en-4", 0).update(intent=None, confidence=None)  # was thanks
     return pred
 
 
 def test_intent_table_per_label_counts(gold, pred, labelbook):
     t = tables.intent_table(gold, pred, labelbook)
     assert t["card_lost_report"] == pytest.approx(
-        {"domain": "cards", "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2, "predicted": 1})
+        {"domain": "cards", "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2, "predicted": 1}
+    )
     assert t["card_replace"] == pytest.approx(
-        {"domain": "cards", "precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1, "predicted": 2})
+        {"domain": "cards", "precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1, "predicted": 2}
+    )
     assert t["transfer_money"] == pytest.approx(
-        {"domain": "payments", "precision": 0.8, "recall": 1.0, "f1": 8 / 9, "support": 4, "predicted": 5})
+        {"domain": "payments", "precision": 0.8, "recall": 1.0, "f1": 8 / 9, "support": 4, "predicted": 5}
+    )
     assert t["thanks"]["recall"] == 0.0 and t["thanks"]["predicted"] == 0
     assert "fraud_report" not in t  # only intents present in gold or predictions
     # the same per-intent F1s average to the headline macro F1
@@ -112,8 +116,10 @@ def test_confusion_png_is_readable_with_the_whole_label_book(tmp_path, labelbook
     from findial.evaluation import plots
 
     n = len(labelbook.intents)
-    confusion = {"labels": tables.domain_order(set(labelbook.intents), labelbook),
-                 "matrix": [[(i == j) * 3 + ((i + 1) % n == j) for j in range(n)] for i in range(n)]}
+    confusion = {
+        "labels": tables.domain_order(set(labelbook.intents), labelbook),
+        "matrix": [[(i == j) * 3 + ((i + 1) % n == j) for j in range(n)] for i in range(n)],
+    }
     confusion["columns"] = confusion["labels"]
     confusion["domains"] = [labelbook.intent_domains[i] for i in confusion["labels"]]
     png = plots.confusion_png(confusion, tmp_path / "c.png")
@@ -138,8 +144,10 @@ def test_report_files_hold_tables_breakdowns_and_plots(written):
     assert on_disk["intents"]["card_replace"]["predicted"] == 2
     assert on_disk["breakdowns"]["lang"]["zh"]["intent_accuracy"] == pytest.approx(7 / 9)
     assert set(on_disk["breakdowns"]) == {"lang", "branch"}
-    assert on_disk["plots"] == {"intent_confusion": "intent_confusion.png",
-                                "confidence_histogram": "confidence_histogram.png"}
+    assert on_disk["plots"] == {
+        "intent_confusion": "intent_confusion.png",
+        "confidence_histogram": "confidence_histogram.png",
+    }
     for name in ("intent_confusion", "confidence_histogram"):
         assert files[name].read_bytes().startswith(PNG_MAGIC)
     md = files["report_md"].read_text(encoding="utf-8")
@@ -171,12 +179,19 @@ def test_html_is_self_contained_with_gates_plots_and_masked_errors(written):
     assert "<script>" not in html and "&lt;script&gt;" in html
     errors_table = re.search(r'<table class="errors">.*?</table>', html, re.S).group(0)
     assert errors_table.count("<tr>") == 1 + 2 and report["n_errors"] == 3 and "first 2 of 3" in html
-    assert "<h2 id=\"breakdowns\">" in html and "shanghai" in html and "card_lost_report" in html
+    assert '<h2 id="breakdowns">' in html and "shanghai" in html and "card_lost_report" in html
     assert '<h2 id="multi-turn">' in html and '<h2 id="slots">' in html
 
 
 def test_render_html_masks_personal_data_in_any_field():
-    report = {"model": "m", "registered": None, "eval_set": "s", "data_file": f"/data/{CARD}.jsonl",
-              "data_fingerprint": "fp", "metrics": {}, "gates": {}}
+    report = {
+        "model": "m",
+        "registered": None,
+        "eval_set": "s",
+        "data_file": f"/data/{CARD}.jsonl",
+        "data_fingerprint": "fp",
+        "metrics": {},
+        "gates": {},
+    }
     html = render_html(report)
     assert CARD not in html and "[CARD_NUMBER]" in html and "All 0 gates pass" in html

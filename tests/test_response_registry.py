@@ -1,6 +1,7 @@
 """The response model goes through the registry like the NLU bundle: `findial train task=response`
 registers it, `findial eval task=response model_ref=...` records its metrics on the version and
 `findial promote model_name=findial-response` gates it with the policy's response gates (configs/policy.yaml)."""
+
 import json
 import sys
 from pathlib import Path
@@ -77,15 +78,37 @@ def test_train_registers_the_package(response_model, tmp_path):
 
 def test_eval_records_metrics_and_promotion_uses_the_response_gates(response_model, monkeypatch):
     home, package, _ = response_model
-    assert findial(monkeypatch, home, "eval", "task=response", f"model_ref=models:/{NAME}/1", f"data_file={MINI}",
-                   "eval_set=mini", "device=cpu") == 0
+    assert (
+        findial(
+            monkeypatch,
+            home,
+            "eval",
+            "task=response",
+            f"model_ref=models:/{NAME}/1",
+            f"data_file={MINI}",
+            "eval_set=mini",
+            "device=cpu",
+        )
+        == 0
+    )
     tags = mlflow_client(home).get_model_version(NAME, "1").tags
     for metric in load_policy().gates_for("response"):
         float(tags[f"eval.mini.{metric}"])  # every response gate metric is recorded on the version
     assert tags["eval.mini.run_id"] and tags["eval.mini.data_fingerprint"]
     # a package directory is still scored, and outside the registry nothing is recorded
-    assert findial(monkeypatch, home, "eval", "task=response", f"package={package}", f"data_file={MINI}",
-                   "eval_set=dir", "device=cpu") == 0
+    assert (
+        findial(
+            monkeypatch,
+            home,
+            "eval",
+            "task=response",
+            f"package={package}",
+            f"data_file={MINI}",
+            "eval_set=dir",
+            "device=cpu",
+        )
+        == 0
+    )
     assert not any(k.startswith("eval.dir.") for k in mlflow_client(home).get_model_version(NAME, "1").tags)
     # the NLU gates mean nothing to a response model: the policy's response gates apply (and mini is no policy set)
     assert findial(monkeypatch, home, "promote", f"model_name={NAME}", "version=1", "eval_set=mini") == 1
@@ -101,8 +124,9 @@ def test_an_unevaluated_version_is_refused(response_model, monkeypatch, capsys):
     tracking.configure(f"sqlite:///{home}/mlflow.db", home / "mlartifacts")
     version = registry.register(package, NAME, {"findial.task": "response", "findial.backbone": "tiny_lm"})
     before = alias_version(home)
-    decision = registry.promote(NAME, version, "champion", "mini", home / "audit" / "promotions.jsonl",
-                                low_policy(home))
+    decision = registry.promote(
+        NAME, version, "champion", "mini", home / "audit" / "promotions.jsonl", low_policy(home)
+    )
     assert not decision.promoted and "chrf: missing" in decision.failures
     record = audit(home)[-1]
     assert record["promoted"] is False and record["version"] == version and record["metrics"] == {}

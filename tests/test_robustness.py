@@ -1,4 +1,5 @@
 """Robustness report and adversarial set: the real pipeline on a tiny model trained on the mini corpus."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,16 @@ from findial.data.corpus import load_corpus
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.pii import default_masker
 from findial.evaluation.perturb import build_suite
-from findial.evaluation.robustness import (DEFAULT_ADVERSARIAL, METRICS, SAFE_INTENTS, evaluate_adversarial, load_nlu,
-                                           output_leaks, render_markdown, run_robustness)
+from findial.evaluation.robustness import (
+    DEFAULT_ADVERSARIAL,
+    METRICS,
+    SAFE_INTENTS,
+    evaluate_adversarial,
+    load_nlu,
+    output_leaks,
+    render_markdown,
+    run_robustness,
+)
 
 MINI = Path(__file__).parent / "fixtures" / "mini.jsonl"
 CONFIG = Path(__file__).parent.parent / "configs" / "robustness.yaml"
@@ -28,7 +37,7 @@ def _adversarial_pii() -> list[str]:
     found = []
     for d in load_corpus(DEFAULT_ADVERSARIAL, LB, GL):
         for t in d["turns"]:
-            found += [t["text"][s.start:s.end] for s in default_masker().find(t["text"])]
+            found += [t["text"][s.start : s.end] for s in default_masker().find(t["text"])]
     return found
 
 
@@ -75,16 +84,19 @@ def test_leak_check_reads_every_output_field_but_the_echoed_text():
     d = next(d for d in load_corpus(DEFAULT_ADVERSARIAL, LB, GL) if d["id"] == "adv-zh-018")
     gold = d["turns"][0]
     card = next(e for e in gold["entities"] if e["label"] == "CARD_NUMBER")
-    number = gold["text"][card["start"]:card["end"]]
+    number = gold["text"][card["start"] : card["end"]]
     base = {"speaker": "user", "text": gold["text"], "intent": "out_of_scope", "entities": [], "state": {}}
     assert output_leaks(gold, base) == []  # the caller's own text, echoed back, does not count
     tagged = {**base, "entities": [{**card, "confidence": 0.9}]}
     assert output_leaks(gold, tagged) == []  # a PII-labelled span is what masking needs
     as_amount = {**base, "entities": [{**card, "label": "AMOUNT"}], "state": {"amount": number}}
-    assert output_leaks(gold, as_amount) == [{"field": "state.amount", "pii": "CARD_NUMBER"},
-                                             {"field": "entities[0] (AMOUNT) surface", "pii": "CARD_NUMBER"}]
-    assert output_leaks(gold, {**base, "unknown_terms": [number]}) == [{"field": "unknown_terms[0]",
-                                                                         "pii": "CARD_NUMBER"}]
+    assert output_leaks(gold, as_amount) == [
+        {"field": "state.amount", "pii": "CARD_NUMBER"},
+        {"field": "entities[0] (AMOUNT) surface", "pii": "CARD_NUMBER"},
+    ]
+    assert output_leaks(gold, {**base, "unknown_terms": [number]}) == [
+        {"field": "unknown_terms[0]", "pii": "CARD_NUMBER"}
+    ]
     assert output_leaks(gold, {**base, "text": gold["text"] + " "})[0]["field"] == "text"  # not an echo
 
 
@@ -99,8 +111,16 @@ def bundle(tmp_path_factory):
 
     _setup()
     home = tmp_path_factory.mktemp("home")
-    overrides = [f"paths.home={home}", "data=custom", f"data.train_file={MINI}", f"data.val_file={MINI}",
-                 "model=tiny", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.max_epochs=1"]
+    overrides = [
+        f"paths.home={home}",
+        "data=custom",
+        f"data.train_file={MINI}",
+        f"data.val_file={MINI}",
+        "model=tiny",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+    ]
     packages = {}
     for task in ("intent", "ner"):
         with initialize_config_module("findial.configs", version_base="1.3"):
@@ -142,9 +162,24 @@ def test_run_robustness_reports_a_row_per_perturbation(bundle):
 
 def test_cli_writes_reports_and_logs_to_mlflow(bundle, tmp_path):
     env = {**os.environ, "FINDIAL_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-m", "findial.cli", "robustness", f"model_ref={bundle}", f"data_file={MINI}",
-                          f"report_dir={tmp_path / 'report'}", "device=cpu", "~perturbations.width"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "findial.cli",
+            "robustness",
+            f"model_ref={bundle}",
+            f"data_file={MINI}",
+            f"report_dir={tmp_path / 'report'}",
+            "device=cpu",
+            "~perturbations.width",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "robustness.json").read_text(encoding="utf-8"))
     names = [n for n in PERTURBATIONS if n != "width"]

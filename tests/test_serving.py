@@ -4,6 +4,7 @@ The module trains once (`findial run experiment=smoke`). A smoke model fails the
 gates, so the fixture sets the `champion` alias directly with MlflowClient: a TEST-ONLY bypass
 of the gated `findial promote`, which is the only way a real model reaches the alias.
 """
+
 import json
 import os
 import shutil
@@ -41,9 +42,23 @@ def mlflow_client(home: Path):
 def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve-home")
     proc = subprocess.run(
-        [sys.executable, "-m", "findial.cli", "run", "experiment=smoke", "data=custom", f"data.train_file={MINI}",
-         f"data.val_file={MINI}", f"data.test_file={MINI}"],
-        capture_output=True, text=True, env={**os.environ, "FINDIAL_HOME": str(home)}, cwd=home, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "findial.cli",
+            "run",
+            "experiment=smoke",
+            "data=custom",
+            f"data.train_file={MINI}",
+            f"data.val_file={MINI}",
+            f"data.test_file={MINI}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FINDIAL_HOME": str(home)},
+        cwd=home,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"REFUSED {NAME} v1" in proc.stdout  # the smoke model fails the gates, as expected
     # TEST-ONLY: move the serving alias without the gates (see the module docstring)
@@ -59,8 +74,11 @@ class Server:
         self.log = home / f"serve-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "findial.cli", "serve", f"port={self.port}", *overrides],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=home,
-            env={**os.environ, "FINDIAL_HOME": str(home)})
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=home,
+            env={**os.environ, "FINDIAL_HOME": str(home)},
+        )
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
 
     def wait_ready(self, timeout: float = 300) -> None:
@@ -94,8 +112,9 @@ def server(home):
     finally:
         rc = srv.stop()
     # a graceful shutdown on SIGTERM (uvicorn re-raises the signal once it is done)
-    assert rc in (0, -signal.SIGTERM) and "Application shutdown complete" in srv.log.read_text(), \
-        srv.log.read_text()[-3000:]
+    assert rc in (0, -signal.SIGTERM) and "Application shutdown complete" in srv.log.read_text(), srv.log.read_text()[
+        -3000:
+    ]
 
 
 def post(srv, path, body):
@@ -138,7 +157,7 @@ def test_understand_gives_intent_entities_state_emotion_and_confidences(server, 
     assert u["emotion"] in labels["emotions"] and 0 < u["emotion_confidence"] <= 1
     assert u["lang"] == "zh" and u["text"] and isinstance(u["state"], dict)
     for e in u["entities"]:
-        assert u["text"][e["start"]:e["end"]] == e["text"] and 0 < e["confidence"] <= 1
+        assert u["text"][e["start"] : e["end"]] == e["text"] and 0 < e["confidence"] <= 1
     assert u["model"] == {"ref": f"models:/{NAME}@champion", "name": NAME, "version": "1"}
     assert r.headers["x-request-id"] == u["request_id"]
 
@@ -150,8 +169,10 @@ def test_handoff_on_low_confidence_and_compliance(server):
         assert u["handoff_reasons"] == expected_reasons(u, 0.5) and u["handoff"] == bool(u["handoff_reasons"])
         seen_low |= "low_confidence" in u["handoff_reasons"]
     assert seen_low  # a tiny random model is never sure: the threshold rule did fire
-    for text, rule in (("Your advisor said this fund has a guaranteed return of 8%", "guaranteed_return"),
-                       ("这个理财产品是保本保息的吗", "principal_and_interest_guaranteed")):
+    for text, rule in (
+        ("Your advisor said this fund has a guaranteed return of 8%", "guaranteed_return"),
+        ("这个理财产品是保本保息的吗", "principal_and_interest_guaranteed"),
+    ):
         u = post(server, "/v1/understand", {"text": text}).json()
         assert u["handoff"] and f"compliance:{rule}" in u["handoff_reasons"]
 
@@ -220,10 +241,15 @@ BAD_INPUTS = [  # (method, path, raw body or JSON, headers, status, error code)
     ("POST", "/v1/understand", {"text": 42}, None, 422, "invalid_request"),
     ("POST", "/v1/understand", [1, 2], None, 422, "invalid_request"),
     ("POST", "/v1/understand", {"text": "hi", "lang": "klingon"}, None, 422, "invalid_request"),
-    ("POST", "/v1/understand", {"text": "hi", "context": [{"speaker": "bot", "text": "x"}]}, None, 422,
-     "invalid_request"),
-    ("POST", "/v1/understand", {"text": "hi", "context": [{"speaker": "user", "text": ""}]}, None, 422,
-     "empty_text"),
+    (
+        "POST",
+        "/v1/understand",
+        {"text": "hi", "context": [{"speaker": "bot", "text": "x"}]},
+        None,
+        422,
+        "invalid_request",
+    ),
+    ("POST", "/v1/understand", {"text": "hi", "context": [{"speaker": "user", "text": ""}]}, None, 422, "empty_text"),
     ("POST", "/v1/understand", {"text": "hi", "session_id": "has spaces"}, None, 422, "invalid_session_id"),
     ("POST", "/v1/understand", b'{"text": "hi"}', {"content-type": "text/plain"}, 415, "unsupported_media_type"),
     ("POST", "/v1/dialogue/ok-1", {"speaker": "robot", "text": "hi"}, None, 422, "invalid_request"),
@@ -244,8 +270,11 @@ BAD_INPUTS = [  # (method, path, raw body or JSON, headers, status, error code)
 ]
 
 
-@pytest.mark.parametrize("method, path, body, headers, status, code", BAD_INPUTS,
-                         ids=[f"{c[0]}-{c[5]}-{i}" for i, c in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    "method, path, body, headers, status, code",
+    BAD_INPUTS,
+    ids=[f"{c[0]}-{c[5]}-{i}" for i, c in enumerate(BAD_INPUTS)],
+)
 def test_bad_input_is_a_clear_4xx(server, method, path, body, headers, status, code):
     kw = {"content": body} if isinstance(body, bytes) else ({"json": body} if body is not None else {})
     if isinstance(body, bytes) and headers is None:
@@ -265,8 +294,9 @@ def test_a_bad_request_does_not_fail_the_others_in_its_batch(server):
 
     def one(i):
         with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60) as http:
-            results[i] = http.post("/v1/understand", content=bodies[i], headers={"content-type": "application/json",
-                                                                                  "x-request-id": CARD})
+            results[i] = http.post(
+                "/v1/understand", content=bodies[i], headers={"content-type": "application/json", "x-request-id": CARD}
+            )
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
     for t in threads:
@@ -316,8 +346,11 @@ def test_personal_data_never_reaches_audit_log_or_server_log(server):
     post(server, "/v1/understand", {"text": "hi", "context": [{"speaker": "user", "text": f"ID {ID_NUMBER}"}]})
     assert ID_NUMBER not in server.http.get(f"/v1/dialogue/{sid}").text
     # refused requests must not echo it either
-    for body in (f'{{"text": "{ID_NUMBER}"'.encode(), json.dumps({"text": [ID_NUMBER]}).encode(),
-                 json.dumps({"text": ID_NUMBER, "session_id": ID_NUMBER}).encode()):
+    for body in (
+        f'{{"text": "{ID_NUMBER}"'.encode(),
+        json.dumps({"text": [ID_NUMBER]}).encode(),
+        json.dumps({"text": ID_NUMBER, "session_id": ID_NUMBER}).encode(),
+    ):
         r = server.http.post("/v1/understand", content=body, headers={"content-type": "application/json"})
         assert 400 <= r.status_code < 500 and ID_NUMBER not in r.text
     r = server.http.get(f"/v1/dialogue/{ID_NUMBER}")
@@ -325,8 +358,13 @@ def test_personal_data_never_reaches_audit_log_or_server_log(server):
     audit = (server.home / "serving" / "audit.jsonl").read_text(encoding="utf-8")
     assert "[ID_NUMBER]" in audit and "[CARD_NUMBER]" in audit  # the turns were audited, masked
     time.sleep(0.5)  # let the access log flush
-    leaks = [str(p) for p in server.home.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".log")
-             and (ID_NUMBER[:17].encode() in p.read_bytes() or CARD.encode() in p.read_bytes())]
+    leaks = [
+        str(p)
+        for p in server.home.rglob("*")
+        if p.is_file()
+        and p.suffix in (".jsonl", ".log")
+        and (ID_NUMBER[:17].encode() in p.read_bytes() or CARD.encode() in p.read_bytes())
+    ]
     assert leaks == []
     assert "[ID_NUMBER]" in server.log.read_text()  # the path with the ID was logged, masked
 
@@ -351,12 +389,12 @@ def test_turn_by_turn_understanding_matches_the_offline_pipeline(pipeline):
         history, state, previous = [], {}, ()
         for turn, want in zip(d["turns"], ref["turns"]):
             if turn["speaker"] == "user":
-                got = predict_turns(pipeline, [TurnInput(turn["text"], d["lang"], tuple(history), state,
-                                                         previous)])[0]
+                got = predict_turns(pipeline, [TurnInput(turn["text"], d["lang"], tuple(history), state, previous)])[0]
                 assert got["intent"] == want["intent"] and got["emotion"] == want["emotion"]
                 assert got["confidence"] == pytest.approx(want["confidence"], abs=2e-3)
-                assert [(e["label"], e["start"], e["end"], e.get("term_id")) for e in got["entities"]] == \
-                       [(e["label"], e["start"], e["end"], e.get("term_id")) for e in want["entities"]]
+                assert [(e["label"], e["start"], e["end"], e.get("term_id")) for e in got["entities"]] == [
+                    (e["label"], e["start"], e["end"], e.get("term_id")) for e in want["entities"]
+                ]
                 assert got["state"] == want["state"]
                 state, previous = got["state"], previous + (got["intent"],)
                 compared += 1
@@ -367,6 +405,7 @@ def test_turn_by_turn_understanding_matches_the_offline_pipeline(pipeline):
 class ScriptedResponder:
     """A plugged-in stand-in for a response model: it names the intent; from its third reply on it
     promises what a compliance rule forbids."""
+
     name, version = "scripted", "1"
 
     def __init__(self):
@@ -393,8 +432,9 @@ def thread_server(bundle, compose, tmp_path):
     running = []
 
     def start(overrides: list[str], name: str):
-        cfg = OmegaConf.to_container(compose("serve", [f"model_ref={bundle}", f"audit.path={tmp_path}/{name}.jsonl",
-                                                       *overrides]), resolve=True)
+        cfg = OmegaConf.to_container(
+            compose("serve", [f"model_ref={bundle}", f"audit.path={tmp_path}/{name}.jsonl", *overrides]), resolve=True
+        )
         settings = ServeSettings.from_mapping(cfg)
         understander = LocalUnderstander(ModelHolder(settings.model_ref, settings.download_dir, poll_interval_s=0))
         app = create_app(settings, understander, ScriptedResponder())
@@ -434,8 +474,10 @@ def test_configured_intent_rule_hands_off_instead_of_replying(thread_server, pip
     other = next(i for i in pipeline.intent.meta["intents"] if i != predicted)
     # the intent this model gives the text is a hand-off intent on one server and not on the other
     for intents, handed_off in (([predicted], True), ([other], False)):
-        http, settings = thread_server(["handoff.min_confidence=0", f"handoff.intents=[{','.join(intents)}]",
-                                        "handoff.emotions=[]"], f"intent-rule-{handed_off}")
+        http, settings = thread_server(
+            ["handoff.min_confidence=0", f"handoff.intents=[{','.join(intents)}]", "handoff.emotions=[]"],
+            f"intent-rule-{handed_off}",
+        )
         r = http.post("/v1/respond", json={"text": text}).json()
         assert r["intent"] == predicted and r["responder"] == {"name": "scripted", "version": "1"}
         if handed_off:  # a human takes over: no generated reply
@@ -446,8 +488,9 @@ def test_configured_intent_rule_hands_off_instead_of_replying(thread_server, pip
 
 
 def test_a_plugged_in_responder_replies_within_the_session(thread_server):
-    http, settings = thread_server(["handoff.min_confidence=0", "handoff.intents=[]", "handoff.emotions=[]"],
-                                   "responder")
+    http, settings = thread_server(
+        ["handoff.min_confidence=0", "handoff.intents=[]", "handoff.emotions=[]"], "responder"
+    )
     for k in range(2):
         r = http.post("/v1/respond", json={"text": "annual fee?", "session_id": "resp-1"}).json()
         assert r["handoff"] is False and r["response"] == f"[{r['intent']}] noted ({2 * k} earlier turns)"
@@ -471,16 +514,26 @@ def fuzz(schema, max_examples: int, headers: dict | None = None) -> dict:
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                   status_code_conformance)
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     seen: dict = {}
     for result in schema.get_all_operations():
         op = result.ok()
         for mode in GenerationMode:
-            @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+
+            @settings(
+                max_examples=max_examples,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+                phases=[Phase.explicit, Phase.generate, Phase.shrink],
+            )
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case):
                 response = case.call(headers=headers)
@@ -507,8 +560,9 @@ def asgi_app(bundle, compose, tmp_path):
     from findial.serving.settings import ServeSettings
 
     def make(*overrides: str):
-        cfg = OmegaConf.to_container(compose("serve", [f"model_ref={bundle}", f"audit.path={tmp_path}/fuzz.jsonl",
-                                                       *overrides]), resolve=True)
+        cfg = OmegaConf.to_container(
+            compose("serve", [f"model_ref={bundle}", f"audit.path={tmp_path}/fuzz.jsonl", *overrides]), resolve=True
+        )
         settings = ServeSettings.from_mapping(cfg)
         holder = ModelHolder(settings.model_ref, settings.download_dir, poll_interval_s=0)
         assert holder.check_once()  # loaded before the first request
@@ -623,8 +677,9 @@ def test_respond_answers_with_the_promoted_response_model_and_picks_up_a_new_one
         evaluate_response_model(f"models:/findial-response/{version}", MINI, eval_set="mini", limit=2)
         fp = MlflowClient().get_model_version("findial-response", version).tags["eval.mini.data_fingerprint"]
         policy = Policy.of({"response": low_gates}, {"response": {"mini": fp}})
-        decision = registry.promote("findial-response", version, "champion", "mini",
-                                    home / "audit" / "promotions.jsonl", policy)
+        decision = registry.promote(
+            "findial-response", version, "champion", "mini", home / "audit" / "promotions.jsonl", policy
+        )
         assert decision.promoted, decision.summary()
 
     def wait_for_responder(srv, version: str) -> dict:
@@ -665,8 +720,14 @@ def test_ray_serve_backend_with_two_replicas(home, tmp_path):
 
     ray_tmp = tempfile.mkdtemp(prefix="fdray-", dir="/tmp")  # Ray's socket paths must stay short
     current = mlflow_client(home).get_model_version_by_alias(NAME, "champion").version
-    srv = Server(home, "backend=ray", "replicas=2", "poll_interval_s=1", f"ray.temp_dir={ray_tmp}",
-                 f"audit.path={tmp_path}/ray-audit.jsonl")
+    srv = Server(
+        home,
+        "backend=ray",
+        "replicas=2",
+        "poll_interval_s=1",
+        f"ray.temp_dir={ray_tmp}",
+        f"audit.path={tmp_path}/ray-audit.jsonl",
+    )
     try:
         srv.wait_ready(timeout=500)
         u = post(srv, "/v1/understand", {"text": f"身份证{ID_NUMBER}丢了"})
@@ -711,8 +772,11 @@ def test_ray_serve_backend_with_two_replicas(home, tmp_path):
         rc = srv.stop()
     assert rc == 0, srv.log.read_text()[-3000:]
     assert ID_NUMBER not in srv.log.read_text()
-    leaks = [str(p) for p in Path(ray_tmp).rglob("*") if p.is_file() and not p.is_symlink()
-             and ID_NUMBER[:17].encode() in p.read_bytes()]
+    leaks = [
+        str(p)
+        for p in Path(ray_tmp).rglob("*")
+        if p.is_file() and not p.is_symlink() and ID_NUMBER[:17].encode() in p.read_bytes()
+    ]
     assert leaks == []  # nor Ray's own logs
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -721,13 +785,36 @@ def test_ray_serve_backend_with_two_replicas(home, tmp_path):
 @pytest.mark.slow
 def test_load_benchmark_reports_percentiles_for_both_servers(bundle, tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "load_benchmark.py"),
-                           "--model", str(bundle), "--concurrency", "1", "4", "--duration", "2", "--max-requests", "40",
-                           "--warmup", "2", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "benchmarks" / "load_benchmark.py"),
+            "--model",
+            str(bundle),
+            "--concurrency",
+            "1",
+            "4",
+            "--duration",
+            "2",
+            "--max-requests",
+            "40",
+            "--warmup",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert [(r["server"], r["concurrency"]) for r in rows] == [("findial", 1), ("findial", 4), ("baseline", 1),
-                                                               ("baseline", 4)]
+    assert [(r["server"], r["concurrency"]) for r in rows] == [
+        ("findial", 1),
+        ("findial", 4),
+        ("baseline", 1),
+        ("baseline", 4),
+    ]
     for r in rows:
         assert 0 < r["requests"] <= 40 and r["errors"] == 0 and r["throughput_rps"] > 0
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]

@@ -6,6 +6,7 @@ a lone surrogate in a text (500 for it and its batch), a 415 echoing the Content
 X-Request-ID echoed raw, a body that never comes (connection held forever), no authentication,
 ``lang: "fr"`` accepted. ``tests/test_serving.py`` fuzzes the same API on a real model.
 """
+
 import asyncio
 import json
 import socket
@@ -24,6 +25,7 @@ KEY = "test-key-0123456789abcdef"
 
 class StandIn:
     """An understander that answers every turn the same way, and records what it was given."""
+
     metrics = None
 
     def __init__(self):
@@ -36,14 +38,28 @@ class StandIn:
         pass
 
     async def status(self):
-        return {"ready": True, "model": {"ref": "stand-in", "name": "stand-in", "version": "1"}, "last_error": None,
-                "reloads": {}}
+        return {
+            "ready": True,
+            "model": {"ref": "stand-in", "name": "stand-in", "version": "1"},
+            "last_error": None,
+            "reloads": {},
+        }
 
     async def understand(self, item):
         self.seen.append(item)
-        return ({"text": item.text, "intent": "greeting", "confidence": 0.9, "emotion": "neutral",
-                 "emotion_confidence": 0.9, "entities": [], "state": {}, "unknown_terms": []},
-                {"ref": "stand-in", "name": "stand-in", "version": "1"})
+        return (
+            {
+                "text": item.text,
+                "intent": "greeting",
+                "confidence": 0.9,
+                "emotion": "neutral",
+                "emotion_confidence": 0.9,
+                "entities": [],
+                "state": {},
+                "unknown_terms": [],
+            },
+            {"ref": "stand-in", "name": "stand-in", "version": "1"},
+        )
 
 
 class Echo:
@@ -96,9 +112,16 @@ def assert_json_error(r, status: int, code: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ 1. nesting
-@pytest.mark.parametrize("body", [b"[" * 120_000, b'{"text": ' + b"[" * 120_000, b"[" * 500 + b"]" * 500,
-                                  b'{"text": "hi", "context": ' + b"[" * 40 + b"]" * 40 + b"}"],
-                         ids=["120k-open", "120k-in-a-field", "500-closed", "40-in-context"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 120_000,
+        b'{"text": ' + b"[" * 120_000,
+        b"[" * 500 + b"]" * 500,
+        b'{"text": "hi", "context": ' + b"[" * 40 + b"]" * 40 + b"}",
+    ],
+    ids=["120k-open", "120k-in-a-field", "500-closed", "40-in-context"],
+)
 def test_a_deeply_nested_body_is_a_400(client, body):
     assert_json_error(post_raw(client(), "/v1/understand", body), 400, "too_deeply_nested")
 
@@ -109,20 +132,37 @@ def test_a_number_too_long_to_convert_is_a_400(client):
 
 
 # ------------------------------------------------------------------------- 2a. control characters, surrogates
-@pytest.mark.parametrize("path, body, field", [
-    ("/v1/understand", b'{"text": "card \\ud800 lost"}', "body.text"),
-    ("/v1/understand", b'{"text": "\\udfff"}', "body.text"),
-    ("/v1/understand", b'{"text": "nul \\u0000 here"}', "body.text"),
-    ("/v1/understand", b'{"text": "bell \\u0007"}', "body.text"),
-    ("/v1/understand", b'{"text": "hi", "session_id": "s\\ud800"}', "body.session_id"),
-    ("/v1/understand", b'{"text": "hi", "session_id": "s\\u0000"}', "body.session_id"),
-    ("/v1/understand", b'{"text": "hi", "context": [{"speaker": "user", "text": "x\\ud800"}]}',
-     "body.context.0.text"),
-    ("/v1/respond", b'{"text": "a\\u001bb"}', "body.text"),
-    ("/v1/dialogue/s-1", b'{"text": "\\ud83d"}', "body.text"),
-    ("/v1/dialogue/s-1", b'{"speaker": "agent", "text": "ok\\u0000"}', "body.text"),
-], ids=["surrogate", "low-surrogate", "nul", "bell", "session-surrogate", "session-nul", "context-surrogate",
-        "respond-escape", "dialogue-surrogate", "agent-nul"])
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/v1/understand", b'{"text": "card \\ud800 lost"}', "body.text"),
+        ("/v1/understand", b'{"text": "\\udfff"}', "body.text"),
+        ("/v1/understand", b'{"text": "nul \\u0000 here"}', "body.text"),
+        ("/v1/understand", b'{"text": "bell \\u0007"}', "body.text"),
+        ("/v1/understand", b'{"text": "hi", "session_id": "s\\ud800"}', "body.session_id"),
+        ("/v1/understand", b'{"text": "hi", "session_id": "s\\u0000"}', "body.session_id"),
+        (
+            "/v1/understand",
+            b'{"text": "hi", "context": [{"speaker": "user", "text": "x\\ud800"}]}',
+            "body.context.0.text",
+        ),
+        ("/v1/respond", b'{"text": "a\\u001bb"}', "body.text"),
+        ("/v1/dialogue/s-1", b'{"text": "\\ud83d"}', "body.text"),
+        ("/v1/dialogue/s-1", b'{"speaker": "agent", "text": "ok\\u0000"}', "body.text"),
+    ],
+    ids=[
+        "surrogate",
+        "low-surrogate",
+        "nul",
+        "bell",
+        "session-surrogate",
+        "session-nul",
+        "context-surrogate",
+        "respond-escape",
+        "dialogue-surrogate",
+        "agent-nul",
+    ],
+)
 def test_control_characters_and_lone_surrogates_are_a_422_naming_the_field(client, path, body, field):
     stand_in = StandIn()
     err = assert_json_error(post_raw(client(understander=stand_in), path, body), 422, "invalid_request")
@@ -134,17 +174,21 @@ def test_control_characters_and_lone_surrogates_are_a_422_naming_the_field(clien
 def test_text_of_only_whitespace_or_format_characters_is_empty(client, text):
     c = client()
     assert_json_error(c.post("/v1/understand", json={"text": text}), 422, "empty_text")
-    assert_json_error(c.post("/v1/understand", json={"text": "hi", "context": [{"speaker": "user", "text": text}]}),
-                      422, "empty_text")
+    assert_json_error(
+        c.post("/v1/understand", json={"text": "hi", "context": [{"speaker": "user", "text": text}]}), 422, "empty_text"
+    )
 
 
 def test_newlines_and_tabs_are_fine_and_a_trailing_newline_is_no_session_id(client):
     c = client()
     assert c.post("/v1/understand", json={"text": "line one\r\nline\ttwo"}).status_code == 200
-    assert post_raw(c, "/v1/understand", b'{"text": "a pair \\ud83d\\ude00 is fine"}').json()["text"] == \
-        "a pair \U0001f600 is fine"
-    err = assert_json_error(c.post("/v1/understand", json={"text": "hi", "session_id": "call-1\n"}), 422,
-                            "invalid_session_id")
+    assert (
+        post_raw(c, "/v1/understand", b'{"text": "a pair \\ud83d\\ude00 is fine"}').json()["text"]
+        == "a pair \U0001f600 is fine"
+    )
+    err = assert_json_error(
+        c.post("/v1/understand", json={"text": "hi", "session_id": "call-1\n"}), 422, "invalid_session_id"
+    )
     assert err["details"] == [{"field": "body.session_id"}]
 
 
@@ -170,16 +214,14 @@ def test_a_failing_item_fails_alone_and_its_batch_neighbours_get_answers(monkeyp
     pipeline = Pipeline()
     monkeypatch.setattr(batcher, "understand_batch", lambda p, items: p.understand(items))
     model = SimpleNamespace(pipeline=pipeline, info=lambda: {"version": "1"})
-    holder = SimpleNamespace(current=model, last_error=None, start=lambda: None, stop=lambda: None,
-                             info=lambda: {})
+    holder = SimpleNamespace(current=model, last_error=None, start=lambda: None, stop=lambda: None, info=lambda: {})
     texts = [f"turn {i}" for i in range(7)] + ["boom"] + [f"turn {i}" for i in range(7, 14)]
 
     async def run():
         understander = batcher.LocalUnderstander(holder, max_batch_size=16, max_wait_ms=500)
         await understander.start()
         try:
-            return await asyncio.gather(*(understander.understand(TurnInput(t)) for t in texts),
-                                        return_exceptions=True)
+            return await asyncio.gather(*(understander.understand(TurnInput(t)) for t in texts), return_exceptions=True)
         finally:
             await understander.stop()
 
@@ -213,11 +255,22 @@ def test_errors_echo_nothing_the_request_sent(client):
 
 
 # ------------------------------------------------------------------------------------------ 4. request ids
-@pytest.mark.parametrize("sent, kept", [
-    ("req-42_abc", True), ("a" * 64, True), ("123456", True),
-    (CARD, False), ("req-1234567", False), ("6222-0212-3456-7890-128", False),  # a card number the masker sees
-    ("a" * 65, False), ("has space", False), ("li.lei@example.com", False), ("", False), ("é", False),
-])
+@pytest.mark.parametrize(
+    "sent, kept",
+    [
+        ("req-42_abc", True),
+        ("a" * 64, True),
+        ("123456", True),
+        (CARD, False),
+        ("req-1234567", False),
+        ("6222-0212-3456-7890-128", False),  # a card number the masker sees
+        ("a" * 65, False),
+        ("has space", False),
+        ("li.lei@example.com", False),
+        ("", False),
+        ("é", False),
+    ],
+)
 def test_a_client_request_id_is_kept_only_when_safe(client, sent, kept):
     r = client().post("/v1/understand", json={"text": "hi"}, headers={"x-request-id": sent.encode("utf-8")})
     assert r.status_code == 200
@@ -253,8 +306,13 @@ def test_a_stalled_body_is_a_408_at_the_asgi_level():
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/understand", "query_string": b"",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", b"40")]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/understand",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"40")],
+    }
     guard = RequestGuard(app, Metrics(), max_body_bytes=1000, body_timeout_s=0.2)
     started = time.monotonic()
     asyncio.run(asyncio.wait_for(guard(scope, never, send), 5))
@@ -281,8 +339,10 @@ def test_a_stalled_body_is_a_408_and_the_connection_closes_on_a_real_socket(make
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-            conn.sendall(b"POST /v1/understand HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\n\r\n{\"te")  # ... and nothing more
+            conn.sendall(
+                b"POST /v1/understand HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"te'
+            )  # ... and nothing more
             started, data = time.monotonic(), b""
             while chunk := conn.recv(65536):  # until the server closes the connection
                 data += chunk
@@ -302,11 +362,21 @@ def test_body_timeout_is_a_setting(make_settings):
 
 
 # ---------------------------------------------------------------------------------------------- 6. API keys
-@pytest.mark.parametrize("host, required, on", [
-    ("127.0.0.1", "auto", False), ("::1", "auto", False), ("localhost", "auto", False), ("127.0.0.2", "auto", False),
-    ("0.0.0.0", "auto", True), ("10.1.2.3", "auto", True), ("::", "auto", True), ("api.example.com", "auto", True),
-    ("127.0.0.1", True, True), ("0.0.0.0", False, False),
-])
+@pytest.mark.parametrize(
+    "host, required, on",
+    [
+        ("127.0.0.1", "auto", False),
+        ("::1", "auto", False),
+        ("localhost", "auto", False),
+        ("127.0.0.2", "auto", False),
+        ("0.0.0.0", "auto", True),
+        ("10.1.2.3", "auto", True),
+        ("::", "auto", True),
+        ("api.example.com", "auto", True),
+        ("127.0.0.1", True, True),
+        ("0.0.0.0", False, False),
+    ],
+)
 def test_auth_is_on_unless_the_host_is_loopback(host, required, on):
     from findial.serving.auth import auth_required
 
@@ -324,8 +394,11 @@ def test_auth_settings_and_keys(tmp_path, monkeypatch, caplog):
         ServeSettings.from_mapping({"auth": {"key": "x"}})
     monkeypatch.delenv("FINDIAL_API_KEYS", raising=False)
     public = {"host": "0.0.0.0"}
-    with pytest.raises(SettingsError, match=r"auth: auth.required is auto and host 0.0.0.0 is not loopback, but no "
-                                            r"API key is configured: put keys in auth.keys_file"):
+    with pytest.raises(
+        SettingsError,
+        match=r"auth: auth.required is auto and host 0.0.0.0 is not loopback, but no "
+        r"API key is configured: put keys in auth.keys_file",
+    ):
         ApiKeys.from_settings(ServeSettings.from_mapping(public))
     keys = tmp_path / "keys"
     keys.write_text("# ops team\nkey-one\n\n  key-two  \n# old: key-three\n")
@@ -350,35 +423,58 @@ def test_findial_serve_refuses_to_start_on_a_public_host_without_a_key(tmp_path)
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "FINDIAL_API_KEYS"}
-    proc = subprocess.run([sys.executable, "-m", "findial.cli", "serve", "host=0.0.0.0", "port=0"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                          env={**env, "FINDIAL_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "findial.cli", "serve", "host=0.0.0.0", "port=0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={**env, "FINDIAL_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode != 0
     assert "SettingsError" in proc.stderr and "no API key is configured" in proc.stderr
     assert "findial serve: http" not in proc.stdout  # it never started
 
 
-PROTECTED = [("POST", "/v1/understand", {"text": "hi"}), ("POST", "/v1/respond", {"text": "hi"}),
-             ("POST", "/v1/dialogue/call-1", {"text": "hi"}), ("GET", "/v1/dialogue/call-1", None),
-             ("DELETE", "/v1/dialogue/call-1", None), ("GET", "/metrics", None), ("GET", "/docs", None),
-             ("GET", "/openapi.json", None), ("GET", "/redoc", None), ("GET", "/v1/nothing", None),
-             ("POST", "/healthz", None), ("PUT", "/v1/understand", {"text": "hi"})]
+PROTECTED = [
+    ("POST", "/v1/understand", {"text": "hi"}),
+    ("POST", "/v1/respond", {"text": "hi"}),
+    ("POST", "/v1/dialogue/call-1", {"text": "hi"}),
+    ("GET", "/v1/dialogue/call-1", None),
+    ("DELETE", "/v1/dialogue/call-1", None),
+    ("GET", "/metrics", None),
+    ("GET", "/docs", None),
+    ("GET", "/openapi.json", None),
+    ("GET", "/redoc", None),
+    ("GET", "/v1/nothing", None),
+    ("POST", "/healthz", None),
+    ("PUT", "/v1/understand", {"text": "hi"}),
+]
 
 
 def test_with_auth_on_every_endpoint_but_the_probes_needs_a_key(client, tmp_path, monkeypatch):
     monkeypatch.setenv("FINDIAL_API_KEYS", f"{KEY},other-key-abcdefghijkl")
     c = client("host=0.0.0.0")
     for method, path, body in PROTECTED:
-        for headers in ({}, {"authorization": "Bearer wrong-key-4111111111111111"}, {"x-api-key": KEY[:-1]},
-                        {"authorization": KEY}, {"authorization": f"Basic {KEY}"}):
+        for headers in (
+            {},
+            {"authorization": "Bearer wrong-key-4111111111111111"},
+            {"x-api-key": KEY[:-1]},
+            {"authorization": KEY},
+            {"authorization": f"Basic {KEY}"},
+        ):
             r = c.request(method, path, json=body, headers=headers)
             err = assert_json_error(r, 401, "unauthorized")
             assert r.headers["www-authenticate"] == "Bearer" and "4111111111111111" not in r.text
             assert err["details"] == []
     for path in ("/healthz", "/readyz"):
         assert c.get(path).status_code == 200
-    for headers in ({"authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {KEY}"}, {"x-api-key": KEY},
-                    {"x-api-key": "other-key-abcdefghijkl"}):
+    for headers in (
+        {"authorization": f"Bearer {KEY}"},
+        {"authorization": f"bearer {KEY}"},
+        {"x-api-key": KEY},
+        {"x-api-key": "other-key-abcdefghijkl"},
+    ):
         assert c.post("/v1/understand", json={"text": "hi"}, headers=headers).status_code == 200
         assert c.get("/docs", headers=headers).status_code == 200
         assert c.get("/metrics", headers=headers).status_code == 200

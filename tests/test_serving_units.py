@@ -1,4 +1,5 @@
 """The serving parts that need no model: settings, hand-off rules, audit log, sessions, metrics, masking."""
+
 import json
 import multiprocessing
 import threading
@@ -29,19 +30,26 @@ def test_shipped_config_builds_settings(settings, tmp_path):
     assert settings.responder.model_ref == "models:/findial-response@champion" and settings.responder.target is None
     assert settings.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
     assert settings.audit.path == f"{tmp_path}/serving/audit.jsonl"
-    assert {r.name for r in settings.handoff.compliance_rules} >= {"guaranteed_return",
-                                                                   "principal_and_interest_guaranteed"}
+    assert {r.name for r in settings.handoff.compliance_rules} >= {
+        "guaranteed_return",
+        "principal_and_interest_guaranteed",
+    }
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"handoff": {"min_confidence": 1.5}}, "handoff.min_confidence: must be within [0, 1]"),
-    ({"handoff": {"compliance_rules": [{"name": "x", "pattern": "(unclosed"}]}},
-     "handoff.compliance_rules[0].pattern: invalid regular expression"),
-    ({"limits": {"max_text_chars": "lots"}}, "limits.max_text_chars: expected int"),
-    ({"limits": {"max_txt_chars": 5}}, "limits: unknown key(s) max_txt_chars"),
-    ({"backend": "k8s"}, "backend: must be 'local' or 'ray'"),
-    ({"port": None}, "port: expected int"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"handoff": {"min_confidence": 1.5}}, "handoff.min_confidence: must be within [0, 1]"),
+        (
+            {"handoff": {"compliance_rules": [{"name": "x", "pattern": "(unclosed"}]}},
+            "handoff.compliance_rules[0].pattern: invalid regular expression",
+        ),
+        ({"limits": {"max_text_chars": "lots"}}, "limits.max_text_chars: expected int"),
+        ({"limits": {"max_txt_chars": 5}}, "limits: unknown key(s) max_txt_chars"),
+        ({"backend": "k8s"}, "backend: must be 'local' or 'ray'"),
+        ({"port": None}, "port: expected int"),
+    ],
+)
 def test_bad_settings_name_the_field(override, message):
     with pytest.raises(SettingsError) as err:
         ServeSettings.from_mapping(override)
@@ -51,25 +59,43 @@ def test_bad_settings_name_the_field(override, message):
 def policy(min_confidence=0.5, **kw):
     from findial.serving.settings import ComplianceRule, HandoffSettings
 
-    rules = (ComplianceRule("guaranteed_return", r"\bguarantee[ds]?\b.{0,30}?\b(?:return|profit)s?\b", True),
-             ComplianceRule("principal_and_interest_guaranteed", "保本保息|稳赚不赔"))
+    rules = (
+        ComplianceRule("guaranteed_return", r"\bguarantee[ds]?\b.{0,30}?\b(?:return|profit)s?\b", True),
+        ComplianceRule("principal_and_interest_guaranteed", "保本保息|稳赚不赔"),
+    )
     return HandoffPolicy.from_settings(HandoffSettings(min_confidence=min_confidence, compliance_rules=rules, **kw))
 
 
-@pytest.mark.parametrize("turn, text, reasons", [
-    ({"intent": "card_lost_report", "confidence": 0.93, "emotion": "neutral"}, "I lost my card", []),
-    ({"intent": "card_lost_report", "confidence": 0.31, "emotion": "neutral"}, "lost card", ["low_confidence"]),
-    ({"intent": "complaint", "confidence": 0.9, "emotion": "neutral"}, "x", ["intent:complaint"]),
-    ({"intent": "request_human_agent", "confidence": 0.9, "emotion": "neutral"}, "转人工", ["intent:request_human_agent"]),
-    ({"intent": "account_balance", "confidence": 0.9, "emotion": "angry"}, "x", ["emotion:angry"]),
-    ({"intent": "account_balance", "confidence": 0.9, "emotion": "dissatisfied"}, "x", ["emotion:dissatisfied"]),
-    ({"intent": "fund_purchase", "confidence": 0.9, "emotion": "neutral"}, "这个基金保本保息吗",
-     ["compliance:principal_and_interest_guaranteed"]),
-    ({"intent": "fund_purchase", "confidence": 0.9, "emotion": "neutral"}, "You GUARANTEED me a 6% return!",
-     ["compliance:guaranteed_return"]),
-    ({"intent": "complaint", "confidence": 0.2, "emotion": "angry"}, "x",
-     ["low_confidence", "intent:complaint", "emotion:angry"]),
-])
+@pytest.mark.parametrize(
+    "turn, text, reasons",
+    [
+        ({"intent": "card_lost_report", "confidence": 0.93, "emotion": "neutral"}, "I lost my card", []),
+        ({"intent": "card_lost_report", "confidence": 0.31, "emotion": "neutral"}, "lost card", ["low_confidence"]),
+        ({"intent": "complaint", "confidence": 0.9, "emotion": "neutral"}, "x", ["intent:complaint"]),
+        (
+            {"intent": "request_human_agent", "confidence": 0.9, "emotion": "neutral"},
+            "转人工",
+            ["intent:request_human_agent"],
+        ),
+        ({"intent": "account_balance", "confidence": 0.9, "emotion": "angry"}, "x", ["emotion:angry"]),
+        ({"intent": "account_balance", "confidence": 0.9, "emotion": "dissatisfied"}, "x", ["emotion:dissatisfied"]),
+        (
+            {"intent": "fund_purchase", "confidence": 0.9, "emotion": "neutral"},
+            "这个基金保本保息吗",
+            ["compliance:principal_and_interest_guaranteed"],
+        ),
+        (
+            {"intent": "fund_purchase", "confidence": 0.9, "emotion": "neutral"},
+            "You GUARANTEED me a 6% return!",
+            ["compliance:guaranteed_return"],
+        ),
+        (
+            {"intent": "complaint", "confidence": 0.2, "emotion": "angry"},
+            "x",
+            ["low_confidence", "intent:complaint", "emotion:angry"],
+        ),
+    ],
+)
 def test_handoff_rules(turn, text, reasons):
     assert policy().reasons(turn, text) == reasons
 
@@ -98,8 +124,9 @@ def _append_many(path, n, tag):
 def test_audit_appends_are_whole_lines_and_masked(tmp_path):
     path = tmp_path / "audit" / "audit.jsonl"
     threads = [threading.Thread(target=_append_many, args=(path, 50, f"t{k}")) for k in range(4)]
-    procs = [multiprocessing.get_context("spawn").Process(target=_append_many, args=(path, 50, f"p{k}"))
-             for k in range(2)]
+    procs = [
+        multiprocessing.get_context("spawn").Process(target=_append_many, args=(path, 50, f"p{k}")) for k in range(2)
+    ]
     for w in threads + procs:
         w.start()
     for w in threads + procs:
@@ -117,9 +144,15 @@ def test_audit_masking_matches_redact_json():
     from findial.data.pii import redact_json
     from findial.serving.audit import mask_strings
 
-    record = {"text": f"身份证{ID_NUMBER}", "mail": "write to li.lei@example.com", "wide": "电话１３８１２３４５６７８",
-              "circled": "卡号⑥②②②⓪②①②③④⑤⑥⑦⑧⑨⓪①②⑧", "ids": ["req-1", 13812345678, 42], "ok": "card_lost_report",
-              "nested": {"x": [f"ID {ID_NUMBER}"]}}
+    record = {
+        "text": f"身份证{ID_NUMBER}",
+        "mail": "write to li.lei@example.com",
+        "wide": "电话１３８１２３４５６７８",
+        "circled": "卡号⑥②②②⓪②①②③④⑤⑥⑦⑧⑨⓪①②⑧",
+        "ids": ["req-1", 13812345678, 42],
+        "ok": "card_lost_report",
+        "nested": {"x": [f"ID {ID_NUMBER}"]},
+    }
     masked = mask_strings(record)
     assert masked == {**redact_json(record), "ids": ["req-1", "[PHONE]", 42]}
     assert "[PHONE]" in masked["wide"] and "[EMAIL]" in masked["mail"] and "[ID_NUMBER]" in masked["text"]
@@ -168,13 +201,24 @@ def test_a_long_session_keeps_its_task_and_counts_its_turns(settings, tmp_path):
         async def understand(self, item):
             self.seen.append(item.previous_intents)
             intent = script[len(self.seen) - 1]
-            return ({"text": item.text, "intent": intent, "confidence": 0.9, "emotion": "neutral",
-                     "emotion_confidence": 0.9, "entities": [], "state": {}, "unknown_terms": []},
-                    {"ref": None, "name": "stand-in", "version": "1"})
+            return (
+                {
+                    "text": item.text,
+                    "intent": intent,
+                    "confidence": 0.9,
+                    "emotion": "neutral",
+                    "emotion_confidence": 0.9,
+                    "entities": [],
+                    "state": {},
+                    "unknown_terms": [],
+                },
+                {"ref": None, "name": "stand-in", "version": "1"},
+            )
 
     limits = dataclasses.replace(settings.limits, max_context_turns=3)
-    settings = dataclasses.replace(settings, limits=limits, audit=dataclasses.replace(
-        settings.audit, path=str(tmp_path / "audit.jsonl")))
+    settings = dataclasses.replace(
+        settings, limits=limits, audit=dataclasses.replace(settings.audit, path=str(tmp_path / "audit.jsonl"))
+    )
     recorder = Recorder()
     service = DialogueService(settings, recorder)
 
@@ -221,23 +265,32 @@ def test_text_masking_and_language():
 
 def test_model_labelled_names_are_masked_and_offsets_follow():
     text = "I am Alice Wong and need 500 USD"
-    result = {"entities": [{"label": "PERSON", "start": 5, "end": 15, "confidence": 0.9},
-                           {"label": "AMOUNT", "start": 25, "end": 32, "confidence": 0.8}],
-              "state": {"amount": "500 USD"}, "unknown_terms": []}
+    result = {
+        "entities": [
+            {"label": "PERSON", "start": 5, "end": 15, "confidence": 0.9},
+            {"label": "AMOUNT", "start": 25, "end": 32, "confidence": 0.8},
+        ],
+        "state": {"amount": "500 USD"},
+        "unknown_terms": [],
+    }
     masked, out = mask_predicted_pii(text, result, {"PERSON"})
     assert masked == "I am [PERSON] and need 500 USD"
-    assert [(e["label"], masked[e["start"]:e["end"]]) for e in out["entities"]] == [("PERSON", "[PERSON]"),
-                                                                                     ("AMOUNT", "500 USD")]
+    assert [(e["label"], masked[e["start"] : e["end"]]) for e in out["entities"]] == [
+        ("PERSON", "[PERSON]"),
+        ("AMOUNT", "500 USD"),
+    ]
 
 
 def test_predicted_names_never_break_a_placeholder():
     text = "身份证[ID_NUMBER]丢了，找王小明"
-    ents = [{"label": "EMAIL", "start": 13, "end": 15, "confidence": 0.2},   # "]丢": the tail of a placeholder
-            {"label": "PERSON", "start": 3, "end": 5, "confidence": 0.2},    # "[I": inside it only
-            {"label": "PERSON", "start": 18, "end": 21, "confidence": 0.9}]  # 王小明
+    ents = [
+        {"label": "EMAIL", "start": 13, "end": 15, "confidence": 0.2},  # "]丢": the tail of a placeholder
+        {"label": "PERSON", "start": 3, "end": 5, "confidence": 0.2},  # "[I": inside it only
+        {"label": "PERSON", "start": 18, "end": 21, "confidence": 0.9},
+    ]  # 王小明
     masked, out = mask_predicted_pii(text, {"entities": ents, "state": {}, "unknown_terms": []}, {"EMAIL", "PERSON"})
     assert masked == "身份证[ID_NUMBER][EMAIL]了，找[PERSON]"
-    assert [masked[e["start"]:e["end"]] for e in out["entities"]] == ["[EMAIL]", "[PERSON]"]
+    assert [masked[e["start"] : e["end"]] for e in out["entities"]] == ["[EMAIL]", "[PERSON]"]
 
 
 class EchoResponder:
@@ -269,8 +322,12 @@ def test_the_promoted_response_model_is_the_default_responder_and_a_target_wins(
 
     promoted = build_responder(settings)  # nothing is started: no registry is asked yet
     assert isinstance(promoted, PromotedResponder) and promoted.holder.kind == "response"
-    assert promoted.current() is None and promoted.info() == {"ref": "models:/findial-response@champion",
-                                                              "name": None, "version": None, "last_error": None}
+    assert promoted.current() is None and promoted.info() == {
+        "ref": "models:/findial-response@champion",
+        "name": None,
+        "version": None,
+        "last_error": None,
+    }
     assert "findial promote model_name=findial-response version=N" in promoted.unavailable()
     custom = replace(settings.responder, target="test_serving_units:make_echo")
     assert isinstance(build_responder(replace(settings, responder=custom)), EchoResponder)

@@ -4,6 +4,7 @@ Lightning runs DeepSpeed and FSDP on CUDA only: on CPU these tests build the
 strategy objects (and, for DeepSpeed, the Trainer) without fitting; the `gpu`
 tests fit them. DDP runs for real on CPU (2 processes, gloo).
 """
+
 import json
 import os
 import subprocess
@@ -16,13 +17,22 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from findial.training.datamodule import LengthBucketSampler
-from findial.training.strategies import (DEEPSPEED_DIR, consolidated_trainable_state, is_launch_rank_zero,
-                                         load_deepspeed_config, rebuilt_module)
+from findial.training.strategies import (
+    DEEPSPEED_DIR,
+    consolidated_trainable_state,
+    is_launch_rank_zero,
+    load_deepspeed_config,
+    rebuilt_module,
+)
 
 MINI = Path(__file__).parent / "fixtures" / "mini.jsonl"
 PRESETS = ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero2_offload", "deepspeed_zero3", "deepspeed_zero3_offload"]
-ZERO = {"deepspeed_zero2": (2, None), "deepspeed_zero2_offload": (2, "cpu"),
-        "deepspeed_zero3": (3, None), "deepspeed_zero3_offload": (3, "cpu")}
+ZERO = {
+    "deepspeed_zero2": (2, None),
+    "deepspeed_zero2_offload": (2, "cpu"),
+    "deepspeed_zero3": (3, None),
+    "deepspeed_zero3_offload": (3, "cpu"),
+}
 
 
 def _trainer_cfg(compose, preset, extra=()):
@@ -81,16 +91,22 @@ def test_shipped_deepspeed_configs_drop_only_lightning_autos():
     assert set(raw) == {"zero2", "zero2_offload", "zero3", "zero3_offload"}
     for name, data in raw.items():
         cfg = load_deepspeed_config(name)
-        assert set(data) - set(cfg) == {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                                        "gradient_clipping"}
+        assert set(data) - set(cfg) == {
+            "train_micro_batch_size_per_gpu",
+            "gradient_accumulation_steps",
+            "gradient_clipping",
+        }
         assert cfg["zero_optimization"] == data["zero_optimization"]
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}, "zero_optimization.reduce_bucket_size"),
-    ({"gradient_accumulation_steps": 4}, "trainer.accumulate_grad_batches"),
-    ([1, 2], "a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}, "zero_optimization.reduce_bucket_size"),
+        ({"gradient_accumulation_steps": 4}, "trainer.accumulate_grad_batches"),
+        ([1, 2], "a JSON object"),
+    ],
+)
 def test_deepspeed_config_errors_name_file_and_key(tmp_path, body, message):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(body))
@@ -108,11 +124,18 @@ def test_deepspeed_config_invalid_json_and_unknown_name(tmp_path):
         load_deepspeed_config("zero4")
 
 
-@pytest.mark.parametrize("env, lead", [
-    ({}, True), ({"RANK": "0"}, True), ({"RANK": "3"}, False), ({"LOCAL_RANK": "1"}, False),
-    ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False), ({"SLURM_PROCID": "2", "SLURM_NTASKS": "8"}, False),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "LOCAL_RANK": "0"}, True),
-])
+@pytest.mark.parametrize(
+    "env, lead",
+    [
+        ({}, True),
+        ({"RANK": "0"}, True),
+        ({"RANK": "3"}, False),
+        ({"LOCAL_RANK": "1"}, False),
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),
+        ({"SLURM_PROCID": "2", "SLURM_NTASKS": "8"}, False),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "LOCAL_RANK": "0"}, True),
+    ],
+)
 def test_launch_rank_zero_from_launcher_env(monkeypatch, env, lead):
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_NTASKS", "JSM_NAMESPACE_RANK"):
         monkeypatch.delenv(var, raising=False)
@@ -126,8 +149,9 @@ def test_bucket_sampler_shards_batches_across_ranks(n, replicas):
     lengths = [(i * 37) % 50 + 1 for i in range(n)]
     shards = [list(LengthBucketSampler(lengths, 8, seed=5, num_replicas=replicas, rank=r)) for r in range(replicas)]
     single = list(LengthBucketSampler(lengths, 8, seed=5))
-    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(LengthBucketSampler(lengths, 8,
-                                                                                      num_replicas=replicas))
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(
+        LengthBucketSampler(lengths, 8, num_replicas=replicas)
+    )
     seen = [i for s in shards for b in s for i in b]
     assert set(seen) == set(range(n))  # every example on some rank
     assert sorted(map(tuple, single)) == sorted(set(tuple(b) for s in shards for b in s))  # same batches
@@ -157,17 +181,30 @@ def test_rebuilt_module_refuses_incomplete_adapters(tmp_path):
 
 def _findial(args, home, timeout=900):
     env = {**os.environ, "FINDIAL_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "findial.cli", *args], capture_output=True, text=True, cwd=home,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "findial.cli", *args], capture_output=True, text=True, cwd=home, env=env, timeout=timeout
+    )
 
 
 def test_ddp_two_cpu_processes_one_run_one_package(tmp_path):
     """`findial train strategy=ddp trainer.devices=2`: Lightning re-launches the command; only rank 0 tracks."""
     import mlflow
 
-    out = _findial(["train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model=tiny",
-                    "data=custom", f"data.train_file={MINI}", f"data.val_file={MINI}", "trainer.max_epochs=2",
-                    "trainer.enable_progress_bar=false"], tmp_path)
+    out = _findial(
+        [
+            "train",
+            "strategy=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "model=tiny",
+            "data=custom",
+            f"data.train_file={MINI}",
+            f"data.val_file={MINI}",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Starting with 2 processes" in out.stdout + out.stderr
     packages = list((tmp_path / "runs").rglob("findial_model.json"))
@@ -186,9 +223,21 @@ def test_sharded_training_on_gpu_saves_complete_adapters(tmp_path, preset):
 
     from findial.training.package import load_package
 
-    out = _findial(["train", f"strategy={preset}", "trainer.accelerator=cuda", "trainer.devices=1", "model=tiny",
-                    "data=custom", f"data.train_file={MINI}", f"data.val_file={MINI}", "trainer.max_epochs=2",
-                    "trainer.enable_progress_bar=false"], tmp_path)
+    out = _findial(
+        [
+            "train",
+            f"strategy={preset}",
+            "trainer.accelerator=cuda",
+            "trainer.devices=1",
+            "model=tiny",
+            "data=custom",
+            f"data.train_file={MINI}",
+            f"data.val_file={MINI}",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     package = next((tmp_path / "runs").rglob("findial_model.json")).parent
     module, _, _ = load_package(package)

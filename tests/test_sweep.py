@@ -1,4 +1,5 @@
 """`findial sweep`: the search space from configs/sweep.yaml, the best-config file, and a real Ray Tune sweep."""
+
 import json
 import os
 import subprocess
@@ -32,25 +33,34 @@ def test_default_search_space_composes(compose):
 
 
 def test_search_space_overrides(compose):
-    cfg = compose("sweep", ["sweep.search_space.lora_r.choice=[8,32]", "~sweep.search_space.epochs",
-                            "~sweep.search_space.lr",
-                            "+sweep.search_space.lr={path: model.optim.lr, grid: [0.1, 0.01]}",
-                            "trainer.max_epochs=6"])
+    cfg = compose(
+        "sweep",
+        [
+            "sweep.search_space.lora_r.choice=[8,32]",
+            "~sweep.search_space.epochs",
+            "~sweep.search_space.lr",
+            "+sweep.search_space.lr={path: model.optim.lr, grid: [0.1, 0.01]}",
+            "trainer.max_epochs=6",
+        ],
+    )
     space = search_space(cfg.sweep.search_space)
     assert space["model.lora.r"].categories == [8, 32]
     assert space["model.optim.lr"] == {"grid_search": [0.1, 0.01]}
     assert "trainer.max_epochs" not in space and max_epochs(cfg) == 6
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"x": {"path": "model.lora.r"}}, r"sweep.search_space.x: give exactly one of"),
-    ({"x": {"path": "model.lora.r", "choice": []}}, r"sweep.search_space.x.choice: expected a non-empty list"),
-    ({"x": {"path": "model.optim.lr", "loguniform": [0, 1]}}, r"sweep.search_space.x.loguniform: low must be > 0"),
-    ({"x": {"path": "model.optim.lr", "uniform": [2, 1]}}, r"sweep.search_space.x.uniform: expected \[low, high\]"),
-    ({"x": {"path": "optimizer.lr", "choice": [1]}}, r"sweep.search_space.x.path: 'optimizer.lr'"),
-    ({"x": {"choice": [1]}}, r"sweep.search_space.x: expected \{path"),
-    ({}, "empty"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"x": {"path": "model.lora.r"}}, r"sweep.search_space.x: give exactly one of"),
+        ({"x": {"path": "model.lora.r", "choice": []}}, r"sweep.search_space.x.choice: expected a non-empty list"),
+        ({"x": {"path": "model.optim.lr", "loguniform": [0, 1]}}, r"sweep.search_space.x.loguniform: low must be > 0"),
+        ({"x": {"path": "model.optim.lr", "uniform": [2, 1]}}, r"sweep.search_space.x.uniform: expected \[low, high\]"),
+        ({"x": {"path": "optimizer.lr", "choice": [1]}}, r"sweep.search_space.x.path: 'optimizer.lr'"),
+        ({"x": {"choice": [1]}}, r"sweep.search_space.x: expected \{path"),
+        ({}, "empty"),
+    ],
+)
 def test_bad_search_space_names_the_key(spec, message):
     with pytest.raises(SweepConfigError, match=message):
         search_space(spec)
@@ -59,8 +69,9 @@ def test_bad_search_space_names_the_key(spec, message):
 def test_best_config_retrains_through_the_experiment_group(compose, tmp_path):
     cfg = compose("sweep", ["model=tiny"])
     best = {"model.optim.lr": 0.0123, "model.lora.r": 8, "model.lora.alpha": 16, "trainer.max_epochs": 3}
-    path, keep, explicit = write_best(cfg, best, tmp_path, ["model=tiny", "sweep.num_samples=2", "data=custom"],
-                                      "best of a test")
+    path, keep, explicit = write_best(
+        cfg, best, tmp_path, ["model=tiny", "sweep.num_samples=2", "data=custom"], "best of a test"
+    )
     assert path == tmp_path / "best" / "experiment" / "sweep_best.yaml"
     assert keep == ["model=tiny", "data=custom"]
     assert explicit == ["model.optim.lr=0.0123", "model.lora.r=8", "model.lora.alpha=16", "trainer.max_epochs=3"]
@@ -74,12 +85,27 @@ def test_two_trial_sweep_stops_the_bad_trial_and_nests_child_runs(tmp_path):
     """A real local Ray sweep: lr 0.05 vs 1e-7 on the tiny model; ASHA stops the second after one epoch."""
     import mlflow
 
-    args = ["sweep", "model=tiny", "data=custom", f"data.train_file={MINI}", f"data.val_file={MINI}",
-            "sweep.num_samples=1", "~sweep.search_space.lr", "~sweep.search_space.lora_alpha",
-            "+sweep.search_space.lr={path: model.optim.lr, grid: [0.05, 1.0e-7]}",
-            "sweep.search_space.lora_r.choice=[4]", "sweep.search_space.epochs.choice=[3]"]
-    out = subprocess.run([sys.executable, "-m", "findial.cli", *args], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "FINDIAL_HOME": str(tmp_path)}, timeout=1200)
+    args = [
+        "sweep",
+        "model=tiny",
+        "data=custom",
+        f"data.train_file={MINI}",
+        f"data.val_file={MINI}",
+        "sweep.num_samples=1",
+        "~sweep.search_space.lr",
+        "~sweep.search_space.lora_alpha",
+        "+sweep.search_space.lr={path: model.optim.lr, grid: [0.05, 1.0e-7]}",
+        "sweep.search_space.lora_r.choice=[4]",
+        "sweep.search_space.epochs.choice=[3]",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "findial.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "FINDIAL_HOME": str(tmp_path)},
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "findial train model=tiny data=custom" in out.stdout and "model.optim.lr=0.05" in out.stdout
     sweep_dir = next((tmp_path / "sweeps").iterdir())

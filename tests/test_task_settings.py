@@ -1,4 +1,5 @@
 """Task configs become typed settings before any data or model is loaded; a bad key is named."""
+
 import pytest
 
 from findial.training.tasks import TASKS, IntentTask, NERTask, TaskConfigError, task_settings
@@ -14,16 +15,19 @@ def test_the_shipped_task_configs_are_typed(compose):
     assert ner.stand_head.enabled is False and ner.weight_averaging.start == 0.5
 
 
-@pytest.mark.parametrize("override, message", [
-    ("task.pooling=max", "task.pooling: 'max' is not one of mean, turn_and_all"),
-    ("task.max_length=0", "task.max_length: must be >= 1"),
-    ("task.epochs=two", "task.epochs: expected int"),
-    ("task.label_smoothing=1.5", "task.label_smoothing: must be in [0, 1)"),
-    ("+task.poolng=mean", "task: unknown key(s) poolng"),
-    ("~task.pooling", "task: missing key(s) pooling"),
-    ("task.weight_averaging.every_n_steps=x", "task.weight_averaging.every_n_steps: expected int"),
-    ("task.non_task_intents=5", "task.non_task_intents: expected tuple"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("task.pooling=max", "task.pooling: 'max' is not one of mean, turn_and_all"),
+        ("task.max_length=0", "task.max_length: must be >= 1"),
+        ("task.epochs=two", "task.epochs: expected int"),
+        ("task.label_smoothing=1.5", "task.label_smoothing: must be in [0, 1)"),
+        ("+task.poolng=mean", "task: unknown key(s) poolng"),
+        ("~task.pooling", "task: missing key(s) pooling"),
+        ("task.weight_averaging.every_n_steps=x", "task.weight_averaging.every_n_steps: expected int"),
+        ("task.non_task_intents=5", "task.non_task_intents: expected tuple"),
+    ],
+)
 def test_a_bad_intent_setting_names_the_key(compose, override, message):
     with pytest.raises(TaskConfigError) as info:
         task_settings(compose("train", ["task=intent", override]).task)

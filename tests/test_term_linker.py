@@ -1,4 +1,5 @@
 """Glossary linking: exact, folded, variant, fuzzy and unknown."""
+
 import pytest
 
 from findial.data import term_linker
@@ -22,25 +23,31 @@ def test_case_and_width_folding(linker, surface):
     assert (res.term_id, res.method, res.score) == ("lpr", "exact", 1.0)
 
 
-@pytest.mark.parametrize("surface,term_id", [
-    ("Credit Cards", "credit_card"),       # plural
-    ("co branded card", "co_branded_card"),  # hyphen -> space
-    ("credit - card", "credit_card"),
-    ("bank  card", "bank_card"),
-    ("annuities", "annuity_insurance"),
-])
+@pytest.mark.parametrize(
+    "surface,term_id",
+    [
+        ("Credit Cards", "credit_card"),  # plural
+        ("co branded card", "co_branded_card"),  # hyphen -> space
+        ("credit - card", "credit_card"),
+        ("bank  card", "bank_card"),
+        ("annuities", "annuity_insurance"),
+    ],
+)
 def test_generic_variants_are_exact(linker, surface, term_id):
     res = linker.link(surface, "PRODUCT")
     assert (res.term_id, res.method) == (term_id, "exact")
 
 
-@pytest.mark.parametrize("surface,label,term_id", [
-    ("platnum card", "PRODUCT", "platinum_card"),
-    ("crdeit card", "PRODUCT", "credit_card"),    # transposition
-    ("mortage", "PRODUCT", "housing_loan"),
-    ("anual fee", "TERM", "annual_fee"),
-    ("intrest rate", "TERM", "interest_rate"),
-])
+@pytest.mark.parametrize(
+    "surface,label,term_id",
+    [
+        ("platnum card", "PRODUCT", "platinum_card"),
+        ("crdeit card", "PRODUCT", "credit_card"),  # transposition
+        ("mortage", "PRODUCT", "housing_loan"),
+        ("anual fee", "TERM", "annual_fee"),
+        ("intrest rate", "TERM", "interest_rate"),
+    ],
+)
 def test_misspelt_english_alias_is_fuzzy(linker, surface, label, term_id):
     res = linker.link(surface, label)
     assert res.term_id == term_id and res.method == "fuzzy"
@@ -82,11 +89,12 @@ def test_pinyin_homophone_when_available(monkeypatch):
 
 def test_link_entities(linker):
     text = "我的信用咔和platnum card, 还有LPR, 5000元"
+
     def span(s, label):
         i = text.index(s)
         return {"start": i, "end": i + len(s), "label": label}
-    ents = [span("信用咔", "PRODUCT"), span("platnum card", "PRODUCT"),
-            span("LPR", "TERM"), span("5000元", "AMOUNT")]
+
+    ents = [span("信用咔", "PRODUCT"), span("platnum card", "PRODUCT"), span("LPR", "TERM"), span("5000元", "AMOUNT")]
     ents[0]["term_id"] = "stale"
     linked, unknown = linker.link_entities(text, ents)
     homophone = "credit_card" if term_linker._lazy_pinyin is not None else None  # 信用咔 sounds like 信用卡
@@ -99,6 +107,6 @@ def test_link_entities(linker):
 def test_helpers():
     assert variant_key("Credit-Cards") == "creditcard"
     assert similarity("abc", "abc") == 1.0
-    assert similarity("ab", "ba") == 0.5          # one transposition
+    assert similarity("ab", "ba") == 0.5  # one transposition
     assert similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
     assert similarity("kitten", "sitting", floor=0.8) == 0.0

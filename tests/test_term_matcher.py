@@ -1,4 +1,5 @@
 """Listed glossary forms found in running text, and their merge with the NER model's spans."""
+
 import pytest
 
 from findial.data.labelbook import Glossary
@@ -13,7 +14,7 @@ def matcher():
 
 
 def spans(text, found):
-    return [(text[m.start:m.end], m.label, m.term_id) for m in found]
+    return [(text[m.start : m.end], m.label, m.term_id) for m in found]
 
 
 def test_folded_view_maps_back_to_the_original():
@@ -31,8 +32,11 @@ def test_longest_listed_form_is_the_mention(matcher):
 
 def test_case_width_hyphen_and_plural_folding(matcher):
     text = "Are ＥＴＦ and exchange-traded funds the same? I hold ETFs"
-    assert spans(text, matcher.find(text)) == [("ＥＴＦ", "PRODUCT", "etf"), ("exchange-traded funds", "PRODUCT", "etf"),
-                                               ("ETFs", "PRODUCT", "etf")]
+    assert spans(text, matcher.find(text)) == [
+        ("ＥＴＦ", "PRODUCT", "etf"),
+        ("exchange-traded funds", "PRODUCT", "etf"),
+        ("ETFs", "PRODUCT", "etf"),
+    ]
 
 
 def test_latin_forms_match_whole_words_only(matcher):
@@ -42,46 +46,60 @@ def test_latin_forms_match_whole_words_only(matcher):
 def test_everyday_english_words_need_the_models_support(matcher):
     text = "I'm checking whether my checking account has funds"
     found = matcher.find(text)
-    assert [(text[m.start:m.end], m.common) for m in found] == [
-        ("checking", True), ("checking account", False), ("funds", True)]
+    assert [(text[m.start : m.end], m.common) for m in found] == [
+        ("checking", True),
+        ("checking account", False),
+        ("funds", True),
+    ]
     assert [m.common for m in matcher.find("ETF 和 信用卡")] == [False, False]
     model = [{"start": 44, "end": 49, "label": "PRODUCT", "confidence": 0.8}]
     merged = merge_terms(text, model, found, TERMINOLOGY, "glossary")
-    assert [(text[e["start"]:e["end"]], e["term_id"]) for e in merged] == [
-        ("checking account", "current_account"), ("funds", "mutual_fund")]
+    assert [(text[e["start"] : e["end"]], e["term_id"]) for e in merged] == [
+        ("checking account", "current_account"),
+        ("funds", "mutual_fund"),
+    ]
 
 
 def _turn(text, mentions):
     """A user turn whose gold entities are the given (surface, term_id) mentions, each at its first place."""
-    ents = [{"start": text.index(f), "end": text.index(f) + len(f), "label": "TERM", "term_id": t}
-            for f, t in mentions]
+    ents = [{"start": text.index(f), "end": text.index(f) + len(f), "label": "TERM", "term_id": t} for f, t in mentions]
     return {"turns": [{"speaker": "user", "text": text, "entities": ents}]}
 
 
 def test_common_words_the_train_annotation_always_tags_are_settled(matcher):
-    dialogues = ([_turn("please unlock my password", [("password", "password")])] * 5
-                 + [_turn("Password reset, please", [("Password", "password")])]
-                 + [_turn("I have funds in my current account", [])] * 6      # "funds": not a mention here
-                 + [_turn("Buy some funds", [("funds", "mutual_fund")])] * 6
-                 + [_turn("the fee is fine", [("fee", "handling_fee")])] * 4)          # too few to settle
+    dialogues = (
+        [_turn("please unlock my password", [("password", "password")])] * 5
+        + [_turn("Password reset, please", [("Password", "password")])]
+        + [_turn("I have funds in my current account", [])] * 6  # "funds": not a mention here
+        + [_turn("Buy some funds", [("funds", "mutual_fund")])] * 6
+        + [_turn("the fee is fine", [("fee", "handling_fee")])] * 4
+    )  # too few to settle
     assert settled_forms(dialogues, matcher) == ["password"]
     assert settled_forms(dialogues, matcher, min_count=4) == ["fee", "password"]
     settled = GlossaryMatcher(Glossary.load(), settled_forms(dialogues, matcher))
     text = "I forgot my PASSWORD and my password, and check funds"
-    assert [(text[m.start:m.end], m.common) for m in settled.find(text)] == [
-        ("PASSWORD", False), ("password", False), ("check", True), ("funds", True)]
+    assert [(text[m.start : m.end], m.common) for m in settled.find(text)] == [
+        ("PASSWORD", False),
+        ("password", False),
+        ("check", True),
+        ("funds", True),
+    ]
     # a settled word is a mention without the model's support; an unsettled one still needs it
     merged = merge_terms(text, [], settled.find(text), TERMINOLOGY, "glossary")
-    assert [text[e["start"]:e["end"]] for e in merged] == ["PASSWORD", "password"]
+    assert [text[e["start"] : e["end"]] for e in merged] == ["PASSWORD", "password"]
 
 
 def test_merge_glossary_mode_replaces_overlapping_model_spans_and_keeps_others(matcher):
     text = "信用卡年费能退吗，还有信用咔"
-    model = [{"start": 0, "end": 3, "label": "PRODUCT", "confidence": 0.7},   # a part of 信用卡年费
-             {"start": 11, "end": 14, "label": "PRODUCT", "confidence": 0.9}]  # a typo the glossary lacks
+    model = [
+        {"start": 0, "end": 3, "label": "PRODUCT", "confidence": 0.7},  # a part of 信用卡年费
+        {"start": 11, "end": 14, "label": "PRODUCT", "confidence": 0.9},
+    ]  # a typo the glossary lacks
     merged = merge_terms(text, model, matcher.find(text), TERMINOLOGY, "glossary")
-    assert [(text[e["start"]:e["end"]], e["label"], e.get("term_id")) for e in merged] == [
-        ("信用卡年费", "TERM", "annual_fee"), ("信用咔", "PRODUCT", None)]
+    assert [(text[e["start"] : e["end"]], e["label"], e.get("term_id")) for e in merged] == [
+        ("信用卡年费", "TERM", "annual_fee"),
+        ("信用咔", "PRODUCT", None),
+    ]
     assert merged[0]["confidence"] == 0.7 and merged[0]["source"] == "glossary"
 
 

@@ -1,4 +1,5 @@
 """Tiny-model training runs: the real Lightning + peft path on a randomly initialised BERT."""
+
 import json
 import shutil
 from pathlib import Path
@@ -15,8 +16,14 @@ from findial.training.package import load_package, read_meta
 from findial.training.train import task_meta, train_task
 
 MINI = str(Path(__file__).parent / "fixtures" / "mini.jsonl")
-DATA = ["data=custom", f"data.train_file={MINI}", f"data.val_file={MINI}", "model=tiny",
-        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+DATA = [
+    "data=custom",
+    f"data.train_file={MINI}",
+    f"data.val_file={MINI}",
+    "model=tiny",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+]
 
 
 def _train(compose, tmp_path, task, epochs, extra=()):
@@ -83,9 +90,13 @@ def test_resume_with_missing_checkpoint_fails_clearly(compose, tmp_path):
 def test_first_segment_mask_is_the_current_turn():
     from findial.training.modules import first_segment_mask
 
-    ids = torch.tensor([[0, 5, 6, 2, 2, 7, 8, 2, 1, 1],        # XLM-R pair: <s> a </s></s> b </s> <pad>
-                        [0, 5, 6, 7, 2, 1, 1, 1, 1, 1],        # one sequence
-                        [101, 9, 102, 11, 12, 102, 0, 0, 0, 0]])  # BERT pair
+    ids = torch.tensor(
+        [
+            [0, 5, 6, 2, 2, 7, 8, 2, 1, 1],  # XLM-R pair: <s> a </s></s> b </s> <pad>
+            [0, 5, 6, 7, 2, 1, 1, 1, 1, 1],  # one sequence
+            [101, 9, 102, 11, 12, 102, 0, 0, 0, 0],
+        ]
+    )  # BERT pair
     mask = (torch.arange(10) < torch.tensor([[8], [5], [6]])).long()
     assert first_segment_mask(ids, mask).sum(1).tolist() == [4, 5, 3]
 
@@ -100,18 +111,33 @@ def test_context_reads_the_previous_intent_only_when_asked():
 
 
 def test_previous_intent_is_the_dialogue_task_skipping_non_task_intents():
-    dialogue = {"id": "d", "lang": "en", "turns": [
-        {"speaker": "user", "text": "hi", "intent": "greeting"},
-        {"speaker": "user", "text": "I lost my card", "intent": "card_lost_report"},
-        {"speaker": "agent", "text": "Shall I block it?"},
-        {"speaker": "user", "text": "yes", "intent": "affirm"},
-        {"speaker": "user", "text": "my number is [PHONE]", "intent": "card_lost_report"},
-        {"speaker": "user", "text": "and my limit?", "intent": "credit_limit_increase"}]}
+    dialogue = {
+        "id": "d",
+        "lang": "en",
+        "turns": [
+            {"speaker": "user", "text": "hi", "intent": "greeting"},
+            {"speaker": "user", "text": "I lost my card", "intent": "card_lost_report"},
+            {"speaker": "agent", "text": "Shall I block it?"},
+            {"speaker": "user", "text": "yes", "intent": "affirm"},
+            {"speaker": "user", "text": "my number is [PHONE]", "intent": "card_lost_report"},
+            {"speaker": "user", "text": "and my limit?", "intent": "credit_limit_increase"},
+        ],
+    }
     acts = ("greeting", "affirm")
-    assert [r["previous_intent"] for r in turn_records([dialogue], 3, acts)] == \
-           [None, None, "card_lost_report", "card_lost_report", "card_lost_report"]
-    assert [r["previous_intent"] for r in turn_records([dialogue], 3)] == \
-           [None, "greeting", "card_lost_report", "affirm", "card_lost_report"]
+    assert [r["previous_intent"] for r in turn_records([dialogue], 3, acts)] == [
+        None,
+        None,
+        "card_lost_report",
+        "card_lost_report",
+        "card_lost_report",
+    ]
+    assert [r["previous_intent"] for r in turn_records([dialogue], 3)] == [
+        None,
+        "greeting",
+        "card_lost_report",
+        "affirm",
+        "card_lost_report",
+    ]
 
 
 def test_non_task_intents_outside_the_label_book_are_named_and_dropped(compose, caplog):
@@ -123,8 +149,10 @@ def test_non_task_intents_outside_the_label_book_are_named_and_dropped(compose, 
 
 
 def test_model_task_lora_overrides_lora_for_its_task_only(compose):
-    cfg = compose("train", [*DATA, "+model.task_lora.intent.target_modules=[query,key,value,dense]",
-                            "+model.task_lora.intent.r=2"])
+    cfg = compose(
+        "train",
+        [*DATA, "+model.task_lora.intent.target_modules=[query,key,value,dense]", "+model.task_lora.intent.r=2"],
+    )
     intent = task_meta(cfg.task, cfg.model, LabelBook.load(), 3)["lora"]
     assert intent["target_modules"] == ["query", "key", "value", "dense"] and intent["r"] == 2
     assert intent["alpha"] == cfg.model.lora.alpha  # keys not overridden come from model.lora
@@ -152,8 +180,16 @@ def test_a_stateless_intent_leaves_the_state_but_keeps_its_entities():
 
 
 def test_inference_carries_the_predicted_task_past_non_task_intents(monkeypatch):
-    rows = turn_records([{"id": "d", "lang": "en", "turns": [
-        {"speaker": "user", "text": t} for t in ("hi", "I lost my card", "yes", "[PHONE]")]}], 3)
+    rows = turn_records(
+        [
+            {
+                "id": "d",
+                "lang": "en",
+                "turns": [{"speaker": "user", "text": t} for t in ("hi", "I lost my card", "yes", "[PHONE]")],
+            }
+        ],
+        3,
+    )
     predictor = IntentPredictor.__new__(IntentPredictor)
     predictor.meta = {"previous_intent": True, "non_task_intents": ["greeting", "affirm"]}
     predicted = iter(["greeting", "card_lost_report", "affirm", "card_lost_report"])
@@ -213,12 +249,17 @@ def test_intent_label_smoothing_reaches_the_loss(compose):
 def test_turn_scopes_pick_the_turns_an_ensemble_member_learns_from():
     from findial.training.datamodule import in_scope
 
-    dialogue = {"id": "d", "lang": "en", "turns": [
-        {"speaker": "user", "text": "hi", "intent": "greeting"},
-        {"speaker": "user", "text": "I lost my card", "intent": "card_lost_report"},
-        {"speaker": "user", "text": "my number is [PHONE]", "intent": "card_lost_report"},
-        {"speaker": "user", "text": "thanks", "intent": "thanks"},
-        {"speaker": "user", "text": "and my limit?", "intent": "credit_limit_increase"}]}
+    dialogue = {
+        "id": "d",
+        "lang": "en",
+        "turns": [
+            {"speaker": "user", "text": "hi", "intent": "greeting"},
+            {"speaker": "user", "text": "I lost my card", "intent": "card_lost_report"},
+            {"speaker": "user", "text": "my number is [PHONE]", "intent": "card_lost_report"},
+            {"speaker": "user", "text": "thanks", "intent": "thanks"},
+            {"speaker": "user", "text": "and my limit?", "intent": "credit_limit_increase"},
+        ],
+    }
     rows = turn_records([dialogue], 0, ("greeting", "thanks"))
     assert [in_scope(r, "first_task") for r in rows] == [True, True, False, False, False]
     assert [in_scope(r, "own_task") for r in rows] == [True, True, False, True, True]
@@ -268,8 +309,7 @@ def test_an_intent_ensemble_member_answers_with_the_main_model_on_turns_of_their
     with pytest.raises(ValueError, match="plain intent package over the intents"):
         make_bundle(main.package_dir, ner.package_dir, tmp_path / "bad", {}, members={"x": other})
     assert not list(tmp_path.glob("*bad*"))  # nothing half-written
-    bundle = make_bundle(main.package_dir, ner.package_dir, tmp_path / "bundle", {},
-                         members={"m": member.package_dir})
+    bundle = make_bundle(main.package_dir, ner.package_dir, tmp_path / "bundle", {}, members={"m": member.package_dir})
     predictor = IntentPredictor(bundle / "intent")
     assert read_meta(bundle / "intent")["members"] == ["m"] and len(predictor.members) == 1
 
@@ -297,8 +337,13 @@ def test_a_ner_ensemble_member_goes_into_the_ner_package_and_averages_on_common_
     _, intent = _train(compose, tmp_path / "intent", "intent", 1)
     _, ner = _train(compose, tmp_path / "ner", "ner", 2)
     _, other = _train(compose, tmp_path / "other", "ner", 1, ["seed=1"])
-    bundle = make_bundle(intent.package_dir, ner.package_dir, tmp_path / "bundle", {},
-                         members={"twin": ner.package_dir, "other": other.package_dir})
+    bundle = make_bundle(
+        intent.package_dir,
+        ner.package_dir,
+        tmp_path / "bundle",
+        {},
+        members={"twin": ner.package_dir, "other": other.package_dir},
+    )
     assert read_meta(bundle / "ner")["members"] == ["twin", "other"] and "members" not in read_meta(bundle / "intent")
     texts = ["我的信用卡昨天丢了", "send $300 next Friday", "   "]
     predictor = EntityPredictor(bundle / "ner")
@@ -322,10 +367,14 @@ def test_common_words_splits_a_word_one_tokenizer_keeps_whole_as_its_continuatio
     split = ([(0, 1), (1, 2), (2, 3)], torch.tensor([[0.2, 0.6, 0.2], [0.2, 0.2, 0.6], [0.5, 0.1, 0.4]]))
     words, p = common_words([whole, split], tags)
     assert words == [(0, 1), (1, 2), (2, 3), (4, 6)]  # (4, 6): only the first model has a word there
-    expected = torch.tensor([[0.15, 0.7, 0.15],
-                             [0.15, 0.1, 0.75],  # inside the first model's word: its B- counts as I-
-                             [0.3, 0.05, 0.65],
-                             [1.0, 0.0, 0.0]])
+    expected = torch.tensor(
+        [
+            [0.15, 0.7, 0.15],
+            [0.15, 0.1, 0.75],  # inside the first model's word: its B- counts as I-
+            [0.3, 0.05, 0.65],
+            [1.0, 0.0, 0.0],
+        ]
+    )
     assert torch.allclose(p, expected, atol=1e-6)
 
 
@@ -357,8 +406,13 @@ def test_a_killed_run_is_continued_by_its_resume(tmp_path):
     assert killed.info.status == "RUNNING"
     last = next(tmp_path.glob("runs/*/ner/checkpoints/last.ckpt"))
     epochs = torch.load(last, weights_only=False)["epoch"] + 2  # one more epoch than the checkpoint holds
-    done = subprocess.run([*args[:-1], f"trainer.max_epochs={epochs}", "resume=last"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [*args[:-1], f"trainer.max_epochs={epochs}", "resume=last"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs] == [killed.info.run_id] and runs[0].info.status == "FINISHED"

@@ -1,4 +1,5 @@
 """Tail weight averaging (training/averaging.py): which steps enter the mean, and what the model keeps."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -52,11 +53,18 @@ def fit(averaging: TailAveraging, steps: int = 20, val: bool = False, epochs: in
     model, recorder = Regression(), Recorder()
     model.seen_in_validation = []
     checkpoints = [ModelCheckpoint(dirpath=root, save_last=True)] if root else []
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=bool(root),
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[recorder, averaging, *checkpoints],
-                        val_check_interval=5 if val else None, limit_val_batches=1 if val else 0,
-                        num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=bool(root),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder, averaging, *checkpoints],
+        val_check_interval=5 if val else None,
+        limit_val_batches=1 if val else 0,
+        num_sanity_val_steps=0,
+    )
     loader = DataLoader(TensorDataset(x, y), batch_size=1)
     trainer.fit(model, loader, loader if val else None, ckpt_path=resume)
     return model, recorder

@@ -9,6 +9,7 @@ Checkpoints stay lean: both the mean and the current weights are kept for the tr
 Under strategies that shard parameters (DeepSpeed ZeRO-3, FSDP) ``AveragedModel``, an unsharded copy,
 cannot follow them: there it switches itself off with a warning and the package holds the last weights.
 """
+
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import WeightAveraging
@@ -30,8 +31,10 @@ class TailAveraging(WeightAveraging):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit" and is_sharded(pl_module, trainer.strategy):
-            rank_zero_warn(f"task.weight_averaging is off under {type(trainer.strategy).__name__} (sharded "
-                           "parameters): the package holds the last weights")
+            rank_zero_warn(
+                f"task.weight_averaging is off under {type(trainer.strategy).__name__} (sharded "
+                "parameters): the package holds the last weights"
+            )
             self.disabled = True
             return
         super().setup(trainer, pl_module, stage)

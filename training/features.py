@@ -11,6 +11,7 @@ one sequence under the BIO rules (``bio_viterbi``). A NER model with a stand hea
 also learns, per gold mention of a slot-filling label, whether it stands: becomes the
 slot's value after the turn (``stand_labels``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,7 @@ import json
 import re
 
 IGNORE = -100
-_CJK_CHARS = ("\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
-              "\uf900-\ufaff\uff66-\uff9f")
+_CJK_CHARS = "\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f"
 _CJK = re.compile(f"[{_CJK_CHARS}]")
 
 
@@ -32,8 +32,9 @@ def context_text(row: dict, previous_intent: bool = False) -> str | None:
     return " | ".join(ctx) if ctx else None
 
 
-def encode_intent(tokenizer, row: dict, max_length: int, intents: list[str], emotions: list[str],
-                  previous_intent: bool = False) -> dict:
+def encode_intent(
+    tokenizer, row: dict, max_length: int, intents: list[str], emotions: list[str], previous_intent: bool = False
+) -> dict:
     ctx = context_text(row, previous_intent)
     enc = tokenizer(row["text"], ctx, truncation="only_second" if ctx else True, max_length=max_length)
     out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
@@ -44,13 +45,17 @@ def encode_intent(tokenizer, row: dict, max_length: int, intents: list[str], emo
     return out
 
 
-def encode_ner(tokenizer, row: dict, max_length: int, tags: list[str],
-               state_slots: dict[str, str] | None = None) -> dict:
+def encode_ner(
+    tokenizer, row: dict, max_length: int, tags: list[str], state_slots: dict[str, str] | None = None
+) -> dict:
     """Token ids, offsets and, for a row with gold entities, ``tag_labels``; with ``state_slots`` (the label
     book's slot -> label, given when the model has a stand head) also per-token ``stand_labels``."""
     enc = tokenizer(row["text"], truncation=True, max_length=max_length, return_offsets_mapping=True)
-    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-           "offsets": _drop_prefix_pieces([tuple(o) for o in enc["offset_mapping"]])}
+    out = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "offsets": _drop_prefix_pieces([tuple(o) for o in enc["offset_mapping"]]),
+    }
     if row.get("entities") is not None:
         out["tag_labels"] = align_labels(out["offsets"], row["entities"], tags)
         if state_slots is not None:
@@ -99,9 +104,12 @@ def _drop_prefix_pieces(offsets: list[tuple[int, int]]) -> list[tuple[int, int]]
 def _token_entities(offsets, entities: list[dict]) -> list[dict | None]:
     """Per token, the entity it is tagged with: the first one its first character falls in (or that starts
     inside it); None for a token outside every entity and for special or empty tokens."""
-    return [None if start == end else
-            next((e for e in entities if e["start"] <= start < e["end"] or start < e["start"] < end), None)
-            for start, end in offsets]
+    return [
+        None
+        if start == end
+        else next((e for e in entities if e["start"] <= start < e["end"] or start < e["start"] < end), None)
+        for start, end in offsets
+    ]
 
 
 def align_labels(offsets, entities: list[dict], tags: list[str]) -> list[int]:
@@ -128,11 +136,13 @@ def stand_labels(offsets, row: dict, state_slots: dict[str, str]) -> list[float]
         slots_of.setdefault(label, []).append(slot)
 
     def stands(e: dict) -> float:
-        value = e.get("term_id") or row["text"][e["start"]:e["end"]]
+        value = e.get("term_id") or row["text"][e["start"] : e["end"]]
         return float(any(state.get(slot) == value for slot in slots_of[e["label"]]))
 
-    return [float(IGNORE) if not state or e is None or e["label"] not in slots_of else stands(e)
-            for e in _token_entities(offsets, row["entities"])]
+    return [
+        float(IGNORE) if not state or e is None or e["label"] not in slots_of else stands(e)
+        for e in _token_entities(offsets, row["entities"])
+    ]
 
 
 @functools.lru_cache(maxsize=8)
@@ -144,9 +154,16 @@ def _bio_transitions(tags: tuple[str, ...], side_by_side: frozenset = frozenset(
     begin = [t[2:] if t.startswith("B-") else None for t in tags]
     label = [t[2:] if t != "O" else None for t in tags]
     start = np.where([x is None for x in inside], 0.0, -np.inf)
-    allowed = np.array([[(inside[j] is None or inside[j] == label[i])
-                         and (begin[j] is None or begin[j] != label[i] or begin[j] in side_by_side)
-                         for j in range(len(tags))] for i in range(len(tags))])
+    allowed = np.array(
+        [
+            [
+                (inside[j] is None or inside[j] == label[i])
+                and (begin[j] is None or begin[j] != label[i] or begin[j] in side_by_side)
+                for j in range(len(tags))
+            ]
+            for i in range(len(tags))
+        ]
+    )
     return start, np.where(allowed, 0.0, -np.inf)
 
 
@@ -225,14 +242,12 @@ def decode_spans(text: str, offsets, tag_ids: list[int], tags: list[str], scores
             spans.append(cur)
             cur = None
         if label is not None:
-            cur = {"start": start, "end": end, "label": label,
-                   "scores": [1.0 if scores is None else float(scores[k])]}
+            cur = {"start": start, "end": end, "label": label, "scores": [1.0 if scores is None else float(scores[k])]}
     if cur is not None:
         spans.append(cur)
     result = []
     for s in spans:
         start, end = _trim(text, s["start"], s["end"])
         if start < end:
-            result.append({"start": start, "end": end, "label": s["label"],
-                           "confidence": round(min(s["scores"]), 4)})
+            result.append({"start": start, "end": end, "label": s["label"], "confidence": round(min(s["scores"]), 4)})
     return result

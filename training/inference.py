@@ -1,4 +1,5 @@
 """Inference over dialogues: intent + emotion in context, entities, linked terms, accumulated state."""
+
 from __future__ import annotations
 
 import copy
@@ -29,7 +30,7 @@ def for_inference(module):
 def _batches(items: list, size: int, key):
     order = sorted(range(len(items)), key=lambda i: key(items[i]))
     for i in range(0, len(order), size):
-        yield order[i:i + size]
+        yield order[i : i + size]
 
 
 def _pad(features: list[dict], pad_id: int, device) -> dict:
@@ -37,8 +38,8 @@ def _pad(features: list[dict], pad_id: int, device) -> dict:
     ids = torch.full((len(features), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(features), width), dtype=torch.long)
     for i, f in enumerate(features):
-        ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
-        mask[i, :len(f["attention_mask"])] = 1
+        ids[i, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
+        mask[i, : len(f["attention_mask"])] = 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
@@ -71,9 +72,17 @@ class IntentPredictor:
         context is cut to the package's own ``context_turns``."""
         m = self.meta
         keep = m.get("context_turns", 3)
-        feats = [encode_intent(self.tokenizer, {**r, "context": (r.get("context") or [])[-keep:] if keep else [],
-                                                "intent": None, "emotion": None},
-                               m["max_length"], m["intents"], [], bool(m.get("previous_intent"))) for r in rows]
+        feats = [
+            encode_intent(
+                self.tokenizer,
+                {**r, "context": (r.get("context") or [])[-keep:] if keep else [], "intent": None, "emotion": None},
+                m["max_length"],
+                m["intents"],
+                [],
+                bool(m.get("previous_intent")),
+            )
+            for r in rows
+        ]
         intents = torch.zeros(len(rows), len(m["intents"]))
         emotions = torch.zeros(len(rows), len(m["emotions"])) if m.get("emotions") else None
         for idx in _batches(feats, self.batch_size, key=lambda f: len(f["input_ids"])):
@@ -89,11 +98,15 @@ class IntentPredictor:
         ``previous_intent``: the caller's prediction for the turn before (see ``predict_dialogues``)."""
         m = self.meta
         ip, ep = self.probabilities(rows)
-        own = [i for i, r in enumerate(rows) if not r.get("previous_intent")
-               or m["intents"][int(ip[i].argmax())] != r["previous_intent"]]
+        own = [
+            i
+            for i, r in enumerate(rows)
+            if not r.get("previous_intent") or m["intents"][int(ip[i].argmax())] != r["previous_intent"]
+        ]
         if self.members and own:
-            ip[own] = (ip[own] + sum(mem.probabilities([rows[i] for i in own])[0] for mem in self.members)) \
-                / (1 + len(self.members))
+            ip[own] = (ip[own] + sum(mem.probabilities([rows[i] for i in own])[0] for mem in self.members)) / (
+                1 + len(self.members)
+            )
         out: list[dict] = []
         for k in range(len(rows)):
             conf, j = ip[k].max(0)
@@ -160,8 +173,11 @@ class EntityPredictor:
             for k, i in enumerate(idx):
                 units = word_units(texts[i], feats[i]["offsets"])
                 words = torch.tensor([j for j, (a, b) in enumerate(units) if a < b], dtype=torch.long)
-                out[i] = ([units[j] for j in words.tolist()], probs[k, words],
-                          stands[k, words] if stands is not None else None)
+                out[i] = (
+                    [units[j] for j in words.tolist()],
+                    probs[k, words],
+                    stands[k, words] if stands is not None else None,
+                )
         return out
 
     def word_probabilities(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
@@ -177,8 +193,9 @@ class EntityPredictor:
         out: list[list[dict]] = []
         for i, text in enumerate(texts):
             own_words, own_p, stands = own[i]
-            words, p = common_words([(own_words, own_p)] + [o[i] for o in others], tags) if others \
-                else (own_words, own_p)
+            words, p = (
+                common_words([(own_words, own_p)] + [o[i] for o in others], tags) if others else (own_words, own_p)
+            )
             tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, [True] * len(words), self.side_by_side)
             conf = p[torch.arange(len(tag_ids)), torch.tensor(tag_ids, dtype=torch.long)]
             spans = decode_spans(text, None, tag_ids, tags, conf.tolist(), words)
@@ -217,9 +234,15 @@ def common_words(parts: list[tuple[list[tuple[int, int]], torch.Tensor]], tags: 
 class NLUPipeline:
     """The understanding model that gets registered, evaluated and served: intent + NER + linker + tracker."""
 
-    def __init__(self, intent_path: str | Path, ner_path: str | Path, device: str = "cpu",
-                 labelbook: LabelBook | None = None, glossary: Glossary | None = None,
-                 term_matching: str | None = None):
+    def __init__(
+        self,
+        intent_path: str | Path,
+        ner_path: str | Path,
+        device: str = "cpu",
+        labelbook: LabelBook | None = None,
+        glossary: Glossary | None = None,
+        term_matching: str | None = None,
+    ):
         self.intent = IntentPredictor(intent_path, device)
         self.ner = EntityPredictor(ner_path, device)
         self.labelbook = labelbook or LabelBook.load(Path(intent_path) / "ontology.yaml")
@@ -237,18 +260,20 @@ class NLUPipeline:
         terminology spans. A span no glossary term fits is not a mention: it is returned as an unknown
         surface form (reported, never guessed)."""
         linked, unknown = [], []
-        for e in merge_terms(text, entities, self.matcher.find(text), self.labelbook.terminology_labels,
-                             self.term_matching):
+        for e in merge_terms(
+            text, entities, self.matcher.find(text), self.labelbook.terminology_labels, self.term_matching
+        ):
             if e["label"] in self.labelbook.terminology_labels and e.pop("source", None) != "glossary":
-                e["term_id"] = self.linker.link(text[e["start"]:e["end"]], e["label"]).term_id
+                e["term_id"] = self.linker.link(text[e["start"] : e["end"]], e["label"]).term_id
                 if e["term_id"] is None:
-                    unknown.append(text[e["start"]:e["end"]])
+                    unknown.append(text[e["start"] : e["end"]])
                     continue
             linked.append(e)
         return linked, unknown
 
-    def resolve_turn(self, text: str, entities: list[dict], state: dict,
-                     intent: str | None = None) -> tuple[list[dict], dict, list[str]]:
+    def resolve_turn(
+        self, text: str, entities: list[dict], state: dict, intent: str | None = None
+    ) -> tuple[list[dict], dict, list[str]]:
         """One user turn's predicted entities -> (linked entities without empty fields, the state after
         the turn, the unknown terminology surface forms); ``state`` is left untouched. A turn whose
         predicted ``intent`` is one of the package's ``stateless_intents`` leaves the state as it was.

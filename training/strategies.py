@@ -13,6 +13,7 @@ tensors: :func:`consolidated_trainable_state` gathers the trainable tensors
 (LoRA adapters and heads) on every rank, and rank 0 loads them into a plain
 module (:func:`rebuilt_module`) for ``save_package``.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,13 +68,17 @@ def load_deepspeed_config(config: str | Path) -> dict[str, Any]:
         if key in PRECISION_SECTIONS and isinstance(value, dict) and value.get("enabled") == "auto":
             continue
         if key == "gradient_accumulation_steps":
-            raise ValueError(f"{path}: gradient_accumulation_steps: set trainer.accumulate_grad_batches instead "
-                             "(Lightning owns gradient accumulation), or write \"auto\"")
+            raise ValueError(
+                f"{path}: gradient_accumulation_steps: set trainer.accumulate_grad_batches instead "
+                '(Lightning owns gradient accumulation), or write "auto"'
+            )
         out[key] = value
     leftover = _auto_keys(out)
     if leftover:
-        raise ValueError(f"{path}: {', '.join(leftover)}: \"auto\" is only understood for "
-                         f"{sorted(LIGHTNING_FILLS)} and fp16/bf16.enabled; give a number")
+        raise ValueError(
+            f'{path}: {", ".join(leftover)}: "auto" is only understood for '
+            f"{sorted(LIGHTNING_FILLS)} and fp16/bf16.enabled; give a number"
+        )
     return out
 
 
@@ -144,8 +149,7 @@ def consolidated_trainable_state(module: torch.nn.Module, strategy=None) -> dict
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
-            return {_clean(n): p.detach().cpu().clone() for n, p in module.named_parameters()
-                    if _clean(n) in names}
+            return {_clean(n): p.detach().cpu().clone() for n, p in module.named_parameters() if _clean(n) in names}
     from lightning.pytorch.strategies import FSDPStrategy
 
     if isinstance(strategy, FSDPStrategy):

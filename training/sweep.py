@@ -8,6 +8,7 @@ trial at a rung; the trial's MLflow run is a child of the sweep's parent run
 by the driver once the sweep is over. The best trial's values are written as an
 experiment config and printed as ``findial train`` / ``findial run`` commands.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,8 +96,12 @@ class ReportToTune(Callback):
             return
         epoch = trainer.current_epoch + 1
         run_id = getattr(trainer.logger, "run_id", None) or ""
-        self.last = {**{k: float(v) for k, v in trainer.callback_metrics.items()}, "epoch": epoch,
-                     "mlflow_run_id": run_id, "package_dir": self.package_dir}
+        self.last = {
+            **{k: float(v) for k, v in trainer.callback_metrics.items()},
+            "epoch": epoch,
+            "mlflow_run_id": run_id,
+            "package_dir": self.package_dir,
+        }
         if trainer.max_epochs is None or epoch < trainer.max_epochs:
             from ray import tune
 
@@ -128,8 +133,9 @@ def _trial(params: dict, base: dict, sweep_dir: str, parent_run_id: str) -> None
     tags = {"mlflow.parentRunId": parent_run_id, "findial.sweep": cfg.sweep.name, "findial.sweep.trial": trial_id}
     reporter = ReportToTune(str(out / cfg.task.name / "package"))
     result = train_task(cfg, cfg.task, out, tags=tags, callbacks=[reporter])
-    tune.report({**reporter.last, **result.metrics, "mlflow_run_id": result.run_id,
-                 "package_dir": str(result.package_dir)})
+    tune.report(
+        {**reporter.last, **result.metrics, "mlflow_run_id": result.run_id, "package_dir": str(result.package_dir)}
+    )
 
 
 @dataclass
@@ -140,8 +146,8 @@ class SweepResult:
     best_run_id: str
     best_package: str
     experiment_file: Path
-    overrides: list[str]          # the sweep's command-line overrides a retrain needs (task, data, ...)
-    best_overrides: list[str]     # the best values, e.g. model.lora.r=8
+    overrides: list[str]  # the sweep's command-line overrides a retrain needs (task, data, ...)
+    best_overrides: list[str]  # the best values, e.g. model.lora.r=8
     trials: list[dict]
 
     def commands(self) -> dict[str, str]:
@@ -150,10 +156,12 @@ class SweepResult:
 
         search = [f"hydra.searchpath=[file://{self.experiment_file.parent.parent}]", "experiment=sweep_best"]
         quote = lambda args: " ".join(shlex.quote(a) for a in args)  # noqa: E731
-        return {"train": "findial train " + quote([*self.overrides, *self.best_overrides]),
-                "train_experiment": "findial train " + quote([*self.overrides, *search]),
-                "run_experiment": "findial run " + quote([*[o for o in self.overrides
-                                                             if not o.startswith("task=")], *search])}
+        return {
+            "train": "findial train " + quote([*self.overrides, *self.best_overrides]),
+            "train_experiment": "findial train " + quote([*self.overrides, *search]),
+            "run_experiment": "findial run "
+            + quote([*[o for o in self.overrides if not o.startswith("task=")], *search]),
+        }
 
 
 def _ray_init(cfg: DictConfig) -> bool:
@@ -165,8 +173,11 @@ def _ray_init(cfg: DictConfig) -> bool:
     address = cfg.sweep.ray_address
     if address:
         if str(cfg.logger.tracking_uri).startswith("sqlite:"):
-            log.warning("sweep.ray_address=%s with a sqlite MLflow store: trials on other machines cannot reach "
-                        "it; set logger.tracking_uri to an MLflow server (http://...)", address)
+            log.warning(
+                "sweep.ray_address=%s with a sqlite MLflow store: trials on other machines cannot reach "
+                "it; set logger.tracking_uri to an MLflow server (http://...)",
+                address,
+            )
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=int(cfg.sweep.num_cpus), include_dashboard=False, log_to_driver=True)
@@ -194,8 +205,9 @@ def _quote(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def write_best(cfg: DictConfig, params: dict, out_dir: Path, overrides: list[str],
-               note: str) -> tuple[Path, list[str], list[str]]:
+def write_best(
+    cfg: DictConfig, params: dict, out_dir: Path, overrides: list[str], note: str
+) -> tuple[Path, list[str], list[str]]:
     """Write the best values as experiment ``sweep_best``.
 
     Returns (the file, the sweep's own command-line overrides that a retrain needs
@@ -212,8 +224,9 @@ def write_best(cfg: DictConfig, params: dict, out_dir: Path, overrides: list[str
     text = f"# @package _global_\n# {note}\n" + OmegaConf.to_yaml(OmegaConf.create(body))
     exp_dir = out_dir / "best"
     path = tracking.atomic_write_text(exp_dir / "experiment" / "sweep_best.yaml", text)
-    keep = [o for o in overrides if not o.lstrip("~+").startswith(("sweep.", "hydra.")) and o.split("=")[0]
-            not in params]
+    keep = [
+        o for o in overrides if not o.lstrip("~+").startswith(("sweep.", "hydra.")) and o.split("=")[0] not in params
+    ]
     explicit = [f"{k}={_quote(v)}" for k, v in params.items()]
     return path, keep, explicit
 
@@ -228,18 +241,31 @@ def _tune(cfg: DictConfig, base: dict, space: dict, max_t: int, out_dir: Path, p
     try:
         trainable = tune.with_resources(
             tune.with_parameters(_trial, base=base, sweep_dir=str(out_dir), parent_run_id=parent_run_id),
-            dict(cfg.sweep.resources_per_trial))
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                  grace_period=min(int(cfg.sweep.asha.grace_period), max_t),
-                                  reduction_factor=float(cfg.sweep.asha.reduction_factor))
+            dict(cfg.sweep.resources_per_trial),
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_t,
+            grace_period=min(int(cfg.sweep.asha.grace_period), max_t),
+            reduction_factor=float(cfg.sweep.asha.reduction_factor),
+        )
         tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(metric=cfg.sweep.metric, mode=cfg.sweep.mode, scheduler=scheduler,
-                                        num_samples=int(cfg.sweep.num_samples),
-                                        max_concurrent_trials=cfg.sweep.max_concurrent_trials,
-                                        search_alg=BasicVariantGenerator(random_state=int(cfg.sweep.seed))),
-            run_config=tune.RunConfig(name=f"sweep-{cfg.sweep.name}", verbose=1,
-                                      storage_path=cfg.sweep.get("storage_path") or str(out_dir / "ray")))
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=cfg.sweep.metric,
+                mode=cfg.sweep.mode,
+                scheduler=scheduler,
+                num_samples=int(cfg.sweep.num_samples),
+                max_concurrent_trials=cfg.sweep.max_concurrent_trials,
+                search_alg=BasicVariantGenerator(random_state=int(cfg.sweep.seed)),
+            ),
+            run_config=tune.RunConfig(
+                name=f"sweep-{cfg.sweep.name}",
+                verbose=1,
+                storage_path=cfg.sweep.get("storage_path") or str(out_dir / "ray"),
+            ),
+        )
         return tuner.fit()
     finally:
         if started:
@@ -252,10 +278,17 @@ def _trials(grid, space: dict, metric: str) -> list[dict]:
     trials = []
     for r in grid:
         m = r.metrics or {}
-        trials.append({"trial_id": m.get("trial_id", ""), "params": {k: r.config[k] for k in space},
-                       "epochs": m.get("training_iteration", 0), metric: m.get(metric),
-                       "mlflow_run_id": m.get("mlflow_run_id", ""), "package_dir": m.get("package_dir", ""),
-                       "error": str(r.error)[:500] if r.error else None})
+        trials.append(
+            {
+                "trial_id": m.get("trial_id", ""),
+                "params": {k: r.config[k] for k in space},
+                "epochs": m.get("training_iteration", 0),
+                metric: m.get(metric),
+                "mlflow_run_id": m.get("mlflow_run_id", ""),
+                "package_dir": m.get("package_dir", ""),
+                "error": str(r.error)[:500] if r.error else None,
+            }
+        )
     return trials
 
 
@@ -287,21 +320,46 @@ def run_sweep(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None 
     name, metric = cfg.sweep.name, cfg.sweep.metric
     tags = {"findial.sweep": name, "findial.task": cfg.task.name, "findial.backbone": cfg.model.name}
     with tracking.run(cfg.logger.experiment_prefix + cfg.task.name, f"sweep-{name}", tags=tags) as parent:
-        tracking.log_params({"sweep": {k: v for k, v in base["sweep"].items() if k != "search_space"},
-                             "model_name": cfg.model.name, "seed": cfg.seed})
+        tracking.log_params(
+            {
+                "sweep": {k: v for k, v in base["sweep"].items() if k != "search_space"},
+                "model_name": cfg.model.name,
+                "seed": cfg.seed,
+            }
+        )
         tracking.log_json(base["sweep"]["search_space"], "sweep/search_space.json")
         trials = _trials(_tune(cfg, base, space, max_t, out_dir, parent.info.run_id), space, metric)
         _close_stopped_runs(trials)
         best = _best(trials, metric, cfg.sweep.mode, name)
-        note = (f"best of sweep {name}: {metric}={best[metric]:.4f} "
-                f"(trial {best['trial_id']}, MLflow run {best['mlflow_run_id']}, parent {parent.info.run_id})")
+        note = (
+            f"best of sweep {name}: {metric}={best[metric]:.4f} "
+            f"(trial {best['trial_id']}, MLflow run {best['mlflow_run_id']}, parent {parent.info.run_id})"
+        )
         exp_file, keep, explicit = write_best(cfg, best["params"], out_dir, list(overrides or []), note)
         tracking.log_json(trials, "sweep/trials.json")
         tracking.log_text(exp_file.read_text(encoding="utf-8"), "sweep/sweep_best.yaml")
-        tracking.log_metrics({f"best_{metric}": best[metric], "trials": len(trials),
-                              "trials_stopped_early": sum(bool(t.get("stopped_early")) for t in trials)})
-        mlflow.set_tags({"findial.sweep.best_run_id": best["mlflow_run_id"],
-                         **{f"findial.sweep.best.{k}": str(v) for k, v in best["params"].items()}})
+        tracking.log_metrics(
+            {
+                f"best_{metric}": best[metric],
+                "trials": len(trials),
+                "trials_stopped_early": sum(bool(t.get("stopped_early")) for t in trials),
+            }
+        )
+        mlflow.set_tags(
+            {
+                "findial.sweep.best_run_id": best["mlflow_run_id"],
+                **{f"findial.sweep.best.{k}": str(v) for k, v in best["params"].items()},
+            }
+        )
         tracking.atomic_write_text(out_dir / "trials.json", json.dumps(trials, indent=2, default=str))
-        return SweepResult(parent.info.run_id, best["params"], {metric: best[metric]}, best["mlflow_run_id"],
-                           best["package_dir"], exp_file, keep, explicit, trials)
+        return SweepResult(
+            parent.info.run_id,
+            best["params"],
+            {metric: best[metric]},
+            best["mlflow_run_id"],
+            best["package_dir"],
+            exp_file,
+            keep,
+            explicit,
+            trials,
+        )

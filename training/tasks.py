@@ -4,6 +4,7 @@ registry from ``task.name`` to its settings class and Lightning module.
 
 The YAML files are the one source of defaults: a key without a default here must be in the file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,7 @@ class TaskConfigError(ValueError):
 
 @dataclass(frozen=True)
 class WeightAveraging:
-    start: float | None = None   # fraction of all steps after which snapshots are averaged; None: off
+    start: float | None = None  # fraction of all steps after which snapshots are averaged; None: off
     every_n_steps: int = 10
 
 
@@ -57,8 +58,8 @@ class IntentTask:
     pooling: str
     label_smoothing: float
     weight_averaging: WeightAveraging
-    turns: str = "all"                 # training rows (training/datamodule.py); members: own_task
-    context_turns: int | None = None   # None: data.context_turns
+    turns: str = "all"  # training rows (training/datamodule.py); members: own_task
+    context_turns: int | None = None  # None: data.context_turns
 
     def check(self, where: str) -> None:
         _choice(where, "pooling", self.pooling, POOLINGS)
@@ -95,10 +96,16 @@ def _intent_list(names, key: str, labelbook: LabelBook) -> list[str]:
 
 
 def intent_meta(t: IntentTask, labelbook: LabelBook) -> dict:
-    return dict(intents=labelbook.intents, emotions=labelbook.emotions if t.emotion else [],
-                previous_intent=t.previous_intent, pooling=t.pooling, label_smoothing=t.label_smoothing,
-                non_task_intents=_intent_list(t.non_task_intents, "non_task_intents", labelbook),
-                stateless_intents=_intent_list(t.stateless_intents, "stateless_intents", labelbook), turns=t.turns)
+    return dict(
+        intents=labelbook.intents,
+        emotions=labelbook.emotions if t.emotion else [],
+        previous_intent=t.previous_intent,
+        pooling=t.pooling,
+        label_smoothing=t.label_smoothing,
+        non_task_intents=_intent_list(t.non_task_intents, "non_task_intents", labelbook),
+        stateless_intents=_intent_list(t.stateless_intents, "stateless_intents", labelbook),
+        turns=t.turns,
+    )
 
 
 def ner_meta(t: NERTask, labelbook: LabelBook) -> dict:
@@ -109,36 +116,63 @@ def ner_meta(t: NERTask, labelbook: LabelBook) -> dict:
 
 
 def intent_encoder(tokenizer, t: IntentTask, meta: dict, labelbook: LabelBook) -> Callable[[dict], dict]:
-    return partial(encode_intent, tokenizer, max_length=t.max_length, intents=meta["intents"],
-                   emotions=meta["emotions"], previous_intent=meta["previous_intent"])
+    return partial(
+        encode_intent,
+        tokenizer,
+        max_length=t.max_length,
+        intents=meta["intents"],
+        emotions=meta["emotions"],
+        previous_intent=meta["previous_intent"],
+    )
 
 
 def ner_encoder(tokenizer, t: NERTask, meta: dict, labelbook: LabelBook) -> Callable[[dict], dict]:
-    return partial(encode_ner, tokenizer, max_length=t.max_length, tags=meta["tags"],
-                   state_slots=labelbook.state_slots if "stand_head" in meta else None)
+    return partial(
+        encode_ner,
+        tokenizer,
+        max_length=t.max_length,
+        tags=meta["tags"],
+        state_slots=labelbook.state_slots if "stand_head" in meta else None,
+    )
 
 
 def intent_module(meta: dict, backbone: str):
-    return IntentModule(backbone, meta["intents"], meta.get("emotions", []), meta["lora"], meta["optim"],
-                        pooling=meta["pooling"], label_smoothing=meta["label_smoothing"], encoder=meta.get("encoder"))
+    return IntentModule(
+        backbone,
+        meta["intents"],
+        meta.get("emotions", []),
+        meta["lora"],
+        meta["optim"],
+        pooling=meta["pooling"],
+        label_smoothing=meta["label_smoothing"],
+        encoder=meta.get("encoder"),
+    )
 
 
 def ner_module(meta: dict, backbone: str):
-    return NERModule(backbone, meta["tags"], meta["lora"], meta["optim"], encoder=meta.get("encoder"),
-                     stand_weight=meta["stand_head"]["weight"] if "stand_head" in meta else None)
+    return NERModule(
+        backbone,
+        meta["tags"],
+        meta["lora"],
+        meta["optim"],
+        encoder=meta.get("encoder"),
+        stand_weight=meta["stand_head"]["weight"] if "stand_head" in meta else None,
+    )
 
 
 @dataclass(frozen=True)
 class TaskKind:
-    settings: type                                   # the typed config
-    meta: Callable[[Any, LabelBook], dict]          # the task's keys of the package meta
-    encoder: Callable[..., Callable[[dict], dict]]   # (tokenizer, settings, meta, labelbook) -> row -> features
-    module: Callable[[dict, str], Any]               # (meta, backbone path) -> the Lightning module
-    uses_context: bool                               # reads preceding turns (data.context_turns)
+    settings: type  # the typed config
+    meta: Callable[[Any, LabelBook], dict]  # the task's keys of the package meta
+    encoder: Callable[..., Callable[[dict], dict]]  # (tokenizer, settings, meta, labelbook) -> row -> features
+    module: Callable[[dict, str], Any]  # (meta, backbone path) -> the Lightning module
+    uses_context: bool  # reads preceding turns (data.context_turns)
 
 
-TASKS = {"intent": TaskKind(IntentTask, intent_meta, intent_encoder, intent_module, uses_context=True),
-         "ner": TaskKind(NERTask, ner_meta, ner_encoder, ner_module, uses_context=False)}
+TASKS = {
+    "intent": TaskKind(IntentTask, intent_meta, intent_encoder, intent_module, uses_context=True),
+    "ner": TaskKind(NERTask, ner_meta, ner_encoder, ner_module, uses_context=False),
+}
 
 
 def task_settings(task: Mapping[str, Any], where: str = "task") -> IntentTask | NERTask:
@@ -146,8 +180,10 @@ def task_settings(task: Mapping[str, Any], where: str = "task") -> IntentTask | 
     raw = _plain(task)
     name = raw.get("name")
     if name not in TASKS:
-        raise TaskConfigError(f"{where}.name: {name!r} is not an understanding task ({', '.join(TASKS)}); "
-                              "response generation is trained by findial train task=response")
+        raise TaskConfigError(
+            f"{where}.name: {name!r} is not an understanding task ({', '.join(TASKS)}); "
+            "response generation is trained by findial train task=response"
+        )
     settings = _build(TASKS[name].settings, raw, where)
     for key in ("epochs", "batch_size", "max_length"):
         if getattr(settings, key) < 1:
@@ -176,8 +212,11 @@ def _build(cls, raw: Mapping, where: str):
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise TaskConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    missing = [n for n, f in known.items() if n not in raw and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in known.items()
+        if n not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise TaskConfigError(f"{where}: missing key(s) {', '.join(missing)}")
     return cls(**{k: _value(known[k].type, v, f"{where}.{k}") for k, v in raw.items()})

@@ -1,4 +1,5 @@
 """Train one task (intent or ner) from a composed Hydra config, tracked in MLflow."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,9 +35,12 @@ def checkpoint_callbacks(directory: Path) -> list[ModelCheckpoint]:
     """The best epoch by validation loss, and ``last.ckpt`` rewritten after every epoch (what ``resume=last``
     continues from; Lightning's ``save_last`` writes it only when a new best is saved, so a run killed after its
     best epoch would resume from there and lose the epochs since)."""
-    return [ModelCheckpoint(dirpath=str(directory), monitor="val_loss", save_top_k=1),
-            ModelCheckpoint(dirpath=str(directory), filename="last", monitor=None, save_top_k=1,
-                            enable_version_counter=False)]
+    return [
+        ModelCheckpoint(dirpath=str(directory), monitor="val_loss", save_top_k=1),
+        ModelCheckpoint(
+            dirpath=str(directory), filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+        ),
+    ]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -109,8 +113,11 @@ def task_meta(task, model: DictConfig, labelbook: LabelBook, context_turns: int)
     """The package meta of ``task`` (typed settings, or a task config to type)."""
     task = task if isinstance(task, (IntentTask, NERTask)) else task_settings(task)
     meta = {
-        "task": task.name, "backbone": OmegaConf.to_container(model.backbone, resolve=True),
-        "backbone_name": model.name, "max_length": task.max_length, "context_turns": context_turns,
+        "task": task.name,
+        "backbone": OmegaConf.to_container(model.backbone, resolve=True),
+        "backbone_name": model.name,
+        "max_length": task.max_length,
+        "context_turns": context_turns,
         "lora": _per_task(model, "lora", "task_lora", task.name),
         "optim": _per_task(model, "optim", "task_optim", task.name),
     }
@@ -125,8 +132,13 @@ def weight_averaging(wa: WeightAveraging) -> list:
     return [] if wa.start is None else [TailAveraging(wa.start, wa.every_n_steps)]
 
 
-def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dict[str, str] | None = None,
-               callbacks: list | None = None) -> TrainResult:
+def train_task(
+    cfg: DictConfig,
+    task: DictConfig,
+    out_dir: str | Path,
+    tags: dict[str, str] | None = None,
+    callbacks: list | None = None,
+) -> TrainResult:
     """Fit one task model, save its package and log everything to one MLflow run.
 
     Under a multi-process launch (torchrun, SLURM, Lightning's launcher) only global
@@ -139,16 +151,27 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
     L.seed_everything(cfg.seed, workers=True)
     labelbook = LabelBook.load(cfg.labels.ontology)
     glossary = Glossary.load(cfg.labels.glossary)
-    context_turns = 0 if not kind.uses_context else \
-        (cfg.data.context_turns if task.context_turns is None else task.context_turns)
+    context_turns = (
+        0 if not kind.uses_context else (cfg.data.context_turns if task.context_turns is None else task.context_turns)
+    )
     meta = task_meta(task, cfg.model, labelbook, context_turns)
     backbone = resolve_backbone(meta["backbone"])
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     encode = kind.encoder(tokenizer, task, meta, labelbook)
-    dm = TurnDataModule(cfg.data.train_file, cfg.data.val_file, encode, tokenizer, labelbook, glossary,
-                        batch_size=task.batch_size, context_turns=context_turns, seed=cfg.seed,
-                        bucket=cfg.data.get("length_bucketing", True),
-                        non_task_intents=meta.get("non_task_intents", ()), turns=meta.get("turns", "all"))
+    dm = TurnDataModule(
+        cfg.data.train_file,
+        cfg.data.val_file,
+        encode,
+        tokenizer,
+        labelbook,
+        glossary,
+        batch_size=task.batch_size,
+        context_turns=context_turns,
+        seed=cfg.seed,
+        bucket=cfg.data.get("length_bucketing", True),
+        non_task_intents=meta.get("non_task_intents", ()),
+        turns=meta.get("turns", "all"),
+    )
     dm.setup()
     if "term_matching" in meta:  # a tagger: the common glossary words the train annotation tags every time
         meta["settled_forms"] = settled_forms(dm.train_dialogues, GlossaryMatcher(glossary))
@@ -156,27 +179,49 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
     module = build_module(meta, backbone)
     out_dir = Path(out_dir) / task.name
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tags = {"findial.task": task.name, "findial.data_fingerprint": data_fp, "findial.backbone": cfg.model.name,
-            **(tags or {})}
+    tags = {
+        "findial.task": task.name,
+        "findial.data_fingerprint": data_fp,
+        "findial.backbone": cfg.model.name,
+        **(tags or {}),
+    }
     lead = is_launch_rank_zero()  # one MLflow run per job, however many processes train it
     ckpt = _resume_path(cfg.get("resume"), cfg.paths.home, task.name)
     resumed = _resumed_run_id(ckpt) if lead else None
     if ckpt:
         tags["findial.resumed_from"] = str(ckpt)
-    with (tracking.run(cfg.logger.experiment_prefix + task.name, f"train-{task.name}-{cfg.model.name}",
-                       tags=tags, run_id=resumed) if lead else nullcontext()) as active:
+    with (
+        tracking.run(
+            cfg.logger.experiment_prefix + task.name, f"train-{task.name}-{cfg.model.name}", tags=tags, run_id=resumed
+        )
+        if lead
+        else nullcontext()
+    ) as active:
         run_id = active.info.run_id if lead else ""
         if lead:
             out_dir.mkdir(parents=True, exist_ok=True)
             tracking.atomic_write_text(out_dir / RUN_ID_FILE, run_id)
         if lead and not resumed:
-            tracking.log_params({"task": dataclasses.asdict(task), "model": meta["lora"],
-                                 "model_name": cfg.model.name, "seed": cfg.seed, "data": resolved["data"],
-                                 "trainer": resolved["trainer"]})
+            tracking.log_params(
+                {
+                    "task": dataclasses.asdict(task),
+                    "model": meta["lora"],
+                    "model_name": cfg.model.name,
+                    "seed": cfg.seed,
+                    "data": resolved["data"],
+                    "trainer": resolved["trainer"],
+                }
+            )
             tracking.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
-            tracking.log_json({"data_fingerprint": data_fp, "train_dialogues": len(dm.train_dialogues),
-                               "train_turns": len(dm.train_features), "val_turns": len(dm.val_features)},
-                              "data/summary.json")
+            tracking.log_json(
+                {
+                    "data_fingerprint": data_fp,
+                    "train_dialogues": len(dm.train_dialogues),
+                    "train_turns": len(dm.train_features),
+                    "val_turns": len(dm.val_features),
+                },
+                "data/summary.json",
+            )
         from lightning.pytorch.loggers import MLFlowLogger
 
         # Other ranks never touch the MLflow store (no logger, no LR monitor, which needs one).
@@ -184,12 +229,18 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
         trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
         if trainer_cfg.get("max_epochs") is None:
             trainer_cfg["max_epochs"] = task.epochs
-        trainer = instantiate(trainer_cfg, logger=logger, default_root_dir=str(out_dir),
-                              plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,  # the data module shards
-                              callbacks=checkpoint_callbacks(out_dir / "checkpoints")
-                              + ([LearningRateMonitor(logging_interval="step")] if lead else [])
-                              + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [])
-                              + weight_averaging(task.weight_averaging) + list(callbacks or []))
+        trainer = instantiate(
+            trainer_cfg,
+            logger=logger,
+            default_root_dir=str(out_dir),
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # the data module shards
+            callbacks=checkpoint_callbacks(out_dir / "checkpoints")
+            + ([LearningRateMonitor(logging_interval="step")] if lead else [])
+            + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [])
+            + weight_averaging(task.weight_averaging)
+            + list(callbacks or []),
+        )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         package = out_dir / "package"
@@ -197,8 +248,12 @@ def train_task(cfg: DictConfig, task: DictConfig, out_dir: str | Path, tags: dic
         state = consolidated_trainable_state(module, trainer.strategy) if sharded else None  # every rank joins
         if trainer.is_global_zero:
             plain = rebuilt_module(state, lambda: build_module(meta, backbone)) if sharded else module
-            save_package(plain, {**meta, "data_fingerprint": data_fp, "train_run_id": run_id},
-                         package, files={"ontology.yaml": cfg.labels.ontology, "glossary.yaml": cfg.labels.glossary})
+            save_package(
+                plain,
+                {**meta, "data_fingerprint": data_fp, "train_run_id": run_id},
+                package,
+                files={"ontology.yaml": cfg.labels.ontology, "glossary.yaml": cfg.labels.glossary},
+            )
             import mlflow
 
             mlflow.log_artifacts(str(package), "package")

@@ -1,4 +1,5 @@
 """python -m findial.data.generator [--out DIR] [--seed 13] [--scale 1.0]: the same as `findial data generate`."""
+
 from __future__ import annotations
 
 import sys

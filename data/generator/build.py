@@ -20,6 +20,7 @@ How it works
     byte-identical: they widen the phrasings the models learn from, not what they are scored on.
   * One random.Random(seed) drives everything, so the same seed gives identical files.
 """
+
 from __future__ import annotations
 
 import json
@@ -170,8 +171,10 @@ class Builder:
                     groups[(name, None, lang)] = None
             for key, items in groups.items():
                 if key not in self.pools or not isinstance(items, list):
-                    raise ValueError(f"{path}: {key[0]} {key[1]!r}: not a list of templates for a pool that "
-                                     f"templates_{lang}.yaml / dialogue.yaml define")
+                    raise ValueError(
+                        f"{path}: {key[0]} {key[1]!r}: not a list of templates for a pool that "
+                        f"templates_{lang}.yaml / dialogue.yaml define"
+                    )
                 for i, text in enumerate(items):
                     emotion, toks = parse(text, self.slot_names)
                     self.pools[key].append(Template(key + ("supplement", i), text, emotion, toks, "train", 0, True))
@@ -187,8 +190,14 @@ class Builder:
         return self.rng.choice([t for t in cands if t.uses == low])
 
     # ------------------------------------------------------------ rendering
-    def render(self, tmpl: Template, lang: str, override: dict | None = None,
-               prev: dict | None = None, avoid: dict | None = None) -> tuple[list[Seg], dict]:
+    def render(
+        self,
+        tmpl: Template,
+        lang: str,
+        override: dict | None = None,
+        prev: dict | None = None,
+        avoid: dict | None = None,
+    ) -> tuple[list[Seg], dict]:
         for _ in range(40):
             segs, fills, ok = [], {}, True
             for tok in tmpl.toks:
@@ -211,8 +220,7 @@ class Builder:
                     if tagged and avoid and avoid.get(name) is not None and avoid[name] in (surface, tid):
                         ok = False
                     label = SLOT_LABEL[name] if tagged else None
-                    segs.append(Seg(surface, label, tid if tagged else None,
-                                    "fill" if label else "untag", name))
+                    segs.append(Seg(surface, label, tid if tagged else None, "fill" if label else "untag", name))
                     if label:
                         fills[name] = (surface, filt)
             if not ok:
@@ -230,22 +238,36 @@ class Builder:
                 m = re.search(r"(^|\s)([Aa]n?) $", a.text)
                 if m:
                     art = m.group(2)[0] + ("n" if _vowel_sound(b.text) else "")
-                    a.text = a.text[:m.start(2)] + art + " "
+                    a.text = a.text[: m.start(2)] + art + " "
         first = next((s for s in segs if s.text), None)
         if first is not None and first.label not in PII_LABELS and first.text[0].islower():
             first.text = first.text[0].upper() + first.text[1:]
         return segs
 
-    def user_turn(self, key: tuple, split: str, ctx: Ctx, intent: str, emotion: str | None = None,
-                  override: dict | None = None, prev: dict | None = None, avoid: dict | None = None,
-                  tmpl: Template | None = None) -> dict | None:
+    def user_turn(
+        self,
+        key: tuple,
+        split: str,
+        ctx: Ctx,
+        intent: str,
+        emotion: str | None = None,
+        override: dict | None = None,
+        prev: dict | None = None,
+        avoid: dict | None = None,
+        tmpl: Template | None = None,
+    ) -> dict | None:
         tmpl = tmpl or self.pick(key, split)
         if tmpl is None:
             return None
         segs, fills = self.render(tmpl, ctx.lang, override, prev, avoid)
         wrap = self.dlg["wrap"]
-        if key[0] == "intent" and emotion is None and tmpl.emotion is None \
-                and self.meta[intent].get("task", True) and self.rng.random() < wrap["share"]:
+        if (
+            key[0] == "intent"
+            and emotion is None
+            and tmpl.emotion is None
+            and self.meta[intent].get("task", True)
+            and self.rng.random() < wrap["share"]
+        ):
             emo = self.rng.choices(list(wrap["emotions"]), list(wrap["emotions"].values()))[0]
             wrapped = self.wrap(segs, self.pick(("wrap", emo, ctx.lang), split), ctx.lang)
             if wrapped is not None:
@@ -266,13 +288,19 @@ class Builder:
         for e in ents:
             slot = STATE_SLOT.get(e["label"])
             if slot:
-                ctx.state[slot] = e.get("term_id") or text[e["start"]:e["end"]]
-                ctx.surf[slot] = text[e["start"]:e["end"]]
+                ctx.state[slot] = e.get("term_id") or text[e["start"] : e["end"]]
+                ctx.surf[slot] = text[e["start"] : e["end"]]
         ctx.last_fills = fills
         self.used_templates[split].add(tmpl.key)
         emo = emotion or tmpl.emotion or self.meta[intent]["emotion"]
-        return {"speaker": "user", "text": text, "intent": intent, "emotion": emo,
-                "entities": ents, "state": dict(ctx.state)}
+        return {
+            "speaker": "user",
+            "text": text,
+            "intent": intent,
+            "emotion": emo,
+            "entities": ents,
+            "state": dict(ctx.state),
+        }
 
     def wrap(self, segs: list[Seg], wtmpl: Template | None, lang: str) -> list[Seg] | None:
         """Put an emotional phrase around an utterance ("*" in the wrapper is the utterance)."""
@@ -281,8 +309,12 @@ class Builder:
         before, _, after = wtmpl.text.partition("*")
         segs = [Seg(s.text, s.label, s.term_id, s.kind, s.slot) for s in segs]
         first, last = segs[0], segs[-1]
-        if before.rstrip().endswith((",", ":", "，")) and lang == "en" and first.label not in PII_LABELS \
-                and not (first.text.startswith("I ") or first.text.startswith("I'")):
+        if (
+            before.rstrip().endswith((",", ":", "，"))
+            and lang == "en"
+            and first.label not in PII_LABELS
+            and not (first.text.startswith("I ") or first.text.startswith("I'"))
+        ):
             first.text = first.text[:1].lower() + first.text[1:]
         if after:
             ends = last.text[-1:] in ".?!。？！，,~"
@@ -302,8 +334,7 @@ class Builder:
     def agent_reply(self, intent: str, lang: str, surf: dict | None = None) -> dict:
         """A reference reply; replies with {=slot} echo the current value of a state slot."""
         surf = surf or {}
-        ok = [r for r in self.agent[lang][intent]["agent"]
-              if all(k in surf for k in re.findall(r"\{=(\w+)\}", r))]
+        ok = [r for r in self.agent[lang][intent]["agent"] if all(k in surf for k in re.findall(r"\{=(\w+)\}", r))]
         text = self.rng.choice(ok)
         return {"speaker": "agent", "text": re.sub(r"\{=(\w+)\}", lambda m: surf[m.group(1)], text)}
 
@@ -361,8 +392,12 @@ class Builder:
             user = self.user_turn(("intent", intent, lang), split, ctx, intent)
             return (None, user) if user else None
         if step in ("greet", "thanks", "bye", "human", "complain", "affirm", "deny"):
-            intent = {"greet": "greeting", "bye": "goodbye", "human": "request_human_agent",
-                      "complain": "complaint"}.get(step, step)
+            intent = {
+                "greet": "greeting",
+                "bye": "goodbye",
+                "human": "request_human_agent",
+                "complain": "complaint",
+            }.get(step, step)
             agent_text = None
             if step in ("affirm", "deny"):
                 if ctx.task is None or (step == "affirm" and not self.meta[ctx.task].get("action")):
@@ -377,8 +412,11 @@ class Builder:
         meta = self.meta[ctx.task]
         emo = "anxious" if meta["emotion"] == "anxious" and self.rng.random() < 0.4 else "neutral"
         if step == "supply":
-            specs = [s for s in meta.get("ask", []) if s.split(":")[0] not in ctx.asked
-                     and STATE_SLOT.get(SLOT_LABEL[s.split(":")[0]]) not in ctx.state]
+            specs = [
+                s
+                for s in meta.get("ask", [])
+                if s.split(":")[0] not in ctx.asked and STATE_SLOT.get(SLOT_LABEL[s.split(":")[0]]) not in ctx.state
+            ]
             if not specs:
                 return None
             slot, _, filt = self.rng.choice(specs).partition(":")
@@ -391,8 +429,15 @@ class Builder:
                 return None
             slot, _, filt = self.rng.choice(specs).partition(":")
             state_slot = STATE_SLOT[SLOT_LABEL[slot]]
-            user = self.user_turn(("vary", slot, lang), split, ctx, ctx.task, "neutral",
-                                  override={slot: filt or None}, avoid={slot: ctx.state.get(state_slot)})
+            user = self.user_turn(
+                ("vary", slot, lang),
+                split,
+                ctx,
+                ctx.task,
+                "neutral",
+                override={slot: filt or None},
+                avoid={slot: ctx.state.get(state_slot)},
+            )
             return (None, user) if user else None
         if step == "correct":
             slots = [s for s in ctx.last_fills if ("correct", s, lang) in self.pools]
@@ -400,8 +445,16 @@ class Builder:
                 return None
             slot = self.rng.choice(slots)
             surface, filt = ctx.last_fills[slot]
-            user = self.user_turn(("correct", slot, lang), split, ctx, ctx.task, "neutral",
-                                  override={slot: filt}, prev={slot: surface}, avoid={slot: surface})
+            user = self.user_turn(
+                ("correct", slot, lang),
+                split,
+                ctx,
+                ctx.task,
+                "neutral",
+                override={slot: filt},
+                prev={slot: surface},
+                avoid={slot: surface},
+            )
             return (None, user) if user else None
         raise ValueError(f"unknown script step {step!r}")
 
@@ -427,8 +480,9 @@ class Builder:
 
     def branch(self, lang: str, domain: str) -> str:
         names = list(self.cfg["branches"])
-        w = [b["share"] * b["lang"][lang] * b.get("domains", {}).get(domain, 1.0)
-             for b in self.cfg["branches"].values()]
+        w = [
+            b["share"] * b["lang"][lang] * b.get("domains", {}).get(domain, 1.0) for b in self.cfg["branches"].values()
+        ]
         return self.rng.choices(names, w)[0]
 
     def build(self) -> dict[str, list[dict]]:
@@ -437,8 +491,7 @@ class Builder:
         self.used_templates = {s: set() for s in SPLITS}
         self.counters = Counter()
         total = max(1, round(self.cfg["dialogues"] * self.scale))
-        out = {split: self.dialogues(split, max(1, round(total * self.cfg["split_share"][split])))
-               for split in SPLITS}
+        out = {split: self.dialogues(split, max(1, round(total * self.cfg["split_share"][split]))) for split in SPLITS}
         extra = round(len(out["train"]) * self.supplement_share)
         if extra:
             self.in_supplement = True
@@ -474,10 +527,16 @@ class Builder:
             tasks = [t["intent"] for t in turns if t["speaker"] == "user" and self.meta[t["intent"]].get("task", True)]
             first = tasks[0] if tasks else turns[0]["intent"]
             self.counters[lang] += 1
-            dialogues.append({"id": f"{lang}-{self.counters[lang]:05d}", "lang": lang,
-                              "branch": self.branch(lang, self.labelbook.intent_domains[first]),
-                              "turns": turns})
+            dialogues.append(
+                {
+                    "id": f"{lang}-{self.counters[lang]:05d}",
+                    "lang": lang,
+                    "branch": self.branch(lang, self.labelbook.intent_domains[first]),
+                    "turns": turns,
+                }
+            )
         return dialogues
+
 
 def summarize(splits: dict[str, list[dict]]) -> dict:
     summary: dict = {"splits": {}, "entities": Counter(), "intents": Counter(), "emotions": Counter()}
@@ -488,8 +547,9 @@ def summarize(splits: dict[str, list[dict]]) -> dict:
             "user_turns": len(users),
             "multi_turn_dialogues": sum(1 for d in dialogues if sum(t["speaker"] == "user" for t in d["turns"]) > 1),
             "lang": dict(sorted(Counter(d["lang"] for d in dialogues).items())),
-            "user_turns_by_lang": dict(sorted(Counter(d["lang"] for d in dialogues for t in d["turns"]
-                                                      if t["speaker"] == "user").items())),
+            "user_turns_by_lang": dict(
+                sorted(Counter(d["lang"] for d in dialogues for t in d["turns"] if t["speaker"] == "user").items())
+            ),
             "branch": dict(sorted(Counter(d["branch"] for d in dialogues).items())),
             "intents": len({t["intent"] for t in users}),
         }
@@ -509,8 +569,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def generate_corpus(out_dir: Path, seed: int = 13, scale: float = 1.0,
-                    train_supplement: float | None = None) -> dict:
+def generate_corpus(out_dir: Path, seed: int = 13, scale: float = 1.0, train_supplement: float | None = None) -> dict:
     """Write train/validation/test.jsonl into out_dir (atomically) and return summary counts.
     ``train_supplement`` overrides corpus.yaml's share of extra train dialogues (0: none)."""
     out_dir = Path(out_dir)
@@ -520,8 +579,12 @@ def generate_corpus(out_dir: Path, seed: int = 13, scale: float = 1.0,
     for split, records in splits.items():
         write_jsonl(out_dir / f"{split}.jsonl", records)
     summary = summarize(splits)
-    summary.update(seed=seed, scale=scale, noisy_turns=builder.stats["noisy_turns"],
-                   supplement_dialogues=builder.stats["supplement_dialogues"],
-                   noise_ops={k[6:]: v for k, v in sorted(builder.stats.items()) if k.startswith("noise:")},
-                   templates={s: len(builder.used_templates[s]) for s in SPLITS})
+    summary.update(
+        seed=seed,
+        scale=scale,
+        noisy_turns=builder.stats["noisy_turns"],
+        supplement_dialogues=builder.stats["supplement_dialogues"],
+        noise_ops={k[6:]: v for k, v in sorted(builder.stats.items()) if k.startswith("noise:")},
+        templates={s: len(builder.used_templates[s]) for s in SPLITS},
+    )
     return summary

@@ -6,6 +6,7 @@ international numbers from the fictional ranges (+1 ...-555-01xx, +44 20 7946 0x
 e-mail addresses on the reserved example domains, names combined from common
 surname / given-name lists. Lists of words live in lexicon.yaml.
 """
+
 from __future__ import annotations
 
 import random
@@ -15,19 +16,40 @@ from collections import Counter
 from findial.data.labelbook import Glossary
 
 SLOT_LABEL = {
-    "product": "PRODUCT", "term": "TERM", "amount": "AMOUNT", "currency": "CURRENCY",
-    "date": "DATE", "duration": "DURATION", "rate": "RATE", "merchant": "MERCHANT",
-    "org": "ORG", "card": "CARD_NUMBER", "phone": "PHONE", "idnum": "ID_NUMBER",
-    "person": "PERSON", "email": "EMAIL", "last4": None, "num": None,
+    "product": "PRODUCT",
+    "term": "TERM",
+    "amount": "AMOUNT",
+    "currency": "CURRENCY",
+    "date": "DATE",
+    "duration": "DURATION",
+    "rate": "RATE",
+    "merchant": "MERCHANT",
+    "org": "ORG",
+    "card": "CARD_NUMBER",
+    "phone": "PHONE",
+    "idnum": "ID_NUMBER",
+    "person": "PERSON",
+    "email": "EMAIL",
+    "last4": None,
+    "num": None,
 }
-STATE_SLOT = {"PRODUCT": "product", "TERM": "term", "AMOUNT": "amount", "CURRENCY": "currency",
-              "DATE": "date", "DURATION": "duration", "MERCHANT": "merchant", "ORG": "org"}
+STATE_SLOT = {
+    "PRODUCT": "product",
+    "TERM": "term",
+    "AMOUNT": "amount",
+    "CURRENCY": "currency",
+    "DATE": "date",
+    "DURATION": "duration",
+    "MERCHANT": "merchant",
+    "ORG": "org",
+}
 
 CN_DIGITS = "零一二三四五六七八九"
 
 
 def cn_number(n: int) -> str:
     """Chinese numeral for 0 < n < 10**8, colloquial (两千, 三万五)."""
+
     def under_10k(x: int, lead: bool) -> str:
         out, zero = "", False
         for unit, val in (("千", 1000), ("百", 100), ("十", 10), ("", 1)):
@@ -43,6 +65,7 @@ def cn_number(n: int) -> str:
             elif out:
                 zero = True
         return out
+
     wan, rest = divmod(n, 10000)
     if not wan:
         return under_10k(rest, True)
@@ -96,7 +119,7 @@ class Fillers:
     # ------------------------------------------------------------ glossary
     def term_ids(self, label: str, filt: str | None) -> list[str]:
         ids: list[str] = []
-        for part in (filt.split("|") if filt else ["*"]):
+        for part in filt.split("|") if filt else ["*"]:
             if part == "*":
                 ids += list(self.glossary.terms)
             elif part in self.groups:
@@ -143,10 +166,13 @@ class Fillers:
         """Fill the {n}-style number placeholders of lexicon patterns."""
         r = self.rng
         reps = {
-            "{d}": lambda: str(r.randint(1, 28)), "{m}": lambda: str(r.randint(1, 12)),
-            "{cd}": lambda: cn_number(r.randint(1, 28)), "{cm}": lambda: cn_number(r.randint(1, 12)),
+            "{d}": lambda: str(r.randint(1, 28)),
+            "{m}": lambda: str(r.randint(1, 12)),
+            "{cd}": lambda: cn_number(r.randint(1, 28)),
+            "{cm}": lambda: cn_number(r.randint(1, 12)),
             "{y}": lambda: str(r.choice([2023, 2024, 2025])),
-            "{h}": lambda: str(r.randint(1, 11)), "{min}": lambda: f"{r.choice([0, 15, 30, 45]):02d}",
+            "{h}": lambda: str(r.randint(1, 11)),
+            "{min}": lambda: f"{r.choice([0, 15, 30, 45]):02d}",
             "{n}": lambda: str(r.choice([2, 3, 5, 7, 10, 15, 20, 30])),
             "{cn}": lambda: cn_number(r.choice([2, 3, 5, 6, 10])),
             "{tenor}": lambda: str(r.choice([3, 6, 12, 18, 24, 36])),
@@ -154,10 +180,28 @@ class Fillers:
             "{cyears}": lambda: r.choice(["一", "两", "三", "五", "十", "二十", "三十"]),
             "{rate}": lambda: r.choice(["2.85", "3.1", "3.45", "3.95", "4.2", "1.75", "2.5", "3", "5.6", "18"]),
             "{wd}": lambda: r.choice(["一", "二", "三", "四", "五", "六", "日"]),
-            "{weekday}": lambda: r.choice(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]),
-            "{month}": lambda: r.choice(["January", "February", "March", "April", "May", "June", "July",
-                                         "August", "September", "October", "November", "December"]),
-            "{ord}": lambda: r.choice(["1st", "2nd", "3rd", "5th", "8th", "10th", "12th", "15th", "20th", "25th", "28th"]),
+            "{weekday}": lambda: r.choice(
+                ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+            ),
+            "{month}": lambda: r.choice(
+                [
+                    "January",
+                    "February",
+                    "March",
+                    "April",
+                    "May",
+                    "June",
+                    "July",
+                    "August",
+                    "September",
+                    "October",
+                    "November",
+                    "December",
+                ]
+            ),
+            "{ord}": lambda: r.choice(
+                ["1st", "2nd", "3rd", "5th", "8th", "10th", "12th", "15th", "20th", "25th", "28th"]
+            ),
         }
         for k, f in reps.items():
             while k in s:
@@ -175,14 +219,36 @@ class Fillers:
             num = f"{base - 1}.{r.randint(10, 99)}"
         if lang == "zh":
             cn = cn_number(base)
-            forms = [f"{num}元", f"{num}块", f"{cn}元", f"{cn}块钱", f"{cn}块", f"人民币{num}元", f"{num}块钱",
-                     f"{num}美元", f"{num}港币", f"{num}元人民币", f"{cn}"]
+            forms = [
+                f"{num}元",
+                f"{num}块",
+                f"{cn}元",
+                f"{cn}块钱",
+                f"{cn}块",
+                f"人民币{num}元",
+                f"{num}块钱",
+                f"{num}美元",
+                f"{num}港币",
+                f"{num}元人民币",
+                f"{cn}",
+            ]
             if base >= 10000 and base % 1000 == 0:
                 w = base / 10000
                 forms += [f"{w:g}万", f"{w:g}万元", f"{w:g}万块"]
             return r.choice(forms)
-        forms = [f"${num}", f"{num} yuan", f"RMB {num}", f"HK${num}", f"{num} dollars", f"€{num}", f"£{num}",
-                 f"USD {num}", f"{num} RMB", f"{num} Hong Kong dollars", f"CNY {num}"]
+        forms = [
+            f"${num}",
+            f"{num} yuan",
+            f"RMB {num}",
+            f"HK${num}",
+            f"{num} dollars",
+            f"€{num}",
+            f"£{num}",
+            f"USD {num}",
+            f"{num} RMB",
+            f"{num} Hong Kong dollars",
+            f"CNY {num}",
+        ]
         if 1000 <= base < 100000 and base % 1000 == 0:
             forms += [f"{base // 1000}k", f"${base // 1000}k"]
         if base >= 1000000 and base % 100000 == 0:
@@ -197,7 +263,7 @@ class Fillers:
         num = body + luhn_digit(body)
         if r.random() < 0.35:
             sep = " " if r.random() < 0.8 else "-"
-            num = sep.join(num[i:i + 4] for i in range(0, len(num), 4))
+            num = sep.join(num[i : i + 4] for i in range(0, len(num), 4))
         return num
 
     def idnum(self, lang: str, filt: str | None) -> str:
@@ -236,7 +302,9 @@ class Fillers:
 
     def email(self) -> str:
         r = self.rng
-        user = r.choice(self.lex["email_users"]) + r.choice(["", "", str(r.randint(1, 99)), "." + r.choice(self.lex["email_users"])])
+        user = r.choice(self.lex["email_users"]) + r.choice(
+            ["", "", str(r.randint(1, 99)), "." + r.choice(self.lex["email_users"])]
+        )
         return f"{user}@{r.choice(['example.com', 'example.com', 'example.org', 'example.net', 'mail.example.com'])}"
 
     def draw(self, slot: str, filt: str | None, lang: str) -> tuple[str, str | None]:

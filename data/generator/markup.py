@@ -23,6 +23,7 @@ lexicon.yaml ``not_mentions`` (verbs such as "check", "wire") are never auto-tag
 A rendering whose filler merges with the surrounding text into a longer glossary form
 (信用卡 + 年费 = 信用卡年费) is rejected and redrawn.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,6 +38,7 @@ TOKEN = re.compile(r"\[([^\]]+)\]\(([A-Z_]+)(?::([a-z0-9_]+))?\)|\{([^{}]*)\}|<(
 @dataclass
 class Seg:
     """A piece of rendered text: plain, escaped (never tagged) or an entity mention."""
+
     text: str
     label: str | None = None
     term_id: str | None = None
@@ -50,12 +52,12 @@ def parse(template: str, slot_names: set[str]) -> tuple[str | None, list[tuple]]
     emotion = None
     m = re.match(r"@(\w+)\s+", template)
     if m:
-        emotion, template = m.group(1), template[m.end():]
+        emotion, template = m.group(1), template[m.end() :]
     toks: list[tuple] = []
     pos = 0
     for m in TOKEN.finditer(template):
         if m.start() > pos:
-            toks.append(("text", template[pos:m.start()]))
+            toks.append(("text", template[pos : m.start()]))
         if m.group(1) is not None:
             toks.append(("lit", m.group(1), m.group(2), m.group(3)))
         elif m.group(5) is not None:
@@ -102,9 +104,11 @@ class Matcher:
         while i < n:
             for f in self.by_first.get(folded[i], ()):
                 j = i + len(f)
-                if folded.startswith(f, i) \
-                        and not (_alnum(f[0]) and i > 0 and _alnum(folded[i - 1])) \
-                        and not (_alnum(f[-1]) and j < n and _alnum(folded[j])):
+                if (
+                    folded.startswith(f, i)
+                    and not (_alnum(f[0]) and i > 0 and _alnum(folded[i - 1]))
+                    and not (_alnum(f[-1]) and j < n and _alnum(folded[j]))
+                ):
                     out.append((i, j, self.forms[f]))
                     i = j
                     break
@@ -155,13 +159,13 @@ def autotag(segs: list[Seg], matcher: Matcher, not_mentions: set[str]) -> list[S
         for x, y, s in text_segs:
             lo, hi = max(x, pos), min(y, a)
             if lo < hi:
-                out.append(Seg(s.text[lo - x:hi - x], s.label, s.term_id, s.kind, s.slot))
+                out.append(Seg(s.text[lo - x : hi - x], s.label, s.term_id, s.kind, s.slot))
         out.append(Seg(text[a:b], matcher.glossary.label_of(tid), tid, "auto", None))
         pos = b
     for x, y, s in text_segs:
         lo = max(x, pos)
         if lo < y:
-            out.append(Seg(s.text[lo - x:], s.label, s.term_id, s.kind, s.slot))
+            out.append(Seg(s.text[lo - x :], s.label, s.term_id, s.kind, s.slot))
     return out
 
 

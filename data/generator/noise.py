@@ -8,6 +8,7 @@ Operations (1-2 per noisy utterance; word lists in noise.yaml):
   en: letter swaps / drops / doubling in words and in mentions, lower case, chat
       shorthand (pls, u, thx), filler words (um, hi there), dropped final punctuation.
 """
+
 from __future__ import annotations
 
 import random
@@ -26,9 +27,9 @@ def _typo(word: str, rng: random.Random) -> str:
     i = rng.randint(1, len(word) - 2)
     op = rng.choice(["swap", "drop", "double"])
     if op == "swap":
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
     if op == "drop":
-        return word[:i] + word[i + 1:]
+        return word[:i] + word[i + 1 :]
     return word[:i] + word[i] + word[i:]
 
 
@@ -56,8 +57,13 @@ class Noiser:
     # -------------------------------------------------------------- shared
     def op_filler(self, segs, lang):
         word = self.rng.choice(self.cfg["fillers"][lang])
-        if lang == "en" and segs and segs[0].text[:1].isupper() and segs[0].label not in PII \
-                and not segs[0].text.startswith(("I ", "I'")):
+        if (
+            lang == "en"
+            and segs
+            and segs[0].text[:1].isupper()
+            and segs[0].label not in PII
+            and not segs[0].text.startswith(("I ", "I'"))
+        ):
             segs[0].text = segs[0].text[0].lower() + segs[0].text[1:]
         segs.insert(0, Seg(word))
         return True
@@ -72,8 +78,9 @@ class Noiser:
     # -------------------------------------------------------------- zh
     def op_homophone(self, segs, lang):
         table = self.cfg["homophones"]
-        cands = [(s, k) for s in segs if s.label in ("PRODUCT", "TERM") or s.kind == "plain"
-                 for k in table if k in s.text]
+        cands = [
+            (s, k) for s in segs if s.label in ("PRODUCT", "TERM") or s.kind == "plain" for k in table if k in s.text
+        ]
         if not cands:
             return False
         s, k = self.rng.choice(cands)
@@ -113,12 +120,16 @@ class Noiser:
 
     # -------------------------------------------------------------- en
     def op_typo(self, segs, lang):
-        cands = [(s, m) for s in segs if s.kind == "plain" or s.label in ("PRODUCT", "TERM")
-                 for m in re.finditer(r"[A-Za-z]{4,}", s.text)]
+        cands = [
+            (s, m)
+            for s in segs
+            if s.kind == "plain" or s.label in ("PRODUCT", "TERM")
+            for m in re.finditer(r"[A-Za-z]{4,}", s.text)
+        ]
         if not cands:
             return False
         s, m = self.rng.choice(cands)
-        s.text = s.text[:m.start()] + _typo(m.group(), self.rng) + s.text[m.end():]
+        s.text = s.text[: m.start()] + _typo(m.group(), self.rng) + s.text[m.end() :]
         return True
 
     def op_lower(self, segs, lang):

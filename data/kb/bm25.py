@@ -2,6 +2,7 @@
 
 One tokenizer serves both languages, so a Chinese query that names "app" or "ATM" matches those words too.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,8 @@ _RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[a-z0-9]+")
 STOPWORDS = frozenset(
     "a an the and or but if of to in on at for from by with as is are was were be been am do does did i me my we "
     "our you your it its this that there what which who how can could would should will shall may might have has "
-    "had not no so just about into than then them they he she his her us any some".split())
+    "had not no so just about into than then them they he she his her us any some".split()
+)
 
 
 def tokens(text: str) -> list[str]:
@@ -27,7 +29,7 @@ def tokens(text: str) -> list[str]:
         elif len(run) == 1:
             out.append(run)
         else:
-            out.extend(run[i:i + 2] for i in range(len(run) - 1))
+            out.extend(run[i : i + 2] for i in range(len(run) - 1))
     return out
 
 

@@ -3,6 +3,7 @@ hidden state over the attention mask, L2 normalisation. Any local BERT-style dir
 bundled e5-small from ``findial.training.backbones.e5_small()``, or ``tiny()`` in tests); nothing is
 downloaded. ``model_id`` names a model directory by its name and the hash of its config, without loading it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,9 +46,14 @@ class Encoder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch with less padding
         with torch.no_grad():
             for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                enc = self.tokenizer([PREFIX[kind] + texts[i] for i in rows], padding=True, truncation=True,
-                                     max_length=MAX_LENGTH[kind], return_tensors="pt")
+                rows = order[start : start + self.batch_size]
+                enc = self.tokenizer(
+                    [PREFIX[kind] + texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_LENGTH[kind],
+                    return_tensors="pt",
+                )
                 hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)

@@ -12,32 +12,65 @@ numerals (``三``, ``十五``, ``两``) and English number words (``three``) bef
 article (title and body) and no dialogue turn states: a unit-bearing fact needs the same value with the same
 unit, a bare number the same value with any unit or none. Ids of the cited articles are not facts.
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
 
-CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8,
-             "九": 9}
+CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
 CN_UNITS = {"十": 10, "百": 100, "千": 1000}
-MULT = {"万": 10 ** 4, "千": 10 ** 3, "亿": 10 ** 8, "百万": 10 ** 6, "thousand": 10 ** 3, "million": 10 ** 6,
-        "k": 10 ** 3, "m": 10 ** 6}
-MONTHS = {m: i + 1 for i, m in enumerate(("january", "february", "march", "april", "may", "june", "july",
-                                          "august", "september", "october", "november", "december"))}
+MULT = {
+    "万": 10**4,
+    "千": 10**3,
+    "亿": 10**8,
+    "百万": 10**6,
+    "thousand": 10**3,
+    "million": 10**6,
+    "k": 10**3,
+    "m": 10**6,
+}
+MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        (
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        )
+    )
+}
 MONTHS.update({m[:3]: i for m, i in list(MONTHS.items())})
 # unit synonyms (lower-case, after NFKC) -> one canonical unit
 UNITS = {
     "cny": ["元", "元人民币", "人民币", "块", "块钱", "yuan", "rmb", "cny", "¥"],
     "hkd": ["港元", "港币", "港幣", "hkd", "hk$"],
     "usd": ["美元", "美金", "usd", "us$", "$"],
-    "eur": ["欧元", "eur", "€"], "gbp": ["英镑", "gbp", "£"], "jpy": ["日元", "jpy"],
-    "%": ["%", "percent", "per cent"], "‰": ["‰"], "bp": ["个基点", "基点", "bps", "bp", "basis points", "basis point"],
+    "eur": ["欧元", "eur", "€"],
+    "gbp": ["英镑", "gbp", "£"],
+    "jpy": ["日元", "jpy"],
+    "%": ["%", "percent", "per cent"],
+    "‰": ["‰"],
+    "bp": ["个基点", "基点", "bps", "bp", "basis points", "basis point"],
     "workday": ["个工作日", "工作日", "working days", "working day", "business days", "business day"],
-    "day": ["天", "日", "days", "day", "calendar days", "自然日"], "hour": ["小时", "个小时", "hours", "hour", "hrs"],
-    "minute": ["分钟", "minutes", "minute", "mins"], "week": ["周", "个星期", "星期", "weeks", "week"],
-    "month": ["个月", "月", "months", "month"], "year": ["年", "周年", "years", "year"],
-    "times": ["倍", "times"], "count": ["次", "笔", "张", "个"],
+    "day": ["天", "日", "days", "day", "calendar days", "自然日"],
+    "hour": ["小时", "个小时", "hours", "hour", "hrs"],
+    "minute": ["分钟", "minutes", "minute", "mins"],
+    "week": ["周", "个星期", "星期", "weeks", "week"],
+    "month": ["个月", "月", "months", "month"],
+    "year": ["年", "周年", "years", "year"],
+    "times": ["倍", "times"],
+    "count": ["次", "笔", "张", "个"],
 }
 UNIT_OF = {s: canon for canon, forms in UNITS.items() for s in forms}
 _unit_alt = "|".join(re.escape(s) for s in sorted(UNIT_OF, key=len, reverse=True))
@@ -60,7 +93,8 @@ AMOUNT = re.compile(
     rf"(?P<pre>{_PREFIX})\s?(?P<pnum>{_NUM}){_MULT.replace('(?:', '(?P<pmult>', 1)}"
     rf"|百分之(?P<pct>{_CN_NUM}|{_NUM})"
     rf"|(?P<num>{_NUM}|{_CN_NUM}(?=(?:百万|万|千|亿)?(?:{_unit_alt}))|\b(?:{_words})(?=\s(?:{_unit_alt})(?![a-z])))"
-    rf"(?P<mult>百万|万|亿|\s?(?:thousand|million)\b)?\s*(?P<unit>{_UNIT})?")
+    rf"(?P<mult>百万|万|亿|\s?(?:thousand|million)\b)?\s*(?P<unit>{_UNIT})?"
+)
 
 
 def _value(text: str) -> Decimal | None:

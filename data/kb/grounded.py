@@ -18,6 +18,7 @@ threshold is what ``benchmarks/kb_answers.py`` chooses on the validation queries
 with ``facts.check_grounding`` against the cited article and the dialogue; an unsupported fact makes it
 ``ungrounded`` (no answer). Everything is deterministic for a given index and text.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,10 +36,10 @@ _SENTENCE = {"zh": re.compile(r"[^。！？!?]+[。！？!?]*"), "en": re.compil
 
 @dataclass(frozen=True)
 class Answer:
-    text: str | None                     # the reply; None: no answer (hand the turn off)
-    citations: tuple[str, ...] = ()      # the cited article ids
-    reason: str | None = None            # why there is no answer: no_kb_answer, ungrounded
-    confidence: float = 0.0              # the best article's fused score
+    text: str | None  # the reply; None: no answer (hand the turn off)
+    citations: tuple[str, ...] = ()  # the cited article ids
+    reason: str | None = None  # why there is no answer: no_kb_answer, ungrounded
+    confidence: float = 0.0  # the best article's fused score
     ranking: tuple[tuple[str, float], ...] = ()  # the top (id, fused score), best first
     unsupported: tuple[str, ...] = field(default=())  # facts of the draft reply no source states
 
@@ -48,8 +49,9 @@ def sentences(body: str, lang: str) -> list[str]:
     return [s.strip() for s in _SENTENCE["zh" if lang == "zh" else "en"].findall(body) if s.strip()]
 
 
-def select(body: str, lang: str, query: str, max_sentences: int = MAX_SENTENCES,
-           reference_only: bool = False) -> list[str]:
+def select(
+    body: str, lang: str, query: str, max_sentences: int = MAX_SENTENCES, reference_only: bool = False
+) -> list[str]:
     """The (at most ``max_sentences``) sentences of ``body`` most relevant to ``query``, in the body's order;
     the first sentence when none shares a word with the query; the disclaimer sentence added when a chosen
     sentence quotes a figure of a ``reference_only`` article."""
@@ -79,7 +81,7 @@ def enrich(text: str, lang: str, state: dict | None, glossary) -> str:
     names = []
     for slot in ("product", "term"):
         values = state.get(slot)
-        for tid in ([values] if isinstance(values, str) else list(values or [])):
+        for tid in [values] if isinstance(values, str) else list(values or []):
             term = glossary.terms.get(tid) if isinstance(tid, str) else None
             name = getattr(term, lang, None) if term else None
             if name and name.casefold() not in text.casefold() and name not in names:
@@ -90,8 +92,15 @@ def enrich(text: str, lang: str, state: dict | None, glossary) -> str:
 class GroundedAnswerer:
     """Answers from ``articles`` (the records the ``retriever``'s index was built from)."""
 
-    def __init__(self, retriever, articles: list[dict], glossary=None, threshold: float = DEFAULT_THRESHOLD,
-                 max_sentences: int = MAX_SENTENCES, k: int = 5):
+    def __init__(
+        self,
+        retriever,
+        articles: list[dict],
+        glossary=None,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_sentences: int = MAX_SENTENCES,
+        k: int = 5,
+    ):
         self.retriever, self.glossary = retriever, glossary
         self.articles = {a["id"]: a for a in articles}
         self.threshold, self.max_sentences, self.k = threshold, max_sentences, k
@@ -101,8 +110,14 @@ class GroundedAnswerer:
         ranking = self.retriever.search(query, lang, self.k)
         return ranking, (ranking[0][1] if ranking else 0.0)
 
-    def answer(self, text: str, lang: str | None, state: dict | None = None, history: list[str] = (),
-               threshold: float | None = None) -> Answer:
+    def answer(
+        self,
+        text: str,
+        lang: str | None,
+        state: dict | None = None,
+        history: list[str] = (),
+        threshold: float | None = None,
+    ) -> Answer:
         query = enrich(text, lang or "en", state, self.glossary)
         ranking, confidence = self.retrieve(query, lang)
         limit = self.threshold if threshold is None else threshold

@@ -13,6 +13,7 @@ scores: ``weighted`` (a weighted sum of min-max normalised scores, ``weight`` th
 alone, 0.0 BM25 alone) or ``rrf`` (weighted reciprocal rank fusion, k = 60). The defaults are what the
 validation queries chose (``benchmarks/kb_retrieval.py``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,15 +49,18 @@ def fuse(dense: np.ndarray, sparse: np.ndarray, fusion: str = DEFAULT_FUSION, we
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight {weight} is not in [0, 1]")
     if fusion == "rrf":
+
         def rrf(s):
             ranks = np.empty(len(s))
             ranks[np.argsort(-s, kind="stable")] = np.arange(1, len(s) + 1)
             return 1.0 / (RRF_K + ranks)
+
         return weight * rrf(dense) + (1 - weight) * rrf(sparse)
 
     def minmax(s):
         span = s.max() - s.min() if len(s) else 0.0
         return (s - s.min()) / span if span > 0 else np.zeros_like(s)
+
     return weight * minmax(dense) + (1 - weight) * minmax(sparse)
 
 
@@ -67,8 +71,13 @@ class Retriever:
     the manifest names).
     """
 
-    def __init__(self, encoder_path: str | Path | None = None, fusion: str = DEFAULT_FUSION,
-                 weight: float = DEFAULT_WEIGHT, batch_size: int = 16):
+    def __init__(
+        self,
+        encoder_path: str | Path | None = None,
+        fusion: str = DEFAULT_FUSION,
+        weight: float = DEFAULT_WEIGHT,
+        batch_size: int = 16,
+    ):
         fuse(np.zeros(1), np.zeros(1), fusion, weight)  # check the settings now
         self.encoder_path = Path(encoder_path) if encoder_path is not None else None
         self.fusion, self.weight, self.batch_size = fusion, weight, batch_size
@@ -120,9 +129,14 @@ class Retriever:
         flat = faiss.IndexFlatIP(dim)
         flat.add(vectors)
         ids = {a["id"] for a in articles}
-        manifest = {"format": FORMAT, "kb_version": kb_version(articles), "model_id": mid,
-                    "model_path": str(self._path()), "dim": dim,
-                    "articles": [{"id": a["id"], "lang": a["lang"], "hash": h} for a, h in zip(articles, hashes)]}
+        manifest = {
+            "format": FORMAT,
+            "kb_version": kb_version(articles),
+            "model_id": mid,
+            "model_path": str(self._path()),
+            "dim": dim,
+            "articles": [{"id": a["id"], "lang": a["lang"], "hash": h} for a, h in zip(articles, hashes)],
+        }
         with atomic_directory(index_dir) as tmp:
             faiss.write_index(flat, str(tmp / "vectors.faiss"))
             with (tmp / "docs.jsonl").open("w", encoding="utf-8") as fh:
@@ -131,8 +145,13 @@ class Retriever:
                     fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
             (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
         self._open(index_dir)
-        return {"articles": len(articles), "embedded": len(todo), "reused": len(articles) - len(todo),
-                "removed": len(set(old) - ids), "kb_version": manifest["kb_version"]}
+        return {
+            "articles": len(articles),
+            "embedded": len(todo),
+            "reused": len(articles) - len(todo),
+            "removed": len(set(old) - ids),
+            "kb_version": manifest["kb_version"],
+        }
 
     # -- searching --------------------------------------------------------------------------------------------
     @classmethod
@@ -142,8 +161,10 @@ class Retriever:
         if r.encoder_path is None:
             r.encoder_path = Path(r.manifest["model_path"])
         if model_id(r.encoder_path) != r.manifest["model_id"]:
-            raise ValueError(f"{index_dir}: built with {r.manifest['model_id']}, not {model_id(r.encoder_path)}; "
-                             "rebuild it (findial kb index)")
+            raise ValueError(
+                f"{index_dir}: built with {r.manifest['model_id']}, not {model_id(r.encoder_path)}; "
+                "rebuild it (findial kb index)"
+            )
         return r
 
     def _open(self, index_dir: Path) -> None:
@@ -170,11 +191,15 @@ class Retriever:
         dense_all[found[0]] = sims[0]
         if lang not in self._bm25:
             self._bm25[lang] = BM25([passage(self.docs[i]) for i in rows])
-        return ([self.docs[i]["id"] for i in rows], dense_all[rows],
-                np.asarray(self._bm25[lang].scores(query), dtype=np.float64))
+        return (
+            [self.docs[i]["id"] for i in rows],
+            dense_all[rows],
+            np.asarray(self._bm25[lang].scores(query), dtype=np.float64),
+        )
 
-    def ranking(self, query: str, lang: str | None = None, fusion: str | None = None,
-                weight: float | None = None) -> list[tuple[str, float]]:
+    def ranking(
+        self, query: str, lang: str | None = None, fusion: str | None = None, weight: float | None = None
+    ) -> list[tuple[str, float]]:
         ids, dense, sparse = self.candidates(query, lang)
         return rank(ids, dense, sparse, fusion or self.fusion, self.weight if weight is None else weight)
 

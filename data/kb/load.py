@@ -4,6 +4,7 @@ The format is specified in ``data/kb/README.md``. As with corpus files (``findia
 problem is reported as ``file:line: field: message`` and a file with any bad record is rejected whole.
 ``kb_version`` is a stable content hash of the articles, for serving to report which KB it answers from.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -30,7 +31,9 @@ DISCLAIMER = {"zh": "仅供参考", "en": "for reference only"}
 # A quoted figure that may change: a percentage, basis points or an amount of money.
 FIGURE = re.compile(
     r"\d(?:[\d,.]*\d)?\s*(?:[%％‰]|个?基点|bps?\b|basis points?|[万千亿]?(?:元|港元|港币|美元|人民币)|yuan\b"
-    r"|dollars?\b|HKD|USD|RMB|CNY)|(?:HK\$|US\$|\$|¥|￥|HKD|USD|RMB|CNY)\s?\d", re.I)
+    r"|dollars?\b|HKD|USD|RMB|CNY)|(?:HK\$|US\$|\$|¥|￥|HKD|USD|RMB|CNY)\s?\d",
+    re.I,
+)
 
 
 class KBError(ProblemsError):
@@ -47,8 +50,10 @@ def _records(path: Path, what: str, check) -> list[dict]:
     out: list[dict] = []
     seen: dict[str, int] = {}
     for lineno, rec, bad in json_lines(path):
+
         def fail(field: str, message: str, _line=lineno) -> None:
             problems.append(Problem(str(path), _line, field, message))
+
         if bad or not isinstance(rec, dict):
             fail("(line)", bad or f"expected a JSON object, got {type(rec).__name__}")
             continue
@@ -120,16 +125,19 @@ def load_kb(path: str | Path = DEFAULT_ARTICLES, glossary: Glossary | None = Non
         elif a.get("category") == "rate" and ref is not True:
             fail("reference_only", "required true on rate articles")
         elif ref is None and (m := FIGURE.search(body)):
-            fail("reference_only", f"the body quotes {m.group(0)!r}: set true if the figure may change, "
-                                   "false if it cannot")
+            fail(
+                "reference_only",
+                f"the body quotes {m.group(0)!r}: set true if the figure may change, false if it cannot",
+            )
         if ref is True and body and a.get("lang") in DISCLAIMER and DISCLAIMER[a["lang"]] not in body.casefold():
             fail("body", f"reference_only: the body must say the figures are {DISCLAIMER[a['lang']]!r}")
 
     return _records(Path(path), "articles", check)
 
 
-def load_queries(path: str | Path = DEFAULT_QUERIES, articles: list[dict] | None = None,
-                 split: str | None = None) -> list[dict]:
+def load_queries(
+    path: str | Path = DEFAULT_QUERIES, articles: list[dict] | None = None, split: str | None = None
+) -> list[dict]:
     """Read and validate a labelled query file against ``articles`` (default: the bundled KB); with
     ``split``, only that split's queries."""
     articles = load_kb() if articles is None else articles

@@ -2,6 +2,7 @@
 
 ``evaluate_settings`` scores many fusion settings from one pass of embeddings (the validation sweep).
 """
+
 from __future__ import annotations
 
 from .index import Retriever, rank
@@ -10,8 +11,9 @@ from .metrics import retrieval_metrics
 LANGS = ("zh", "en")
 
 
-def evaluate_settings(retriever: Retriever, queries: list[dict],
-                      settings: list[tuple[str, float]]) -> dict[tuple[str, float], dict]:
+def evaluate_settings(
+    retriever: Retriever, queries: list[dict], settings: list[tuple[str, float]]
+) -> dict[tuple[str, float], dict]:
     """``{(fusion, weight): {lang: metrics}}``; each query is ranked among the articles of its language."""
     scored = [(q, retriever.candidates(q["query"], q["lang"])) for q in queries]
     out = {}
@@ -28,7 +30,8 @@ def evaluate_settings(retriever: Retriever, queries: list[dict],
 def evaluate(retriever: Retriever, queries: list[dict]) -> dict[str, dict]:
     """``{lang: {"recall@1", "recall@5", "mrr", "queries"}}`` under the retriever's own fusion settings."""
     return evaluate_settings(retriever, queries, [(retriever.fusion, retriever.weight)])[
-        (retriever.fusion, retriever.weight)]
+        (retriever.fusion, retriever.weight)
+    ]
 
 
 def macro_mrr(per_lang: dict[str, dict]) -> float:

@@ -1,4 +1,5 @@
 """python -m findial.data.natural check PATH... | build  (the same as `findial data natural ...`)."""
+
 from __future__ import annotations
 
 import sys

@@ -20,6 +20,7 @@ offsets, and personal data as placeholders::
 
 Every problem is reported as ``file:line: field: message``; a file with a problem yields nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,18 @@ from findial.data.labelbook import Glossary, LabelBook
 from findial.data.state import DialogueStateTracker
 from findial.data.term_matcher import GlossaryMatcher
 
-PHENOMENA = ("multi_fact", "correction", "change_of_mind", "ellipsis", "reference", "topic_change",
-             "supplies_value", "complaint_in_request", "implicit_emotion", "noise")
+PHENOMENA = (
+    "multi_fact",
+    "correction",
+    "change_of_mind",
+    "ellipsis",
+    "reference",
+    "topic_change",
+    "supplies_value",
+    "complaint_in_request",
+    "implicit_emotion",
+    "noise",
+)
 PLACEHOLDERS = ("CARD", "ID", "PASSPORT", "PHONE", "PHONE_INTL", "EMAIL")
 _PLACEHOLDER = re.compile(r"<(" + "|".join(sorted(PLACEHOLDERS, key=len, reverse=True)) + r")>")
 _LEXICON = Path(__file__).resolve().parent.parent / "generator" / "lexicon.yaml"
@@ -52,9 +63,14 @@ class Surrogates:
 
     def draw(self, kind: str) -> str:
         f = self.fillers
-        return {"CARD": f.card, "ID": lambda: f.idnum("zh", None), "PASSPORT": lambda: f.idnum(self.lang, "passport"),
-                "PHONE": lambda: f.phone("zh", None), "PHONE_INTL": lambda: f.phone(self.lang, "intl"),
-                "EMAIL": f.email}[kind]()
+        return {
+            "CARD": f.card,
+            "ID": lambda: f.idnum("zh", None),
+            "PASSPORT": lambda: f.idnum(self.lang, "passport"),
+            "PHONE": lambda: f.phone("zh", None),
+            "PHONE_INTL": lambda: f.phone(self.lang, "intl"),
+            "EMAIL": f.email,
+        }[kind]()
 
 
 class AuthoringConverter:
@@ -71,11 +87,13 @@ class AuthoringConverter:
         out, errors, warnings = [], [], []
         seen: dict[str, int] = {}
         for lineno, record, problem in json_lines(path):
+
             def err(field, msg, _l=lineno):
                 errors.append(Problem(path, _l, field, msg))
 
             def warn(field, msg, _l=lineno):
                 warnings.append(Problem(path, _l, field, msg))
+
             if problem:
                 err("(line)", problem)
                 continue
@@ -147,6 +165,7 @@ class AuthoringConverter:
             v = sur.draw(m.group(1))
             values.append((m.group(1), v))
             return v
+
         text = _PLACEHOLDER.sub(sub, raw)
         intent, emotion = t.get("intent"), t.get("emotion")
         if intent not in self.lb.intents:
@@ -200,6 +219,7 @@ class AuthoringConverter:
                     return m.group(0)
                 used[kind] += 1
                 return taken[used[kind] - 1]
+
             surface = _PLACEHOLDER.sub(fill, surface)
             if not surface.strip():
                 err(f, "empty surface")
@@ -208,8 +228,11 @@ class AuthoringConverter:
             start = text.find(surface, cursor)
             if start < 0:
                 again = text.find(surface)
-                hint = (f" (it occurs at {again}, before the previous entity: list entities in text order)"
-                        if again >= 0 else "")
+                hint = (
+                    f" (it occurs at {again}, before the previous entity: list entities in text order)"
+                    if again >= 0
+                    else ""
+                )
                 err(f, f"{surface!r} not found in the text after position {cursor}{hint}")
                 ok = False
                 continue
@@ -252,8 +275,11 @@ class AuthoringConverter:
         for m in self.matcher.find(text):
             if m.common or any(s < m.end and m.start < e for s, e in spans):
                 continue
-            warn(f"{where}.entities", f"glossary form {text[m.start:m.end]!r} ({m.term_id}, {m.label}) is not "
-                                      "tagged: tag it unless it is not a mention (a verb, part of another word)")
+            warn(
+                f"{where}.entities",
+                f"glossary form {text[m.start : m.end]!r} ({m.term_id}, {m.label}) is not "
+                "tagged: tag it unless it is not a mention (a verb, part of another word)",
+            )
 
     def _written_state(self, written, before: dict, entities: list[dict], text: str, field: str, err) -> dict | None:
         if not isinstance(written, dict):
@@ -273,8 +299,11 @@ class AuthoringConverter:
                 err(f"{field}.{slot}", f"unknown state slot {slot!r}")
                 ok = False
             elif value != before.get(slot) and value not in mentioned.get(slot, ()):
-                err(f"{field}.{slot}", f"{value!r} is neither the slot's earlier value {before.get(slot)!r} nor a "
-                                       f"value this turn tags for it {sorted(mentioned.get(slot, ()))}")
+                err(
+                    f"{field}.{slot}",
+                    f"{value!r} is neither the slot's earlier value {before.get(slot)!r} nor a "
+                    f"value this turn tags for it {sorted(mentioned.get(slot, ()))}",
+                )
                 ok = False
         return dict(written) if ok else None
 
@@ -294,7 +323,9 @@ def convert_paths(paths, labelbook: LabelBook, glossary: Glossary):
         warnings += w
         for dialogue in d:
             if dialogue["id"] in first:
-                errors.append(Problem(str(f), 0, "id", f"duplicate id {dialogue['id']!r} (also in {first[dialogue['id']]})"))
+                errors.append(
+                    Problem(str(f), 0, "id", f"duplicate id {dialogue['id']!r} (also in {first[dialogue['id']]})")
+                )
             first.setdefault(dialogue["id"], f)
     return dialogues, errors, warnings
 

@@ -1,5 +1,6 @@
 """Build the natural corpus (``{train,validation,test}.jsonl`` beside this file) from the writers' sources,
 and summarise a set of dialogues against the label book (coverage, lengths, phenomena)."""
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,16 @@ def summary(dialogues: list[dict], labelbook: LabelBook, glossary: Glossary) -> 
     terms = {e["term_id"] for t in users for e in t["entities"] if e.get("term_id")}
     n = max(len(dialogues), 1)
     return {
-        "dialogues": len(dialogues), "user_turns": len(users),
+        "dialogues": len(dialogues),
+        "user_turns": len(users),
         "zh_share": round(sum(d["lang"] == "zh" for d in dialogues) / n, 3),
         "share_3_to_7_user_turns": round(sum(v for k, v in n_user.items() if 3 <= k <= 7) / n, 3),
         "user_turns_per_dialogue": dict(sorted(n_user.items())),
         "intents_missing": [i for i in labelbook.intents if i not in intents],
         "emotions": {e: sum(t.get("emotion") == e for t in users) for e in labelbook.emotions},
         "entity_labels": {lab: labels[lab] for lab in labelbook.entities},
-        "glossary_terms_used": len(terms), "glossary_terms_total": len(glossary.terms),
+        "glossary_terms_used": len(terms),
+        "glossary_terms_total": len(glossary.terms),
         "phenomena": {p: sum(p in (t.get("phenomena") or ()) for t in users) for p in PHENOMENA},
     }
 
@@ -55,4 +58,3 @@ def build(labelbook: LabelBook, glossary: Glossary, out_dir: Path = HERE) -> dic
         load_corpus(path, labelbook, glossary)  # the corpus loader accepts what was written
         result[split] = summary(dialogues, labelbook, glossary)
     return result
-

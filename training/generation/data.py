@@ -1,4 +1,5 @@
 """Agent turns of a corpus as response-generation examples, and the Lightning DataModule over them."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -20,10 +21,17 @@ def response_records(dialogues: list[dict], context_turns: int = 6) -> list[dict
         for i, t in enumerate(d["turns"]):
             if t["speaker"] == "agent":
                 history = [{"speaker": x["speaker"], "text": x["text"]} for x in d["turns"][:i]]
-                rows.append({"dialogue_id": d["id"], "turn_index": i, "lang": d["lang"],
-                             "history": history[-context_turns:] if context_turns else [],
-                             "intent": last_user.get("intent"), "state": dict(last_user.get("state") or {}),
-                             "response": t["text"]})
+                rows.append(
+                    {
+                        "dialogue_id": d["id"],
+                        "turn_index": i,
+                        "lang": d["lang"],
+                        "history": history[-context_turns:] if context_turns else [],
+                        "intent": last_user.get("intent"),
+                        "state": dict(last_user.get("state") or {}),
+                        "response": t["text"],
+                    }
+                )
             else:
                 last_user = t
     return rows
@@ -36,18 +44,43 @@ def collate_lm(features: list[dict], pad_id: int) -> dict:
     def pad(key: str, value: int) -> torch.Tensor:
         return torch.tensor([f[key] + [value] * (width - len(f[key])) for f in features])
 
-    return {"input_ids": pad("input_ids", pad_id), "attention_mask": pad("attention_mask", 0),
-            "labels": pad("labels", IGNORE)}
+    return {
+        "input_ids": pad("input_ids", pad_id),
+        "attention_mask": pad("attention_mask", 0),
+        "labels": pad("labels", IGNORE),
+    }
 
 
 class ResponseDataModule(TurnDataModule):
     """The corpus loading of :class:`TurnDataModule`, over agent turns instead of user turns."""
 
-    def __init__(self, train_file: str, val_file: str, encode: Callable[[dict], dict], tokenizer, labelbook,
-                 glossary, batch_size: int = 8, eval_batch_size: int = 16, context_turns: int = 6, seed: int = 0,
-                 bucket: bool = True):
-        super().__init__(train_file, val_file, encode, tokenizer, labelbook, glossary, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, context_turns=context_turns, seed=seed, bucket=bucket)
+    def __init__(
+        self,
+        train_file: str,
+        val_file: str,
+        encode: Callable[[dict], dict],
+        tokenizer,
+        labelbook,
+        glossary,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        context_turns: int = 6,
+        seed: int = 0,
+        bucket: bool = True,
+    ):
+        super().__init__(
+            train_file,
+            val_file,
+            encode,
+            tokenizer,
+            labelbook,
+            glossary,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            context_turns=context_turns,
+            seed=seed,
+            bucket=bucket,
+        )
 
     def _features(self, dialogues: list[dict]) -> list[dict]:
         rows = response_records(dialogues, self.context_turns)
@@ -58,6 +91,7 @@ class ResponseDataModule(TurnDataModule):
     def _loader(self, features: list[dict], batch_size: int, shuffle: bool) -> DataLoader:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         lengths = [len(f["input_ids"]) for f in features]
-        sampler = LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=self.seed,
-                                      pool=50 if self.bucket else 1)
+        sampler = LengthBucketSampler(
+            lengths, batch_size, shuffle=shuffle, seed=self.seed, pool=50 if self.bucket else 1
+        )
         return DataLoader(features, batch_sampler=sampler, collate_fn=lambda b: collate_lm(b, pad))

@@ -3,6 +3,7 @@
 Like the NLU modules (``training/modules.py``) checkpoints hold only the trainable tensors (the LoRA
 adapters, a few MB); the frozen backbone is rebuilt from its spec.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,14 +21,22 @@ def build_causal_lm(backbone_path: str | Path, lora: dict):
     targets = list(lora.get("target_modules") or ["q_proj", "v_proj"])
     present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
     if not set(targets) & present:
-        raise ValueError(f"model.lora.target_modules={targets}: none of them is a module of {backbone_path} "
-                         f"(e.g. {sorted(n for n in present if n.endswith('proj'))[:8]})")
+        raise ValueError(
+            f"model.lora.target_modules={targets}: none of them is a module of {backbone_path} "
+            f"(e.g. {sorted(n for n in present if n.endswith('proj'))[:8]})"
+        )
     n_layers = getattr(base.config, "num_hidden_layers", None)
     top = lora.get("top_layers")
     layers = list(range(n_layers - top, n_layers)) if top and n_layers and top < n_layers else None
-    cfg = LoraConfig(task_type="CAUSAL_LM", r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16),
-                     lora_dropout=lora.get("dropout", 0.05), target_modules=[t for t in targets if t in present],
-                     layers_to_transform=layers, bias="none")
+    cfg = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.get("r", 8),
+        lora_alpha=lora.get("alpha", 16),
+        lora_dropout=lora.get("dropout", 0.05),
+        target_modules=[t for t in targets if t in present],
+        layers_to_transform=layers,
+        bias="none",
+    )
     return get_peft_model(base, cfg)
 
 
@@ -47,8 +56,9 @@ class ResponseLMModule(L.LightningModule):
         self.model.train()  # from_pretrained leaves it in eval mode
 
     def forward(self, batch) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"]).loss
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         loss = self(batch)

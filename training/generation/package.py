@@ -1,11 +1,12 @@
 """Response-model packages: the findial package format (``training/package.py``) for task ``response``.
 
-    findial_model.json   task "response", backbone spec, lora, prompt and decoding settings
-    weights.safetensors  the LoRA adapters (the only trainable tensors)
-    adapter/             the same adapters in peft's format (``PeftModel.from_pretrained(base, adapter)``)
-    rules.yaml           the compliance rules the Responder checks replies against
-    glossary.yaml        the glossary in use when it was trained (for the evaluation's term checks)
+findial_model.json   task "response", backbone spec, lora, prompt and decoding settings
+weights.safetensors  the LoRA adapters (the only trainable tensors)
+adapter/             the same adapters in peft's format (``PeftModel.from_pretrained(base, adapter)``)
+rules.yaml           the compliance rules the Responder checks replies against
+glossary.yaml        the glossary in use when it was trained (for the evaluation's term checks)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,9 @@ from .module import ResponseLMModule
 from .prompts import ensure_chat_template
 
 
-def save_response_package(module: ResponseLMModule, meta: dict, target: str | Path, rules: dict,
-                          files: dict[str, str | Path] | None = None) -> Path:
+def save_response_package(
+    module: ResponseLMModule, meta: dict, target: str | Path, rules: dict, files: dict[str, str | Path] | None = None
+) -> Path:
     """Write the package atomically (through ``training.package.save_package``)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -32,8 +34,9 @@ def save_response_package(module: ResponseLMModule, meta: dict, target: str | Pa
     try:
         # save_package writes trainable_state_dict() and encoder.save_pretrained(adapter/)
         view = SimpleNamespace(trainable_state_dict=module.trainable_state_dict, encoder=module.model)
-        return save_package(view, {**meta, "task": "response"}, target,
-                            files={**(files or {}), "rules.yaml": rules_file})
+        return save_package(
+            view, {**meta, "task": "response"}, target, files={**(files or {}), "rules.yaml": rules_file}
+        )
     finally:
         rules_file.unlink(missing_ok=True)
 
@@ -49,8 +52,10 @@ def load_response_model(path: str | Path, device: str | torch.device = "cpu"):
     unexpected = set(state) - set(module.state_dict())
     missing = set(module.trainable_state_dict()) - set(state)
     if unexpected or missing:
-        raise ValueError(f"{path}: weights do not match the backbone: unexpected {sorted(unexpected)[:3]}, "
-                         f"missing {sorted(missing)[:3]}")
+        raise ValueError(
+            f"{path}: weights do not match the backbone: unexpected {sorted(unexpected)[:3]}, "
+            f"missing {sorted(missing)[:3]}"
+        )
     module.load_state_dict(state, strict=False)
     module.eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))

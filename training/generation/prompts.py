@@ -9,6 +9,7 @@ followed by the generation prompt; the target is the agent's response and the ba
 token. Training and inference build the prompt with the same function, so the model sees at run time
 exactly what it learnt from. Only the response tokens carry a loss (the prompt is labelled -100).
 """
+
 from __future__ import annotations
 
 import re
@@ -66,8 +67,9 @@ def system_message(system_prompt: dict, lang: str, intent: str | None, state: di
     return template.format(intent=intent or "-", state=format_state(state), language=lang)
 
 
-def build_messages(history: list[dict], intent: str | None, state: dict | None, lang: str,
-                   system_prompt: dict) -> list[dict]:
+def build_messages(
+    history: list[dict], intent: str | None, state: dict | None, lang: str, system_prompt: dict
+) -> list[dict]:
     """Chat messages for the reply that follows ``history`` ([{"speaker", "text"}], oldest first)."""
     msgs = [{"role": "system", "content": system_message(system_prompt, lang, intent, state)}]
     for i, turn in enumerate(history):
@@ -83,8 +85,15 @@ def _template_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(out["input_ids"])
 
 
-def prompt_ids(tokenizer, history: list[dict], intent: str | None, state: dict | None, lang: str,
-               system_prompt: dict, max_prompt_tokens: int) -> list[int]:
+def prompt_ids(
+    tokenizer,
+    history: list[dict],
+    intent: str | None,
+    state: dict | None,
+    lang: str,
+    system_prompt: dict,
+    max_prompt_tokens: int,
+) -> list[int]:
     """Token ids of the prompt; the oldest turns are dropped (never the system message or the last
     turn) until it fits, and a last turn that alone is too long is cut from the left."""
     turns = list(history)
@@ -110,12 +119,20 @@ def stop_token_ids(tokenizer, stop_tokens: list[str] | None) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def encode_example(tokenizer, row: dict, system_prompt: dict, max_length: int, max_response_tokens: int,
-                   end_id: int) -> dict:
+def encode_example(
+    tokenizer, row: dict, system_prompt: dict, max_length: int, max_response_tokens: int, end_id: int
+) -> dict:
     """One training example: prompt + response + end token; labels only on the response part."""
     response = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
     target = response[:max_response_tokens] + ([end_id] if len(response) <= max_response_tokens else [])
-    prompt = prompt_ids(tokenizer, row["history"], row.get("intent"), row.get("state"), row["lang"],
-                        system_prompt, max_length - len(target))
+    prompt = prompt_ids(
+        tokenizer,
+        row["history"],
+        row.get("intent"),
+        row.get("state"),
+        row["lang"],
+        system_prompt,
+        max_length - len(target),
+    )
     ids = prompt + target
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE] * len(prompt) + target}

@@ -11,6 +11,7 @@ Flags: ``pii_masked`` (the generation contained personal data, now replaced by `
 ``make(package_dir, device)`` adapts it to the serving ``Responder`` protocol (``serving/responder.py``), which
 serves the version behind ``models:/findial-response@champion`` by default.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,14 @@ from .package import load_response_model
 from .prompts import detect_lang, prompt_ids, stop_token_ids
 from .rules import RuleSet
 
-DECODING_KEYS = ("num_beams", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "length_penalty",
-                 "max_time_s")
+DECODING_KEYS = (
+    "num_beams",
+    "max_new_tokens",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "length_penalty",
+    "max_time_s",
+)
 
 
 def mask_generation(text: str, masker: PIIMasker | None = None) -> tuple[str, bool]:
@@ -49,8 +56,7 @@ def check_reply(text: str, rules: RuleSet, masker: PIIMasker | None = None) -> d
 class Responder:
     """A response package loaded for inference. Decoding settings default to the package's."""
 
-    def __init__(self, package_dir: str | Path, device: str = "cpu", rules: str | Path | None = None,
-                 **decoding):
+    def __init__(self, package_dir: str | Path, device: str = "cpu", rules: str | Path | None = None, **decoding):
         unknown = set(decoding) - set(DECODING_KEYS)
         if unknown:
             raise ValueError(f"unknown decoding setting(s) {sorted(unknown)}; expected some of {DECODING_KEYS}")
@@ -81,19 +87,27 @@ class Responder:
         x = torch.tensor([ids], device=self.device)
         max_new = int(d.get("max_new_tokens", 64))
         out = self.model.generate(
-            input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, num_beams=int(d.get("num_beams", 1)),
-            max_new_tokens=max_new, repetition_penalty=float(d.get("repetition_penalty", 1.0)),
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            do_sample=False,
+            num_beams=int(d.get("num_beams", 1)),
+            max_new_tokens=max_new,
+            repetition_penalty=float(d.get("repetition_penalty", 1.0)),
             no_repeat_ngram_size=int(d.get("no_repeat_ngram_size", 0)),
-            length_penalty=float(d.get("length_penalty", 1.0)), max_time=d.get("max_time_s"),
-            eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
-        new = out[0, len(ids):].tolist()
+            length_penalty=float(d.get("length_penalty", 1.0)),
+            max_time=d.get("max_time_s"),
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        new = out[0, len(ids) :].tolist()
         ended = any(t in self.stop_ids for t in new)
-        new = new[:next((i for i, t in enumerate(new) if t in self.stop_ids), len(new))]
+        new = new[: next((i for i, t in enumerate(new) if t in self.stop_ids), len(new))]
         text = self.tokenizer.decode(new, skip_special_tokens=True).rstrip("\ufffd")  # a character cut by the limit
         return text, (not ended and len(new) >= max_new)
 
-    def respond(self, history: list[dict], intent: str | None = None, state: dict | None = None,
-                lang: str | None = None) -> dict:
+    def respond(
+        self, history: list[dict], intent: str | None = None, state: dict | None = None, lang: str | None = None
+    ) -> dict:
         """The reply to the last turn of ``history`` ([{"speaker", "text"}], oldest first)."""
         if not history:
             raise ValueError("history: at least the customer's turn is needed")
@@ -120,16 +134,18 @@ class ServingResponder:
 
     def respond(self, understanding: dict, history: list[dict]) -> str:
         turns = list(history) + [{"speaker": "user", "text": understanding.get("text", "")}]
-        out = self.responder.respond(turns, understanding.get("intent"), understanding.get("state") or {},
-                                     understanding.get("lang"))
+        out = self.responder.respond(
+            turns, understanding.get("intent"), understanding.get("state") or {}, understanding.get("lang")
+        )
         if any(f.startswith("compliance:") for f in out["flags"]):
             fallback = self.responder.rules.fallback
             return fallback.get(out["lang"]) or fallback.get("en") or ""
         return out["text"]
 
 
-def make(package_dir: str, device: str = "cpu", name: str | None = None, version: str | None = None,
-         **decoding) -> ServingResponder:
+def make(
+    package_dir: str, device: str = "cpu", name: str | None = None, version: str | None = None, **decoding
+) -> ServingResponder:
     """Factory for ``serve`` configs: ``responder.target=findial.training.generation.responder:make``;
     ``serving.responder.load_response`` builds the registered model with it (its registered name and version)."""
     return ServingResponder(Responder(package_dir, device, **decoding), name, version)

@@ -5,6 +5,7 @@ fires when one of its ``zh`` or ``en`` patterns matches the NFKC form of the tex
 cue ("不能", "cannot", ...) stands shortly before the match in the same clause. Hits come back as
 flags ``compliance:<rule id>``.
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -91,23 +92,37 @@ class RuleSet:
             rules.append(Rule(r["id"], str(r.get("description", "")), patterns))
         window = raw.get("negation_window", 0)
         window = window if isinstance(window, dict) else {lang: window for lang in LANGS}
-        return cls(rules=rules, negations={k: list(v or []) for k, v in (raw.get("negations") or {}).items()},
-                   negation_window={k: int(v) for k, v in window.items()},
-                   fallback=dict(raw.get("fallback") or {}), source=source)
+        return cls(
+            rules=rules,
+            negations={k: list(v or []) for k, v in (raw.get("negations") or {}).items()},
+            negation_window={k: int(v) for k, v in window.items()},
+            fallback=dict(raw.get("fallback") or {}),
+            source=source,
+        )
 
     def to_dict(self) -> dict:
         """The plain form (what a model package stores beside the weights)."""
-        return {"version": 1, "negation_window": dict(self.negation_window), "negations": dict(self.negations),
-                "fallback": dict(self.fallback),
-                "rules": [{"id": r.id, "description": r.description,
-                           **{lang: [p.pattern for p in ps] for lang, ps in r.patterns.items()}} for r in self.rules]}
+        return {
+            "version": 1,
+            "negation_window": dict(self.negation_window),
+            "negations": dict(self.negations),
+            "fallback": dict(self.fallback),
+            "rules": [
+                {
+                    "id": r.id,
+                    "description": r.description,
+                    **{lang: [p.pattern for p in ps] for lang, ps in r.patterns.items()},
+                }
+                for r in self.rules
+            ],
+        }
 
     def _negated(self, text: str, start: int, lang: str) -> bool:
         window = self.negation_window.get(lang, 0)
         cues = self.negations.get(lang) or []
         if not window or not cues:
             return False
-        before = text[max(0, start - window):start]
+        before = text[max(0, start - window) : start]
         before = _CLAUSE_END.split(before)[-1]  # the window stops at the clause boundary
         if lang == "zh":
             return any(c in before for c in cues)

@@ -2,6 +2,7 @@
 
 ``findial train task=response`` then registers the package (``registry.response_model_name``,
 default ``findial-response``), see ``findial.cli.cmd_train``."""
+
 from __future__ import annotations
 
 import json
@@ -32,14 +33,25 @@ log = logging.getLogger(__name__)
 
 def response_meta(task: DictConfig, model: DictConfig) -> dict:
     if model.get("kind") != "causal_lm":
-        raise ValueError(f"task=response needs a causal LM backbone (model=smollm2, gemma3, local_lm or tiny_lm), "
-                         f"not model={model.name}")
+        raise ValueError(
+            f"task=response needs a causal LM backbone (model=smollm2, gemma3, local_lm or tiny_lm), "
+            f"not model={model.name}"
+        )
     c = partial(OmegaConf.to_container, resolve=True)
-    return {"task": "response", "backbone": c(model.backbone), "backbone_name": model.name,
-            "chat_template": model.get("chat_template"), "stop_tokens": list(model.get("stop_tokens") or []),
-            "lora": c(model.lora), "optim": c(model.optim), "max_length": task.max_length,
-            "max_response_tokens": task.max_response_tokens, "context_turns": task.context_turns,
-            "system_prompt": c(task.system_prompt), "generation": c(task.generation)}
+    return {
+        "task": "response",
+        "backbone": c(model.backbone),
+        "backbone_name": model.name,
+        "chat_template": model.get("chat_template"),
+        "stop_tokens": list(model.get("stop_tokens") or []),
+        "lora": c(model.lora),
+        "optim": c(model.optim),
+        "max_length": task.max_length,
+        "max_response_tokens": task.max_response_tokens,
+        "context_turns": task.context_turns,
+        "system_prompt": c(task.system_prompt),
+        "generation": c(task.generation),
+    }
 
 
 def train_response(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> TrainResult:
@@ -53,45 +65,82 @@ def train_response(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> Tr
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     ensure_chat_template(tokenizer, meta["chat_template"])
     end_id = stop_token_ids(tokenizer, meta["stop_tokens"])[0]
-    encode = partial(encode_example, tokenizer, system_prompt=meta["system_prompt"], max_length=task.max_length,
-                     max_response_tokens=task.max_response_tokens, end_id=end_id)
-    dm = ResponseDataModule(cfg.data.train_file, cfg.data.val_file, encode, tokenizer, labelbook, glossary,
-                            batch_size=task.batch_size, eval_batch_size=task.batch_size,
-                            context_turns=task.context_turns, seed=cfg.seed,
-                            bucket=cfg.data.get("length_bucketing", True))
+    encode = partial(
+        encode_example,
+        tokenizer,
+        system_prompt=meta["system_prompt"],
+        max_length=task.max_length,
+        max_response_tokens=task.max_response_tokens,
+        end_id=end_id,
+    )
+    dm = ResponseDataModule(
+        cfg.data.train_file,
+        cfg.data.val_file,
+        encode,
+        tokenizer,
+        labelbook,
+        glossary,
+        batch_size=task.batch_size,
+        eval_batch_size=task.batch_size,
+        context_turns=task.context_turns,
+        seed=cfg.seed,
+        bucket=cfg.data.get("length_bucketing", True),
+    )
     dm.setup()
     data_fp = fingerprint(dm.train_dialogues + dm.val_dialogues, cfg.labels.ontology, cfg.labels.glossary)
     module = ResponseLMModule(str(backbone), meta["lora"], meta["optim"])
     out_dir = Path(out_dir) / task.name
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {"findial.task": task.name, "findial.data_fingerprint": data_fp, "findial.backbone": cfg.model.name}
-    with tracking.run(cfg.logger.experiment_prefix + task.name, f"train-{task.name}-{cfg.model.name}",
-                      tags=tags) as active:
-        tracking.log_params({"task": {k: v for k, v in resolved["task"].items() if k != "rules"},
-                             "model": meta["lora"], "model_name": cfg.model.name, "seed": cfg.seed,
-                             "data": resolved["data"], "trainer": resolved["trainer"]})
+    with tracking.run(
+        cfg.logger.experiment_prefix + task.name, f"train-{task.name}-{cfg.model.name}", tags=tags
+    ) as active:
+        tracking.log_params(
+            {
+                "task": {k: v for k, v in resolved["task"].items() if k != "rules"},
+                "model": meta["lora"],
+                "model_name": cfg.model.name,
+                "seed": cfg.seed,
+                "data": resolved["data"],
+                "trainer": resolved["trainer"],
+            }
+        )
         tracking.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
         n_target = sum(sum(x != -100 for x in f["labels"]) for f in dm.train_features)
-        tracking.log_json({"data_fingerprint": data_fp, "train_dialogues": len(dm.train_dialogues),
-                           "train_responses": len(dm.train_features), "val_responses": len(dm.val_features),
-                           "train_response_tokens": n_target}, "data/summary.json")
+        tracking.log_json(
+            {
+                "data_fingerprint": data_fp,
+                "train_dialogues": len(dm.train_dialogues),
+                "train_responses": len(dm.train_features),
+                "val_responses": len(dm.val_features),
+                "train_response_tokens": n_target,
+            },
+            "data/summary.json",
+        )
         from lightning.pytorch.loggers import MLFlowLogger
 
         logger = MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=active.info.run_id)
         trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
         if trainer_cfg.get("max_epochs") is None:
             trainer_cfg["max_epochs"] = task.epochs
-        trainer = instantiate(trainer_cfg, logger=logger, default_root_dir=str(out_dir),
-                              plugins=[AtomicCheckpointIO()],
-                              callbacks=[*checkpoint_callbacks(out_dir / "checkpoints"),
-                                         LearningRateMonitor(logging_interval="step")])
+        trainer = instantiate(
+            trainer_cfg,
+            logger=logger,
+            default_root_dir=str(out_dir),
+            plugins=[AtomicCheckpointIO()],
+            callbacks=[*checkpoint_callbacks(out_dir / "checkpoints"), LearningRateMonitor(logging_interval="step")],
+        )
         trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg.get("resume"), cfg.paths.home, task.name))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         package = out_dir / "package"
         if trainer.is_global_zero:
-            save_response_package(module, {**meta, "data_fingerprint": data_fp, "train_run_id": active.info.run_id},
-                                  package, rules.to_dict(),
-                                  files={"ontology.yaml": cfg.labels.ontology, "glossary.yaml": cfg.labels.glossary})
+            save_response_package(
+                module,
+                {**meta, "data_fingerprint": data_fp, "train_run_id": active.info.run_id},
+                package,
+                rules.to_dict(),
+                files={"ontology.yaml": cfg.labels.ontology, "glossary.yaml": cfg.labels.glossary},
+            )
             import mlflow
 
             mlflow.log_artifacts(str(package), "package")
@@ -111,8 +160,15 @@ def _log_samples(package: Path, dialogues: list[dict], task: DictConfig, n: int)
     samples = []
     for r in rows:
         out = responder.respond(r["history"], r["intent"], r["state"], r["lang"])
-        samples.append({"dialogue_id": r["dialogue_id"], "turn_index": r["turn_index"],
-                        "context": r["history"][-1]["text"] if r["history"] else "", "reference": r["response"],
-                        "generated": out["text"], "flags": out["flags"]})
+        samples.append(
+            {
+                "dialogue_id": r["dialogue_id"],
+                "turn_index": r["turn_index"],
+                "context": r["history"][-1]["text"] if r["history"] else "",
+                "reference": r["response"],
+                "generated": out["text"],
+                "flags": out["flags"],
+            }
+        )
     tracking.log_json(samples, "samples.json")
     log.info("sample replies:\n%s", "\n".join(json.dumps(s, ensure_ascii=False) for s in samples))
