@@ -22,6 +22,7 @@ from pathlib import Path
 
 from findial import gates as gate_check, registry, tracking
 from findial.data.corpus import fingerprint, load_corpus
+from findial.data.kb import package as grounded_package
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.pii import default_masker, redact_json
 from findial.policy import load as load_policy
@@ -177,23 +178,31 @@ def evaluate_responses(
         result.files = _write_report(report, rows, Path(report_dir))
         result.report_json, result.report_md = result.files["report_json"], result.files["report_md"]
     if log_mlflow:
-        tags_run = {
-            "findial.task": "response",
-            "findial.eval_set": eval_set,
-            "findial.data_fingerprint": report["data_fingerprint"],
-            "findial.model": report["package"],
-        }
-        if registered:
-            tags_run.update({"findial.registered_model": registered[0], "findial.model_version": registered[1]})
-        with tracking.run("findial-response-eval", f"eval-response-{eval_set}", tags=tags_run) as active:
-            tracking.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, dict)})
-            tracking.log_json(report, "report.json")
-            result.run_id = active.info.run_id
-        if registered:
-            registry.record_evaluation(
-                registered[0], registered[1], eval_set, metrics, result.data_fingerprint, result.run_id
-            )
+        record_response_eval(result, report, eval_set, registered)
     return result
+
+
+def record_response_eval(
+    result: ResponseEvalResult, report: dict, eval_set: str, registered: tuple[str, str] | None
+) -> None:
+    """Log the evaluation as a ``findial-response-eval`` MLflow run (metrics, masked report); with
+    ``registered`` (name, version) record its metrics on that version too."""
+    tags_run = {
+        "findial.task": "response",
+        "findial.eval_set": eval_set,
+        "findial.data_fingerprint": report["data_fingerprint"],
+        "findial.model": report["package"],
+    }
+    if registered:
+        tags_run.update({"findial.registered_model": registered[0], "findial.model_version": registered[1]})
+    with tracking.run("findial-response-eval", f"eval-response-{eval_set}", tags=tags_run) as active:
+        tracking.log_metrics({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+        tracking.log_json(redact_json(report), "report.json")
+        result.run_id = active.info.run_id
+    if registered:
+        registry.record_evaluation(
+            registered[0], registered[1], eval_set, result.metrics, result.data_fingerprint, result.run_id
+        )
 
 
 def evaluate_response_model(
@@ -204,11 +213,27 @@ def evaluate_response_model(
     report_dir: str | Path | None = None,
     device: str = "cpu",
     limit: int | None = None,
+    index_dir: str | Path | None = None,
 ) -> ResponseEvalResult:
     """Score a response package directory or a registered version (models:/NAME/VERSION, models:/NAME@ALIAS,
-    downloaded to a temporary folder); logged to MLflow, and recorded on the version when registered."""
+    downloaded to a temporary folder); logged to MLflow, and recorded on the version when registered. A grounded
+    package (``findial.data.kb.package``) is scored on the KB's labelled queries instead (``evaluation/grounded.py``;
+    ``data_file`` is not read)."""
     with tempfile.TemporaryDirectory(prefix="findial-eval-") as tmp:
         package, registered = registry.resolve_model(model_ref, tmp, expect="response")
+        if grounded_package.is_grounded(package):  # the KB responder: scored on the KB's labelled queries
+            from .grounded import evaluate_grounded
+
+            return evaluate_grounded(
+                package,
+                eval_set or "bundled-test",
+                report_dir,
+                gates=gates,
+                index_dir=index_dir,
+                registered=registered,
+                model_ref=model_ref,
+                log_mlflow=True,
+            )
         return evaluate_responses(
             package,
             data_file,
@@ -300,6 +325,7 @@ def eval_command(cfg, out_dir: Path) -> ResponseEvalResult:
             report_dir=cfg.report_dir or out_dir,
             device=device,
             limit=cfg.get("limit"),
+            index_dir=Path(cfg.paths.home) / "kb-index" if cfg.get("paths") else None,  # shared with findial serve
         )
     except registry.WrongModelKind as exc:  # e.g. the default model_ref, the NLU champion
         raise SystemExit(

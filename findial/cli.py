@@ -6,7 +6,7 @@ Hydra subcommands take ``key=value`` overrides (and ``-m`` for multirun):
     findial train task=ner model=minilm trainer.max_epochs=5
     findial train task=response model=smollm2   response generation; registers the package as findial-response vN
     findial eval model_ref=models:/findial-nlu/3 data_file=my.jsonl
-    findial eval task=response model_ref=models:/findial-response/1 eval_set=bundled-test
+    findial eval task=response model_ref=models:/findial-response/1 eval_set=bundled-test   (grounded: KB queries)
     findial promote version=3 eval_set=bundled-test
     findial promote model_name=findial-response version=1 eval_set=bundled-test   (response gates)
     findial compare a=models:/findial-nlu/4 b=models:/findial-nlu@champion data_file=my.jsonl
@@ -172,6 +172,35 @@ def cmd_run(cfg: DictConfig) -> None:
     )
     print(decision.summary())
     print(f"reports: {ev.report_json.parent}\nMLflow: {cfg.logger.tracking_uri}")
+    if cfg.registry.get("response_model_name"):
+        _grounded_responder(cfg, out)
+
+
+def _grounded_responder(cfg: DictConfig, out: Path) -> None:
+    """Register the grounded KB responder (its settings: findial.data.kb.package), score it on the KB's test
+    queries (eval set bundled-test of the response kind) and promote it through the response gates."""
+    from findial import registry
+    from findial.data.kb import package as grounded_package
+    from findial.data.kb.encoder import model_id
+    from findial.evaluation.responses import evaluate_response_model
+    from findial.training.backbones import e5_small
+
+    name = cfg.registry.response_model_name
+    package = grounded_package.save(out / "response", grounded_package.GroundedSettings(encoder=model_id(e5_small())))
+    version = registry.register(package, name, {"findial.task": "response", "findial.responder": "grounded"})
+    print(f"registered {name} v{version} (grounded KB responder)")
+    ev = evaluate_response_model(
+        f"models:/{name}/{version}",
+        None,
+        eval_set="bundled-test",
+        report_dir=out / "report-response",
+        index_dir=Path(cfg.paths.home) / "kb-index",  # the index findial serve reuses
+    )
+    print(Path(ev.report_md).read_text(encoding="utf-8"))
+    decision = registry.promote(
+        name, version, cfg.registry.alias, "bundled-test", audit_log=Path(cfg.paths.home) / "audit" / "promotions.jsonl"
+    )
+    print(decision.summary())
 
 
 def cmd_eval(cfg: DictConfig) -> None:

@@ -61,12 +61,14 @@ class KBHolder:
         poll_interval_s: float = 30.0,
         threshold: float | None = None,
         glossary=None,
+        settings=None,
     ):
         from findial.data.kb.load import DEFAULT_ARTICLES
 
         self.path = Path(articles_path or DEFAULT_ARTICLES)
         self.index_dir, self.encoder_path = Path(index_dir), encoder_path
         self.poll_interval_s, self.threshold, self.glossary = poll_interval_s, threshold, glossary
+        self.settings = settings  # a registered package's GroundedSettings (threshold, k, fusion); None: defaults
         self.ref, self.kind = str(self.path), "kb"
         self.current: LoadedKB | None = None
         self.last_error: str | None = None
@@ -83,6 +85,7 @@ class KBHolder:
 
     def check_once(self) -> bool:
         """Load the KB if the file changed since the last look; True when a new version was swapped in."""
+        from findial.data.kb import package as grounded_package
         from findial.data.kb.grounded import DEFAULT_THRESHOLD, GroundedAnswerer
         from findial.data.kb.index import Retriever
         from findial.data.kb.load import kb_version, load_kb
@@ -103,8 +106,11 @@ class KBHolder:
                 retriever._encoder = self._encoder  # one loaded model across reloads (None: load it)
                 stats = retriever.index(articles, self.index_dir)
                 self._encoder = retriever.encoder
-                threshold = DEFAULT_THRESHOLD if self.threshold is None else self.threshold
-                answerer = GroundedAnswerer(retriever, articles, self.glossary, threshold)
+                if self.settings is not None:
+                    answerer = grounded_package.answerer(self.settings, retriever, articles, self.glossary)
+                else:
+                    threshold = DEFAULT_THRESHOLD if self.threshold is None else self.threshold
+                    answerer = GroundedAnswerer(retriever, articles, self.glossary, threshold)
             except Exception as exc:  # noqa: BLE001 - a bad file must not stop the server; the old KB serves
                 self.last_error = f"{self.path}: {exc}"
                 self.reloads["failure"] += 1
@@ -174,3 +180,49 @@ class KBResponder(PromotedResponder):
     def unavailable(self) -> str:
         why = f": {self.holder.last_error}" if self.holder.last_error else " (its index is being built)"
         return f"the knowledge base {self.holder.ref} is not loaded yet{why}"
+
+
+class RegisteredKBResponder:
+    """A registered grounded package as the response model of ``/v1/respond``: the version's settings over the
+    live KB (reloaded when the file changes, like ``KBHolder`` alone); replies name the registered name and
+    version, and the KB version that answered."""
+
+    def __init__(self, holder: KBHolder, name: str, version: str):
+        self.holder, self.name, self.version = holder, name, version
+
+    def respond(self, understanding: dict, history: list[dict]) -> Reply:
+        kb = self.holder.current
+        if kb is None:
+            raise RuntimeError(f"the knowledge base {self.holder.ref} is not loaded: {self.holder.last_error}")
+        return kb.pipeline.respond(understanding, history)
+
+
+def load_registered(
+    model_dir: Path,
+    ident: tuple[str, str] | None,
+    kb=None,
+    kb_index=None,
+    kb_encoder=None,
+    poll_interval_s: float = 30.0,
+) -> RegisteredKBResponder:
+    """The ``ModelHolder`` loader's grounded branch (``serving.responder.load_response``): builds or updates the
+    index now, refuses an encoder other than the one the version was evaluated with, then polls the KB file."""
+    from findial.data.kb import package as grounded_package
+    from findial.data.kb.encoder import model_id
+    from findial.data.kb.index import Retriever
+
+    settings = grounded_package.load(model_dir)
+    if settings.encoder:
+        given = model_id(Retriever(kb_encoder)._path())
+        if given != settings.encoder:
+            raise grounded_package.PackageError(
+                f"{model_dir}: the version was evaluated with encoder {settings.encoder}; "
+                f"responder.kb_encoder gives {given}"
+            )
+    holder = KBHolder(kb, kb_index or Path(model_dir) / "kb-index", kb_encoder, poll_interval_s, settings=settings)
+    holder.check_once()
+    if holder.current is None:
+        raise RuntimeError(holder.last_error or f"the knowledge base {holder.ref} did not load")
+    holder.start()
+    name, version = ident or (NAME, "local")
+    return RegisteredKBResponder(holder, name, version)

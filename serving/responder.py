@@ -78,9 +78,19 @@ def load_responder(target: str | None, options: dict | None = None) -> Responder
     return responder
 
 
-def load_response(model_dir: Path, device: str, ident: tuple[str, str] | None = None, **decoding) -> Responder:
-    """The ``ModelHolder`` loader of a response package: named by its registered name and version."""
+def load_response(
+    model_dir: Path, device: str, ident: tuple[str, str] | None = None, grounded: dict | None = None, **decoding
+) -> Responder:
+    """The ``ModelHolder`` loader of a response package: named by its registered name and version. A grounded
+    package (``findial.data.kb.package``) answers from the KB named by ``grounded`` (``kb``, ``kb_index``,
+    ``kb_encoder``, ``poll_interval_s``: the ``responder.kb*`` settings)."""
+    from findial.data.kb.package import is_grounded
     from findial.training.generation.responder import make
+
+    if is_grounded(model_dir):
+        from .kb import load_registered
+
+        return load_registered(model_dir, ident, **(grounded or {}))
 
     name, version = ident or (None, None)
     return make(str(model_dir), device, name=name, version=version, **decoding)
@@ -145,7 +155,16 @@ def build_responder(settings) -> Responder | PromotedResponder | None:
             settings.download_dir,
             settings.device,
             settings.poll_interval_s,
-            loader=partial(load_response, **cfg.options),
+            loader=partial(
+                load_response,
+                grounded={
+                    "kb": cfg.kb,
+                    "kb_index": cfg.kb_index,
+                    "kb_encoder": cfg.kb_encoder,
+                    "poll_interval_s": settings.poll_interval_s,
+                },
+                **cfg.options,
+            ),
             kind="response",
         )
     )

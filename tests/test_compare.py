@@ -40,6 +40,7 @@ def compared(tmp_path_factory):
         "-m",
         "seed=1,2",
         "experiment=smoke",
+        "registry.response_model_name=null",  # the grounded KB responder step: covered by tests/test_serving.py
         "data=custom",
         f"data.train_file={MINI}",
         f"data.val_file={MINI}",

@@ -53,6 +53,7 @@ def test_planted_pii_never_stored_or_logged(tmp_path):
             "findial.cli",
             "run",
             "experiment=smoke",
+            "registry.response_model_name=null",  # the grounded KB responder step: covered by tests/test_serving.py
             "data=custom",
             f"data.train_file={corpus}",
             f"data.val_file={corpus}",

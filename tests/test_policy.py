@@ -6,7 +6,9 @@ import pytest
 
 from findial import policy
 from findial.data.corpus import fingerprint, load_corpus
+from findial.data.kb.load import load_kb, load_queries
 from findial.data.labelbook import Glossary, LabelBook
+from findial.evaluation.grounded import queries_fingerprint
 from findial.gates import Gate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +25,11 @@ def test_the_bundled_eval_sets_are_bound_to_the_bundled_files():
     assert p.eval_sets["nlu"]["generated-test"] == fingerprint(
         generated, spec / "ontology.yaml", spec / "glossary.yaml"
     )
-    assert p.eval_sets["response"]["bundled-test"] == fingerprint(natural)
+    assert p.eval_sets["response"]["dialogues-test"] == fingerprint(natural)
+    articles = load_kb()
+    assert p.eval_sets["response"]["bundled-test"] == queries_fingerprint(
+        articles, load_queries(articles=articles, split="test")
+    )
 
 
 def test_the_policy_holds_the_spec_gates():

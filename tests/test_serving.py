@@ -48,6 +48,7 @@ def home(tmp_path_factory):
             "findial.cli",
             "run",
             "experiment=smoke",
+            "registry.response_model_name=null",  # no response model here (tests/test_grounded_responder.py)
             "data=custom",
             f"data.train_file={MINI}",
             f"data.val_file={MINI}",
