@@ -95,14 +95,19 @@ def run_rounds(
     accountant: GaussianAccountant | None,
     global_eval: Callable[[int, ArrayRecord], dict] | None = None,
     on_round: Callable[[RoundReport], None] | None = None,
+    start: int = 1,
+    prior: list[RoundReport] | None = None,
+    after_round: Callable[[int, ArrayRecord, list[RoundReport]], None] | None = None,
 ) -> tuple[ArrayRecord, list[RoundReport]]:
+    """Rounds ``start``..``cfg.rounds`` from ``arrays`` (``prior``: the reports of the rounds before ``start``, a
+    resumed federation's); ``after_round(round, arrays, reports)`` runs after each (the checkpoint)."""
     branches = list(cfg.branches)
     min_replies = int(cfg.sampling.min_train_clients)
     timeout = float(cfg.timeouts.round_s)
     known: dict[int, str] = {}
-    reports = []
+    reports = list(prior or [])
     arrays = float32(arrays)
-    for rnd in range(1, int(cfg.rounds) + 1):
+    for rnd in range(start, int(cfg.rounds) + 1):
         report = RoundReport(rnd)
         t0 = time.perf_counter()
         wait_for_nodes(grid, int(cfg.sampling.min_available_clients), float(cfg.timeouts.connect_s))
@@ -163,4 +168,6 @@ def run_rounds(
         reports.append(report)
         if on_round is not None:
             on_round(report)
+        if after_round is not None:
+            after_round(rnd, arrays, reports)
     return arrays, reports

@@ -19,12 +19,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from findial import tracking
 
+from . import checkpoints
 from .config import resolver
 from .local import score_dialogues
 from .models import build_task_models, exchange_sizes, load_record, to_record, warm_start
 from .privacy import PrivacyPlan
 from .publish import publish
-from .rounds import RoundReport, run_rounds
+from .rounds import FederationError, RoundReport, run_rounds
 from .strategies import build_strategy
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,19 @@ def serve(grid: Grid, cfg) -> dict:
     plan = PrivacyPlan.for_federation(cfg)
     accountant = plan.accountant()
     models = build_task_models(cfg, cache=False)
-    started_from = warm_start(models, str(cfg.warm_start)) if cfg.get("warm_start") else {}
     strategy = build_strategy(cfg, plan)
+    settings, ckpt = checkpoints.settings_of(cfg), None
+    if cfg.get("resume"):  # the global model, aggregator state and privacy spent after the checkpoint's round
+        ckpt = checkpoints.load(cfg.resume)
+        checkpoints.check_compatible(ckpt, settings)
+        if ckpt.round >= int(cfg.rounds):
+            raise FederationError(f"resume={cfg.resume}: round {ckpt.round} of rounds={cfg.rounds} is done already")
+        checkpoints.restore_accountant(accountant, ckpt.accountant)
+        checkpoints.restore_strategy(strategy, ckpt.strategy)
+        load_record(models, ckpt.arrays)
+        started_from = {"findial.federated.resumed_from": f"{ckpt.path} (round {ckpt.round})"}
+    else:
+        started_from = warm_start(models, str(cfg.warm_start)) if cfg.get("warm_start") else {}
     test = load_corpus(cfg.data.test_file, LabelBook.load(cfg.labels.ontology), Glossary.load(cfg.labels.glossary))
     out_dir = _out_dir(cfg)
     sizes = exchange_sizes(models)
@@ -88,23 +100,46 @@ def serve(grid: Grid, cfg) -> dict:
         **started_from,
     }
     with tracking.run(
-        f"{cfg.logger.experiment_prefix}federated", f"fed-{cfg.aggregation.name}-{cfg.model.name}", tags=tags
+        f"{cfg.logger.experiment_prefix}federated",
+        f"fed-{cfg.aggregation.name}-{cfg.model.name}",
+        tags=tags,
+        run_id=ckpt.mlflow_run_id if ckpt else None,  # a resumed federation continues its MLflow run
     ) as active:
-        tracking.log_params(
-            {
-                "branches": ",".join(cfg.branches),
-                "rounds": int(cfg.rounds),
-                "local_epochs": int(cfg.local_epochs),
-                "aggregation": dict(cfg.aggregation),
-                "sampling": dict(cfg.sampling),
-                "privacy": dict(cfg.privacy),
-                "model": str(cfg.model.name),
-                "lora": {t: m["lora"] for t, m in models.metas.items()},
-                "seed": int(cfg.seed),
-            }
-        )
+
+        def checkpoint(rnd: int, arrays: ArrayRecord, reports: list[RoundReport]) -> None:
+            where = checkpoints.save(
+                out_dir / "checkpoints", rnd, arrays, reports, accountant, strategy, settings, active.info.run_id
+            )
+            log.info("round %d checkpoint: %s", rnd, where)
+
+        if ckpt is None:  # a resumed run has them (MLflow refuses to change a parameter)
+            tracking.log_params(
+                {
+                    "branches": ",".join(cfg.branches),
+                    "rounds": int(cfg.rounds),
+                    "local_epochs": int(cfg.local_epochs),
+                    "aggregation": dict(cfg.aggregation),
+                    "sampling": dict(cfg.sampling),
+                    "privacy": dict(cfg.privacy),
+                    "model": str(cfg.model.name),
+                    "lora": {t: m["lora"] for t, m in models.metas.items()},
+                    "seed": int(cfg.seed),
+                }
+            )
         tracking.log_metrics(sizes, prefix="exchange.")
-        final, reports = run_rounds(grid, strategy, to_record(models), cfg, plan, accountant, global_eval, _log_round)
+        final, reports = run_rounds(
+            grid,
+            strategy,
+            to_record(models),
+            cfg,
+            plan,
+            accountant,
+            global_eval,
+            _log_round,
+            start=ckpt.round + 1 if ckpt else 1,
+            prior=ckpt.reports if ckpt else None,
+            after_round=checkpoint,
+        )
         load_record(models, final)
         participants = sorted({b for r in reports for b in r.participants})
         import mlflow

@@ -3,7 +3,8 @@
 One run covers: FedProx, central DP (client clipping + server noise, budget on the registered version),
 a branch that fails in round 2 (the round still completes and is applied), per-round MLflow logging,
 the registered bundle with its federation tags and gate metrics, no planted PII in anything written
-or printed, and no Ray process left behind.
+or printed, a checkpoint per round and a resume from round 1 (same state, same MLflow run, epsilon composed
+on), and no Ray process left behind.
 """
 
 import json
@@ -109,7 +110,37 @@ def test_simulation_of_three_branches_survives_a_dropped_branch(tmp_path):
     )
     assert "terminology_f1" in promote.stdout and ("REFUSED" in promote.stdout or "PROMOTED" in promote.stdout)
 
-    console = proc.stdout + proc.stderr
+    # a checkpoint per round; resuming from round 1 redoes round 2 on the same state, in the same MLflow run
+    (fed_dir,) = home.glob("runs/*-federated")
+    assert (fed_dir / "checkpoints" / "latest").read_text().strip() == "round-002"
+    assert {p.name for p in (fed_dir / "checkpoints").iterdir()} == {"round-001", "round-002", "latest"}
+    resumed = subprocess.run(
+        [*proc.args, f"resume={fed_dir / 'checkpoints' / 'round-001'}", "registry.register=false"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    again = json.loads(
+        next(p for p in home.glob("runs/*-federated/federation.json") if p.parent != fed_dir).read_text()
+    )
+    assert again["mlflow_run_id"] == run_id and again["rounds_report"][0] == r1
+    # the dropped branch fails again; a node that never replied since the resume is known by its node id only
+    resumed_r2 = again["rounds_report"][1]
+    assert resumed_r2["round"] == 2 and sorted(resumed_r2["participants"]) == ["beijing", "shanghai"]
+    assert len(resumed_r2["failed"]) == 1 and resumed_r2["applied"]
+    assert again["privacy"]["noise_multipliers_accounted"] == [0.375, 0.25]  # composed on, not restarted
+    assert again["privacy"]["epsilon"] == privacy["epsilon"]
+    assert [m.step for m in client.get_metric_history(run_id, "round.bytes_sent")] == [1, 2, 2]
+    # another aggregation than the checkpoint's is refused, naming the key
+    other = subprocess.run(
+        [*proc.args, "federated=fedavg", f"resume={fed_dir}"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert other.returncode != 0 and "other settings for aggregation" in other.stderr
+
+    console = proc.stdout + proc.stderr + resumed.stdout + resumed.stderr
     files = [p for p in home.rglob("*") if p.is_file()]
     leaks = [str(p) for p in files if any(s.encode() in p.read_bytes() for s in (ID_NUMBER[:17], CARD, PHONE))]
     assert leaks == [] and not any(s in console for s in (ID_NUMBER[:17], CARD, PHONE))
