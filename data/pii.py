@@ -37,7 +37,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 PII_LABELS = frozenset({"CARD_NUMBER", "PHONE", "ID_NUMBER", "PERSON", "EMAIL"})
 
@@ -257,7 +257,8 @@ def mask_record(record: dict, masker: PIIMasker | None = None) -> dict:
         if isinstance(text, str):
             tagged = [e for e in ents if e.get("label") in masker.pii_labels]
             masked, edits = masker.mask_with_spans(text, tagged + _literal_entities(text, known))
-            turn["text"], new_ents = masked, []
+            new_ents: list[dict] = []
+            turn["text"] = masked
             for e in ents:
                 if e.get("label") in masker.pii_labels:
                     hit = next((ed for ed in edits if ed.old_start <= e["start"] and e["end"] <= ed.old_end), None)
@@ -341,24 +342,34 @@ def install_log_redaction(masker: PIIMasker | None = None) -> None:
     _log_masker = masker or _log_masker or default_masker()
     current = logging.getLogRecordFactory()
     if not getattr(current, "_findial_pii", False):
-
-        def factory(*args, **kwargs):
-            record = current(*args, **kwargs)
-            _redact_record(record, _log_masker)
-            return record
-
-        factory._findial_pii, factory._wrapped = True, current
-        logging.setLogRecordFactory(factory)
+        logging.setLogRecordFactory(_RedactingRecordFactory(current))
     for handler in [*logging.getLogger().handlers, logging.lastResort]:
         if handler is not None and not any(isinstance(f, PIIRedactingFilter) for f in handler.filters):
             handler.addFilter(PIIRedactingFilter(_log_masker))
+
+
+class _RedactingRecordFactory:
+    """The log-record factory ``install_log_redaction`` sets: the one it replaced, then the masking."""
+
+    _findial_pii = True
+
+    def __init__(self, wrapped: Callable[..., logging.LogRecord]):
+        self._wrapped = wrapped
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self._wrapped(*args, **kwargs)
+        if _log_masker is not None:  # set before this factory is
+            _redact_record(record, _log_masker)
+        return record
 
 
 def uninstall_log_redaction() -> None:
     """Undo ``install_log_redaction`` (for tests)."""
     factory = logging.getLogRecordFactory()
     if getattr(factory, "_findial_pii", False):
-        logging.setLogRecordFactory(factory._wrapped)
+        logging.setLogRecordFactory(getattr(factory, "_wrapped"))
     for handler in [*logging.getLogger().handlers, logging.lastResort]:
-        for f in [f for f in (handler.filters if handler else []) if isinstance(f, PIIRedactingFilter)]:
+        if handler is None:
+            continue
+        for f in [f for f in handler.filters if isinstance(f, PIIRedactingFilter)]:
             handler.removeFilter(f)

@@ -26,13 +26,15 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from findial.data.labelbook import Glossary, LabelBook, fold
 
 try:  # optional: pinyin comparison for Chinese IME homophones
-    from pypinyin import lazy_pinyin as _lazy_pinyin
+    from pypinyin import lazy_pinyin
+
+    _lazy_pinyin: Callable[..., list[str]] | None = lazy_pinyin
 except ImportError:  # pragma: no cover - depends on the environment
     _lazy_pinyin = None
 

@@ -69,7 +69,8 @@ def _ratio(hits: int, n: int) -> float | None:
 
 def _mentions(gold, pred, key) -> tuple[Counter, Counter]:
     """Multisets of (dialogue id, turn index, *key(entity)) for gold and predicted mentions."""
-    g_c, p_c = Counter(), Counter()
+    g_c: Counter = Counter()
+    p_c: Counter = Counter()
     for did, i, _, gt, pt in _user_turns(gold, pred):
         for counter, turn in ((g_c, gt), (p_c, pt)):
             for e in turn.get("entities") or ():
@@ -137,7 +138,9 @@ def intent_macro_f1(gold: Sequence[Dialogue], pred: Sequence[Dialogue]) -> float
     pairs = _field_pairs(gold, pred, "intent")
     if not pairs:
         return None
-    tp, fp, fn = Counter(), Counter(), Counter()
+    tp: Counter = Counter()
+    fp: Counter = Counter()
+    fn: Counter = Counter()
     for g, p in pairs:
         if g == p:
             tp[g] += 1

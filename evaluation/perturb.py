@@ -37,7 +37,7 @@ import json
 import random
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,7 +45,9 @@ from typing import Any, Protocol
 from findial.data.labelbook import Glossary
 
 try:  # homophones inside glossary terms are checked on pinyin
-    from pypinyin import lazy_pinyin as _lazy_pinyin
+    from pypinyin import lazy_pinyin
+
+    _lazy_pinyin: Callable[..., list[str]] | None = lazy_pinyin
 except ImportError:  # pragma: no cover - pypinyin is a dependency
     _lazy_pinyin = None
 

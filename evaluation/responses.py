@@ -200,6 +200,7 @@ def record_response_eval(
         tracking.log_json(redact_json(report), "report.json")
         result.run_id = active.info.run_id
     if registered:
+        assert result.data_fingerprint is not None  # evaluate_response_model sets it
         registry.record_evaluation(
             registered[0], registered[1], eval_set, result.metrics, result.data_fingerprint, result.run_id
         )
@@ -207,7 +208,7 @@ def record_response_eval(
 
 def evaluate_response_model(
     model_ref: str,
-    data_file: str | Path,
+    data_file: str | Path | None,
     gates: dict[str, float] | None = None,
     eval_set: str | None = None,
     report_dir: str | Path | None = None,
@@ -234,6 +235,8 @@ def evaluate_response_model(
                 model_ref=model_ref,
                 log_mlflow=True,
             )
+        if data_file is None:
+            raise ValueError(f"{model_ref}: a generative response model is scored on a corpus file: give data_file")
         return evaluate_responses(
             package,
             data_file,
@@ -332,6 +335,7 @@ def eval_command(cfg, out_dir: Path) -> ResponseEvalResult:
             f"findial eval task=response: {exc}; name a response model with "
             "model_ref=models:/findial-response/N or package=DIR"
         ) from None
-    print(Path(result.report_md).read_text(encoding="utf-8"))
+    if result.report_md is not None:  # a report directory is always given here
+        print(result.report_md.read_text(encoding="utf-8"))
     print(f"report: {result.report_json}")
     return result

@@ -61,7 +61,9 @@ def intent_table(gold: Sequence[dict], pred: Sequence[dict], labelbook: LabelBoo
     Ordered by domain like the label book. Same conventions as ``metrics.prf`` (an intent only
     predicted has recall 0.0, precision 0.0).
     """
-    tp, n_gold, n_pred = Counter(), Counter(), Counter()
+    tp: Counter[str] = Counter()
+    n_gold: Counter[str] = Counter()
+    n_pred: Counter[str] = Counter()
     for g, p, _ in _intent_pairs(gold, pred):
         n_gold[g] += 1
         if p is not None:
@@ -103,7 +105,9 @@ def confidence_summary(gold: Sequence[dict], pred: Sequence[dict], bins: int = 1
     ``edges`` has ``bins + 1`` values over [0, 1]; turns without a confidence are counted in
     ``no_confidence``. Means are None when a side is empty.
     """
-    correct, wrong, missing = [], [], 0
+    correct: list[float] = []
+    wrong: list[float] = []
+    missing = 0
     for g, p, conf in _intent_pairs(gold, pred):
         if conf is None:
             missing += 1

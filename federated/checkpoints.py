@@ -163,7 +163,7 @@ def check_compatible(ckpt: Checkpoint, settings: dict) -> None:
 def restore_accountant(accountant, state: dict | None) -> None:
     if (accountant is None) != (state is None):
         raise FederationError("resume: the checkpoint's privacy accounting does not match privacy.mode")
-    if accountant is not None:
+    if accountant is not None and state is not None:
         accountant.mu_squared = float(state["mu_squared"])
         accountant.num_releases = int(state["num_releases"])
         accountant.noise_multipliers = [float(z) for z in state["noise_multipliers"]]

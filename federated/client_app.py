@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
@@ -22,6 +23,7 @@ from .local import score_dialogues, train_local
 from .models import build_task_models, load_record, to_record
 from .partition import branch_dialogues, branch_of
 from .privacy import PrivacyPlan, privacy_mod
+from .records import number
 
 # evaluate_dialogues metric -> the count it is a rate over (sent beside it as "<metric>.n" for aggregation)
 EVAL_METRICS = {
@@ -46,20 +48,24 @@ def _user_turns(dialogues: list[dict]) -> int:
 def handle_train(cfg, msg: Message, context: Context) -> Message:
     branches = list(cfg.branches)
     branch = branch_of(context.node_config, branches)
-    config = msg.content["config"]
-    rnd = int(config["server-round"])
+    config = msg.content.config_records["config"]
+    rnd = int(number(config["server-round"], "server-round"))
     if cfg.get("faults") and int(cfg.faults.get(branch, -1)) == rnd:
         raise BranchDropped(f"branch {branch}: configured to fail in round {rnd}")
     models = build_task_models(cfg)
-    load_record(models, msg.content["arrays"])
+    load_record(models, msg.content.array_records["arrays"])
     dialogues = branch_dialogues(cfg, context.node_config, "train", branch)
     if not dialogues:
         raise ValueError(f"branch {branch}: no training dialogues")
-    epochs = int(config.get("local-epochs", cfg.local_epochs))
-    mu = float(config.get("proximal-mu", 0.0))
+    epochs = int(number(config.get("local-epochs", cfg.local_epochs), "local-epochs"))
+    mu = number(config.get("proximal-mu", 0.0), "proximal-mu")
     index = branches.index(branch)
-    metrics = train_local(models, cfg, dialogues, epochs, seed=int(cfg.seed) + 1000 * rnd + index, proximal_mu=mu)
-    metrics.update({"num-examples": _user_turns(dialogues), "unit-weight": 1, "branch-index": index})
+    metrics: dict[str, MetricRecordValues] = {
+        **train_local(models, cfg, dialogues, epochs, seed=int(cfg.seed) + 1000 * rnd + index, proximal_mu=mu),
+        "num-examples": _user_turns(dialogues),
+        "unit-weight": 1,
+        "branch-index": index,
+    }
     return Message(RecordDict({"arrays": to_record(models), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -67,22 +73,23 @@ def handle_evaluate(cfg, msg: Message, context: Context) -> Message:
     branches = list(cfg.branches)
     branch = branch_of(context.node_config, branches)
     models = build_task_models(cfg)
-    load_record(models, msg.content["arrays"])
+    load_record(models, msg.content.array_records["arrays"])
     dialogues = branch_dialogues(cfg, context.node_config, "val", branch)
     if not dialogues:
         raise ValueError(f"branch {branch}: no validation dialogues")
     scores = score_dialogues(models, cfg, dialogues)
-    metrics: dict[str, float | int] = {
+    scored: dict[str, MetricRecordValues] = {
         "num-examples": _user_turns(dialogues),
         "unit-weight": 1,
         "branch-index": branches.index(branch),
     }
     for name, support in EVAL_METRICS.items():
         value = scores.get(name)
-        ok = value is not None and not math.isnan(value)
-        metrics[name] = float(value) if ok else 0.0
-        metrics[f"{name}.n"] = int(scores.get(support, 0)) if ok else 0
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        if value is not None and not math.isnan(value):
+            scored[name], scored[f"{name}.n"] = float(value), int(scores.get(support, 0))
+        else:
+            scored[name], scored[f"{name}.n"] = 0.0, 0
+    return Message(RecordDict({"metrics": MetricRecord(scored)}), reply_to=msg)
 
 
 def refusal_mod(config_for):

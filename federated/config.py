@@ -39,6 +39,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from findial.typed_config import resolved
+
 RUN_CONFIG_KEY = "overrides"  # the ServerApp's overrides
 BRANCH_RUN_CONFIG_KEY = "branch-overrides"  # the overrides branches accept (checked against the lists below)
 BRANCH_KEYS = (
@@ -87,12 +89,12 @@ def compose(overrides: list[str]) -> DictConfig:
     _setup()
     with initialize_config_module("findial.configs", version_base="1.3"):
         cfg = hydra_compose("fed", overrides=normalize_overrides(overrides))
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return OmegaConf.create(resolved(cfg))
 
 
 def plain(cfg: DictConfig) -> dict:
     """A resolved, picklable copy (what a Ray actor or a thread receives)."""
-    out = OmegaConf.to_container(cfg, resolve=True)
+    out = resolved(cfg)
     out.pop("hydra", None)
     return out
 
@@ -133,7 +135,7 @@ def check_branch_overrides(overrides: list[str]) -> list[str]:
 
 def branch_privacy(defaults: DictConfig, node_config) -> DictConfig:
     """The branch's ``privacy``: the defaults, then its ``privacy-file``, then its ``privacy-*`` node config keys."""
-    privacy = OmegaConf.create(OmegaConf.to_container(defaults, resolve=True))
+    privacy = OmegaConf.create(resolved(defaults))
     unknown = sorted(
         k for k in node_config if str(k).startswith("privacy-") and k not in NODE_PRIVACY and k != NODE_PRIVACY_FILE
     )
@@ -145,11 +147,13 @@ def branch_privacy(defaults: DictConfig, node_config) -> DictConfig:
         path = Path(str(node_config[NODE_PRIVACY_FILE]))
         if not path.is_file():
             raise FileNotFoundError(f"node config {NODE_PRIVACY_FILE}={path}: no such file on this SuperNode")
-        own = OmegaConf.load(path)
-        own = own.get("privacy", own)
+        loaded = OmegaConf.load(path)
+        own = loaded.get("privacy", loaded) if isinstance(loaded, DictConfig) else loaded
         if not isinstance(own, DictConfig) or set(own) - set(privacy):
             raise ValueError(f"{path}: expected a mapping of privacy keys ({', '.join(privacy)})")
-        privacy = OmegaConf.merge(privacy, OmegaConf.to_container(own, resolve=True))
+        merged = OmegaConf.merge(privacy, resolved(own))
+        assert isinstance(merged, DictConfig)  # a mapping merged into a mapping
+        privacy = merged
     for node_key, key in NODE_PRIVACY.items():
         if node_key in node_config:
             privacy[key] = node_config[node_key]

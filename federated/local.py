@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from findial.data.corpus import turn_records
@@ -25,6 +25,7 @@ from findial.data.labelbook import Glossary, LabelBook
 from findial.training.datamodule import LengthBucketSampler, collate
 from findial.training.features import encode_intent, encode_ner
 from findial.training.package import save_package
+from findial.typed_config import resolved
 
 from .models import TASKS, TaskModels
 
@@ -76,7 +77,7 @@ def train_local(
 
     metrics: dict[str, float] = {}
     pad = models.tokenizer.pad_token_id or 0
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg = resolved(cfg.trainer)
     trainer_cfg.update(
         max_epochs=int(epochs),
         devices=1,
@@ -98,7 +99,8 @@ def train_local(
             seed=seed,
             pool=50 if cfg.data.get("length_bucketing", True) else 1,
         )
-        loader = DataLoader(features, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad))
+        # a list is a map-style dataset (len and getitem), which DataLoader's annotation does not say
+        loader: DataLoader = DataLoader(features, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad))  # type: ignore[arg-type]
         with tempfile.TemporaryDirectory(prefix="findial-fed-") as tmp, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers|validation_step).*")
             trainer = instantiate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,8 +17,12 @@ from flwr.app import Array, ArrayRecord, Message
 from omegaconf import DictConfig
 
 from findial.data.labelbook import LabelBook
+from findial.training.modules import LoRATaskModule
 from findial.training.package import build_module, resolve_backbone
 from findial.training.train import task_meta
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TASKS = ("intent", "ner")
 SEP = "/"
@@ -27,10 +32,10 @@ SEP = "/"
 class TaskModels:
     """Intent and NER modules built from a composed config, with their package metadata."""
 
-    modules: dict[str, torch.nn.Module]
+    modules: dict[str, LoRATaskModule]
     metas: dict[str, dict]
     backbone: Path
-    tokenizer: object = field(repr=False)
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
 
 
 _CACHE: dict[str, TaskModels] = {}

@@ -59,11 +59,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from flwr.serverapp import GaussianPrivacyEvent, PrivacySpent
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+from .records import number
 
 MODES = ("none", "central", "local")
 AVERAGING = ("fedavg", "fedprox")  # aggregators whose server step is the plain mean: central DP holds for them
@@ -221,7 +224,7 @@ class PrivacyPlan:
         clip = float(privacy.clipping_norm)
         if clip <= 0:
             raise ValueError(f"privacy.clipping_norm={clip}: must be > 0")
-        common = dict(
+        common: dict[str, Any] = dict(
             clipping_norm=clip,
             target_delta=float(privacy.target_delta),
             max_epsilon=None if privacy.get("max_epsilon") is None else float(privacy.max_epsilon),
@@ -322,7 +325,9 @@ def privacy_mod(plan_for):
         plan = plan_for(ctxt)
         config = next(iter(msg.content.config_records.values()), None)
         asked = config.get(KEY_CLIPPING_NORM) if config is not None else None
-        norms = ([plan.clipping_norm] if plan.mode != "none" else []) + ([float(asked)] if asked is not None else [])
+        norms = ([plan.clipping_norm] if plan.mode != "none" else []) + (
+            [number(asked, KEY_CLIPPING_NORM)] if asked is not None else []
+        )
         if not norms:
             return call_next(msg, ctxt)
         if plan.mode == "local":  # sensitivity of a clipped update: 2C (replace-one)

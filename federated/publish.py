@@ -9,6 +9,7 @@ The version's tags record how it was made, so ``findial promote`` and a reviewer
     findial.privacy.mode                  none | central | local
     findial.privacy.epsilon / .delta      the (epsilon, delta) spent (absent with mode none)
     findial.privacy.noise_multiplier / .clipping_norm / .accounting
+    branch.<branch>.<metric>              each branch's last-round evaluation on its own validation data
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from findial import registry
+from findial.branch_gates import branch_tags
 
 from .local import save_packages
 from .models import TaskModels
@@ -34,6 +36,7 @@ def version_tags(cfg, summary: dict) -> dict[str, str]:
         "findial.federated.run_id": summary["mlflow_run_id"],
         "findial.privacy.mode": privacy["mode"],
     }
+    tags.update(branch_tags(summary.get("branch_eval") or {}))  # the per-branch gates' basis (findial.branch_gates)
     if privacy["mode"] != "none":
         tags.update(
             {

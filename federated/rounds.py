@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 from .models import message_bytes
 from .privacy import GaussianAccountant, PrivacyPlan
+from .records import number
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def float32(record: ArrayRecord) -> ArrayRecord:
 def _names(replies: list[Message], branches: list[str], known: dict[int, str]) -> list[str]:
     out = []
     for r in replies:
-        index = int(next(iter(r.content.metric_records.values()))["branch-index"])
+        index = int(number(next(iter(r.content.metric_records.values()))["branch-index"], "branch-index"))
         known[r.metadata.src_node_id] = branches[index]
         out.append(branches[index])
     return out

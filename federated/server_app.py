@@ -163,6 +163,7 @@ def serve(grid: Grid, cfg) -> dict:
             "bytes_sent": sum(r.bytes_sent for r in reports),
             "bytes_received": sum(r.bytes_received for r in reports),
             "final_global_eval": reports[-1].global_eval if reports else {},
+            "branch_eval": reports[-1].branch_eval if reports else {},
             "mlflow_run_id": active.info.run_id,
         }
         bundle, version = publish(models, cfg, out_dir, summary, active.info.run_id)

@@ -5,10 +5,14 @@ Central DP is accepted only with fedavg and fedprox (the server step is the plai
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.app import MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from .privacy import AVERAGING, PrivacyPlan, central_aggregation_error, wrap_strategy
+from .records import number
 
 NAMES = ("fedavg", "fedprox", "fedadam")
 # bookkeeping keys a client sends beside its metrics; never averaged
@@ -19,27 +23,35 @@ def _metrics(record: RecordDict) -> MetricRecord:
     return next(iter(record.metric_records.values()))
 
 
+def _metric(record: RecordDict, key: str) -> float:
+    return number(_metrics(record)[key], key)
+
+
+def _examples(records: list[RecordDict]) -> int:
+    return int(sum(_metric(r, "num-examples") for r in records))
+
+
 def mean_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Weighted mean of every training metric; the example count is summed."""
-    weights = [float(_metrics(r)[weight_key]) for r in records]
+    weights = [_metric(r, weight_key) for r in records]
     total = sum(weights) or 1.0
-    out: dict[str, float | int] = {"num-examples": int(sum(_metrics(r)["num-examples"] for r in records))}
+    out: dict[str, MetricRecordValues] = {"num-examples": _examples(records)}
     for key in _metrics(records[0]).keys():
         if key not in BOOKKEEPING:
-            out[key] = sum(float(_metrics(r)[key]) * w for r, w in zip(records, weights)) / total
+            out[key] = sum(_metric(r, key) * w for r, w in zip(records, weights)) / total
     return MetricRecord(out)
 
 
 def mean_eval_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Each metric weighted by its own support ``<metric>.n`` (a branch without support does not count)."""
     first = _metrics(records[0])
-    out: dict[str, float | int] = {"num-examples": int(sum(_metrics(r)["num-examples"] for r in records))}
+    out: dict[str, MetricRecordValues] = {"num-examples": _examples(records)}
     for key in first.keys():
         if key in BOOKKEEPING or key.endswith(".n") or f"{key}.n" not in first:
             continue
-        support = [float(_metrics(r)[f"{key}.n"]) for r in records]
+        support = [_metric(r, f"{key}.n") for r in records]
         if sum(support) > 0:
-            out[key] = sum(float(_metrics(r)[key]) * n for r, n in zip(records, support)) / sum(support)
+            out[key] = sum(_metric(r, key) * n for r, n in zip(records, support)) / sum(support)
     return MetricRecord(out)
 
 
@@ -51,7 +63,7 @@ def build_strategy(cfg, plan: PrivacyPlan):
     if plan.mode == "central" and name not in AVERAGING:
         raise ValueError(central_aggregation_error(name))
     uniform = plan.mode == "central" or not bool(sampling.weighted)
-    common = dict(
+    common: dict[str, Any] = dict(
         fraction_train=float(sampling.fraction_train),
         fraction_evaluate=1.0,
         min_train_nodes=int(sampling.min_train_clients),

@@ -5,6 +5,9 @@ the record's canonical JSON without ``hash``). ``verify`` finds an edited record
 a removed, inserted or reordered one (the next record's ``prev`` breaks the chain) and, given the registry's
 heads (the hash of each model's last record, stored as a registered-model tag at every promotion), a removed
 tail.
+
+Release steps (``findial release``, a server's automatic rollback) read the registry, decide, append and apply;
+``step_lock`` serialises such steps across processes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 GENESIS = "0" * 64
@@ -63,6 +67,21 @@ def append(path: str | Path, record: Mapping, then: Callable[[dict], object] | N
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
     return chained
+
+
+@contextmanager
+def step_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on ``<log>.lock`` (beside the log) for the duration of a read-decide-append-apply step,
+    so that two processes never decide on the same registry state (e.g. two replicas rolling back one
+    challenger)."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def records(path: str | Path) -> list[dict]:

@@ -22,6 +22,7 @@ Plain subcommands:
     findial data natural build       build the natural corpus's splits from its sources
     findial fed simulate [overrides] federated training across branches: findial fed simulate rounds=2
     findial audit verify [--log F]   check the promotion audit log's hash chain (and the registry's heads)
+    findial release start version=3 eval_set=bundled-test share=0.1   gray release (status, promote, rollback, shadow)
     findial kb index [--kb FILE] [--out DIR]          (re)build the knowledge-base index (only changed articles)
     findial kb search "QUERY" [--lang zh|en] [-k 5]   the best-matching articles
     findial kb eval [--split validation|test]         recall@1, recall@5 and MRR per language, as JSON
@@ -522,6 +523,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(cmd_audit(rest))
     if cmd == "kb":
         raise SystemExit(cmd_kb(rest))
+    if cmd == "release":
+        from findial.serving.release_cli import main as release_main
+
+        raise SystemExit(release_main(rest))
     if cmd == "fed":
         from findial.federated.command import main as fed_main
 

@@ -27,10 +27,17 @@ class Gate:
     def higher_is_better(self) -> bool:
         return self.minimum is not None
 
+    @property
+    def limit(self) -> float:
+        """The bound's number: ``minimum`` or ``maximum``, whichever is set."""
+        limit = self.minimum if self.minimum is not None else self.maximum
+        assert limit is not None  # __post_init__: exactly one is set
+        return limit
+
     def meets(self, value: float | None) -> bool:
         if value is None:
             return False
-        return value >= self.minimum if self.higher_is_better else value <= self.maximum
+        return value >= self.limit if self.higher_is_better else value <= self.limit
 
     @property
     def bound(self) -> str:
@@ -38,10 +45,11 @@ class Gate:
         return f">= {self.minimum}" if self.higher_is_better else f"<= {self.maximum}"
 
     def regressed(self, value: float, champion: float) -> bool:
-        """Worse than ``champion`` by more than ``max_regression``."""
-        return (
-            value < champion - self.max_regression if self.higher_is_better else value > champion + self.max_regression
-        )
+        """Worse than ``champion`` by more than ``max_regression`` (never, when it is not set)."""
+        if self.max_regression is None:
+            return False
+        tolerance = self.max_regression
+        return value < champion - tolerance if self.higher_is_better else value > champion + tolerance
 
 
 def as_gates(gates: Mapping) -> dict[str, Gate]:

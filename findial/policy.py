@@ -10,7 +10,7 @@ import getpass
 import importlib.resources
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -34,6 +34,8 @@ class Policy:
     gates: Mapping[str, Mapping[str, Gate]]  # kind -> metric -> gate
     eval_sets: Mapping[str, Mapping[str, str]]  # kind -> eval set name -> data fingerprint
     source: str = "(in code)"
+    # kind -> metric -> gate each branch of a federated version meets on its own validation data
+    branch_gates: Mapping[str, Mapping[str, Gate]] = field(default_factory=dict)
 
     def gates_for(self, kind: str) -> dict[str, Gate]:
         if kind not in self.gates:
@@ -71,12 +73,17 @@ class Policy:
         gates: Mapping[str, Mapping],
         eval_sets: Mapping[str, Mapping[str, str]] | None = None,
         source: str = "(in code)",
+        branch_gates: Mapping[str, Mapping] | None = None,
     ) -> "Policy":
-        """``gates``: kind -> metric -> minimum, or ``{minimum | maximum, max_regression}``."""
+        """``gates`` (and ``branch_gates``): kind -> metric -> minimum, or ``{minimum | maximum, max_regression}``."""
         return cls(
             {k: {m: _gate(m, g, f"{source}: {k}.gates.{m}") for m, g in gs.items()} for k, gs in gates.items()},
             {k: dict(v) for k, v in (eval_sets or {}).items()},
             source,
+            {
+                k: {m: _gate(m, g, f"{source}: {k}.branch_gates.{m}") for m, g in gs.items()}
+                for k, gs in (branch_gates or {}).items()
+            },
         )
 
 
@@ -103,10 +110,21 @@ def _gate(metric: str, raw, where: str) -> Gate:
 def load(path: str | Path = POLICY_FILE) -> Policy:
     path = Path(path)
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    gates, eval_sets = {}, {}
+    gates, eval_sets, branch_gates = {}, {}, {}
     for kind, section in raw.items():
-        if kind not in KINDS or not isinstance(section, Mapping) or set(section) - {"gates", "eval_sets"}:
-            raise PolicyError(f"{path}: {kind}: expected a model kind ({', '.join(KINDS)}) with gates and eval_sets")
+        if (
+            kind not in KINDS
+            or not isinstance(section, Mapping)
+            or set(section) - {"gates", "eval_sets", "branch_gates"}
+        ):
+            raise PolicyError(
+                f"{path}: {kind}: expected a model kind ({', '.join(KINDS)}) with gates, eval_sets "
+                "and optionally branch_gates"
+            )
+        if section.get("branch_gates") is not None:
+            if not isinstance(section["branch_gates"], Mapping):
+                raise PolicyError(f"{path}: {kind}.branch_gates: expected metric -> gate")
+            branch_gates[kind] = section["branch_gates"]
         if not section.get("gates"):
             raise PolicyError(f"{path}: {kind}.gates: a model kind needs at least one gate")
         gates[kind] = section["gates"]
@@ -115,7 +133,7 @@ def load(path: str | Path = POLICY_FILE) -> Policy:
             if not isinstance(fp, str) or not fp:
                 raise PolicyError(f"{path}: {kind}.eval_sets.{name}: expected a data fingerprint, got {fp!r}")
         eval_sets[kind] = sets
-    return Policy.of(gates, eval_sets, source=str(path))
+    return Policy.of(gates, eval_sets, source=str(path), branch_gates=branch_gates)
 
 
 def promoter() -> str:

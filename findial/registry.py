@@ -17,7 +17,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from findial import audit, gates, tracking
+from findial import audit, branch_gates, gates, tracking
 from findial.policy import Policy, load as load_policy, promoter
 
 BUNDLE_ARTIFACT = "model"
@@ -229,12 +229,18 @@ def _champion(client, name: str, alias: str):
         return None
 
 
-def promote(
-    name: str, version: str, alias: str, eval_set: str, audit_log: str | Path, policy: Policy | None = None
+def decide(
+    name: str,
+    version: str,
+    alias: str,
+    eval_set: str,
+    policy: Policy | None = None,
+    compare_alias: str | None = None,
 ) -> Decision:
-    """Move ``alias`` to ``version`` only if the version's evaluation on ``eval_set`` is one the policy binds
-    (same data fingerprint) and passes every gate of its kind, including the no-regression tolerance against
-    the version ``alias`` names now. Always audited; the promoter is ``policy.promoter()``."""
+    """Whether ``version`` may take ``alias``: its evaluation on ``eval_set`` is one the policy binds (same data
+    fingerprint) and passes every gate of its kind, including the no-regression tolerance against the version
+    ``compare_alias`` (default: ``alias``) names now. Nothing is changed or audited: ``promote`` and the release
+    steps (``findial release``) do that."""
     policy = policy or load_policy()
     client = _client()
     mv = _version(client, name, str(version))
@@ -243,20 +249,26 @@ def promote(
     metrics = {m: v for m, v in eval_metrics(mv.tags, eval_set).items() if m in kind_gates}
     fp = mv.tags.get(f"eval.{eval_set}.data_fingerprint")
     failures = [f"eval set: {p}"] if (p := policy.eval_set_problem(kind, eval_set, fp)) else []
-    champion = _champion(client, name, alias)
+    compare_alias = compare_alias or alias
+    champion = _champion(client, name, compare_alias)
+    current = champion if compare_alias == alias else _champion(client, name, alias)
     champion_metrics = None
     if champion is not None and str(champion.version) != str(version):
         if champion.tags.get(f"eval.{eval_set}.data_fingerprint") == fp:
             champion_metrics = eval_metrics(champion.tags, eval_set)
         elif any(g.max_regression is not None for g in kind_gates.values()):
             failures.append(
-                f"champion: v{champion.version} has no evaluation on {eval_set!r} with data fingerprint "
+                f"{compare_alias}: v{champion.version} has no evaluation on {eval_set!r} with data fingerprint "
                 f"{fp} to compare with; evaluate it first: findial eval "
-                f"model_ref=models:/{name}@{alias} eval_set={eval_set} data_file=..."
+                f"model_ref=models:/{name}@{compare_alias} eval_set={eval_set} data_file=..."
             )
     results = gates.check(kind_gates, metrics, champion_metrics)
     failures = gates.failures(results) + failures
-    decision = Decision(
+    other = champion if champion is not None and str(champion.version) != str(version) else None
+    failures += branch_gates.failures(  # a federated version: every branch on its own validation data
+        branch_gates.check(policy.branch_gates.get(kind, {}), mv.tags, other.tags if other is not None else None)
+    )
+    return Decision(
         model_name=name,
         version=str(version),
         alias=alias,
@@ -269,34 +281,58 @@ def promote(
         failures=failures,
         data_fingerprint=fp,
         eval_run_id=mv.tags.get(f"eval.{eval_set}.run_id"),
-        previous_version=None if champion is None else str(champion.version),
+        previous_version=None if current is None else str(current.version),
         results=results,
     )
+
+
+def promote(
+    name: str, version: str, alias: str, eval_set: str, audit_log: str | Path, policy: Policy | None = None
+) -> Decision:
+    """Move ``alias`` to ``version`` only if ``decide`` lets it. Always audited; the promoter is
+    ``policy.promoter()``."""
+    decision = decide(name, version, alias, eval_set, policy)
     _audit(decision, audit_log)  # the record exists before the alias moves
     if decision.promoted:
-        client.set_registered_model_alias(name, alias, str(version))
-        client.set_model_version_tag(name, str(version), f"promotion.{alias}", decision.timestamp)
+        move_alias(decision)
     return decision
 
 
-def _audit(decision: Decision, audit_log: str | Path) -> None:
-    record = audit.append(
-        audit_log,
-        asdict(decision),
-        then=lambda r: _client().set_registered_model_tag(decision.model_name, audit.HEAD_TAG, r["hash"]),
+def move_alias(decision: Decision) -> None:
+    """Point ``decision.alias`` at its version (after the record is written), tagging the version."""
+    client = _client()
+    client.set_registered_model_alias(decision.model_name, decision.alias, decision.version)
+    client.set_model_version_tag(
+        decision.model_name, decision.version, f"promotion.{decision.alias}", decision.timestamp
+    )
+
+
+def _audit(decision: Decision, audit_log: str | Path) -> dict:
+    return audit_step(asdict(decision), audit_log, f"promote-{decision.model_name}-v{decision.version}")
+
+
+def audit_step(record: dict, audit_log: str | Path, run_name: str) -> dict:
+    """Append a registry step's record (a promotion, a release step: ``model_name``, ``version``, ``promoted``,
+    ``user``, ...) to the audit chain, point the model's head tag at it, and log it to the
+    ``findial-promotions`` MLflow experiment; returns the chained record."""
+    name = record["model_name"]
+    chained = audit.append(
+        audit_log, record, then=lambda r: _client().set_registered_model_tag(name, audit.HEAD_TAG, r["hash"])
     )
     with tracking.run(
         "findial-promotions",
-        f"promote-{decision.model_name}-v{decision.version}",
+        run_name,
         tags={
-            "findial.promoted": str(decision.promoted),
-            "findial.model": decision.model_name,
-            "findial.version": decision.version,
-            "findial.user": decision.user,
+            "findial.promoted": str(record.get("promoted")),
+            "findial.model": name,
+            "findial.version": str(record.get("version")),
+            "findial.user": str(record.get("user")),
+            **({"findial.action": record["action"]} if record.get("action") else {}),
         },
     ):
-        tracking.log_json(record, "audit.json")
-        tracking.log_metrics(decision.metrics)
+        tracking.log_json(chained, "audit.json")
+        tracking.log_metrics(record.get("metrics") or {})
+    return chained
 
 
 def audit_heads() -> dict[str, str]:

@@ -24,10 +24,14 @@ def configure(tracking_uri: str, artifact_root: str | Path) -> None:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    configure.artifact_root = Path(artifact_root).resolve()
+    _store.artifact_root = Path(artifact_root).resolve()
 
 
-configure.artifact_root = None
+class _Store:
+    artifact_root: Path | None = None  # where new experiments keep their artifacts (set by configure)
+
+
+_store = _Store()
 
 
 def experiment_id(name: str) -> str:
@@ -36,7 +40,7 @@ def experiment_id(name: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    root = configure.artifact_root
+    root = _store.artifact_root
     location = (root / name).as_uri() if root else None
     return mlflow.create_experiment(name, artifact_location=location)
 

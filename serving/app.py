@@ -168,6 +168,7 @@ def create_app(
             "reloads": status.get("reloads"),
             "response_model": service.responder_info(),
             "sessions": len(service.sessions),
+            "release": status.get("release"),  # the plan followed and each role's loaded version (or null)
         }
 
     @app.get(

@@ -2,7 +2,11 @@
 
 Request counts by route template (never by raw path, so session ids stay out of
 label values), a latency histogram, hand-offs by reason, model reloads and the
-version being served.
+version being served. A gray release (``release_router.py``) adds, per model version and role
+(champion, challenger, shadow): understood turns, hand-offs, low-confidence turns, errors and a turn latency
+histogram; for a shadow, its agreement (intent, state) with the model that answered, its errors and the
+copies dropped because its queue was full; the plan (``findial_release_info``, the challenger's share) and
+the automatic rollbacks.
 """
 
 from __future__ import annotations
@@ -37,16 +41,65 @@ class Metrics:
         self.model: tuple[str, str, str] | None = None  # (name, version, ref)
         self.sessions = 0
         self.in_flight = 0  # HTTP requests being served (event loop only)
+        self.turns: dict[tuple[str, str], list[int]] = {}  # (version, role) -> [turns, handoffs, low_conf, errors]
+        self.turn_latency: dict[tuple[str, str], list[float]] = {}
+        self.shadow: dict[tuple[str, str], list[int]] = {}  # (shadow, answering version) -> [turns, intent, state]
+        self.shadow_latency: dict[tuple[str, str], list[float]] = {}
+        self.shadow_errors: dict[str, int] = defaultdict(int)
+        self.shadow_dropped = 0
+        self.release: dict | None = None  # the plan in use (release.ReleasePlan.summary)
+        self.rollbacks = 0
+
+    def _observe(self, hists: dict, key, seconds: float) -> None:
+        h = hists.setdefault(key, [0.0] * (len(self.buckets) + 2))
+        for i, b in enumerate(self.buckets):
+            if seconds <= b:
+                h[i] += 1
+        h[-2] += seconds
+        h[-1] += 1
+
+    def observe_turn(self, version: str | None, role: str, handoff: bool, low_confidence: bool, seconds: float):
+        with self._lock:
+            key = (version or "", role)
+            row = self.turns.setdefault(key, [0, 0, 0, 0])
+            row[0] += 1
+            row[1] += bool(handoff)
+            row[2] += bool(low_confidence)
+            self._observe(self.turn_latency, key, seconds)
+
+    def count_model_error(self, version: str | None, role: str) -> None:
+        with self._lock:
+            row = self.turns.setdefault((version or "", role), [0, 0, 0, 0])
+            row[3] += 1
+
+    def observe_shadow(self, version: str, against: str, intent: bool, state: bool, seconds: float) -> None:
+        with self._lock:
+            row = self.shadow.setdefault((version, against or ""), [0, 0, 0])
+            row[0] += 1
+            row[1] += bool(intent)
+            row[2] += bool(state)
+            self._observe(self.shadow_latency, (version, "shadow"), seconds)
+
+    def count_shadow_error(self, version: str) -> None:
+        with self._lock:
+            self.shadow_errors[version or ""] += 1
+
+    def count_shadow_dropped(self) -> None:
+        with self._lock:
+            self.shadow_dropped += 1
+
+    def set_release(self, plan: dict | None) -> None:
+        with self._lock:
+            self.release = plan
+
+    def count_rollback(self) -> None:
+        with self._lock:
+            self.rollbacks += 1
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
             self.requests[(method, route, str(status))] += 1
-            h = self.latency.setdefault(route, [0.0] * (len(self.buckets) + 2))
-            for i, b in enumerate(self.buckets):
-                if seconds <= b:
-                    h[i] += 1
-            h[-2] += seconds
-            h[-1] += 1
+            self._observe(self.latency, route, seconds)
 
     def count_handoff(self, reasons: list[str]) -> None:
         with self._lock:
@@ -83,10 +136,10 @@ class Metrics:
                 "# TYPE findial_http_request_duration_seconds histogram",
             ]
             for route, h in sorted(self.latency.items()):
-                for b, n in zip(self.buckets, h):
+                for b, count in zip(self.buckets, h):
                     out.append(
                         f"findial_http_request_duration_seconds_bucket"
-                        f"{_labels((('route', route), ('le', repr(b))))} {int(n)}"
+                        f"{_labels((('route', route), ('le', repr(b))))} {int(count)}"
                     )
                 out.append(
                     f"findial_http_request_duration_seconds_bucket{_labels((('route', route), ('le', '+Inf')))}"
@@ -131,4 +184,82 @@ class Metrics:
                 "# TYPE findial_sessions gauge",
                 f"findial_sessions {self.sessions}",
             ]
+            out += self._render_release()
             return "\n".join(out) + "\n"
+
+    def _histogram(self, name: str, hists: dict, label_names: tuple[str, ...]) -> list[str]:
+        out = []
+        for key, h in sorted(hists.items()):
+            pairs = tuple(zip(label_names, key))
+            for b, n in zip(self.buckets, h):
+                out.append(f"{name}_bucket{_labels(pairs + (('le', repr(b)),))} {int(n)}")
+            out.append(f"{name}_bucket{_labels(pairs + (('le', '+Inf'),))} {int(h[-1])}")
+            out.append(f"{name}_sum{_labels(pairs)} {h[-2]:.6f}")
+            out.append(f"{name}_count{_labels(pairs)} {int(h[-1])}")
+        return out
+
+    def _render_release(self) -> list[str]:
+        """The per-version figures (caller holds the lock)."""
+        out = []
+        for i, (name, help_) in enumerate(
+            (
+                ("findial_model_turns_total", "Turns understood, by model version and release role."),
+                ("findial_model_handoffs_total", "Turns handed to a human, by model version and release role."),
+                ("findial_model_low_confidence_total", "Turns below handoff.min_confidence, by version and role."),
+                ("findial_model_errors_total", "Turns whose understanding failed, by model version and role."),
+            )
+        ):
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
+            out += [
+                f"{name}{_labels((('version', v), ('role', r)))} {row[i]}" for (v, r), row in sorted(self.turns.items())
+            ]
+        out += [
+            "# HELP findial_model_turn_duration_seconds Turn latency by model version and release role.",
+            "# TYPE findial_model_turn_duration_seconds histogram",
+        ]
+        out += self._histogram("findial_model_turn_duration_seconds", self.turn_latency, ("version", "role"))
+        for i, (name, help_) in enumerate(
+            (
+                ("findial_shadow_turns_total", "Turns the shadow model scored, by shadow and answering version."),
+                ("findial_shadow_intent_agreements_total", "Shadow turns with the answering model's intent."),
+                ("findial_shadow_state_agreements_total", "Shadow turns with the answering model's state."),
+            )
+        ):
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
+            out += [
+                f"{name}{_labels((('version', v), ('answered_by', a)))} {row[i]}"
+                for (v, a), row in sorted(self.shadow.items())
+            ]
+        out += [
+            "# HELP findial_shadow_duration_seconds Shadow scoring latency (off the reply path), by shadow version.",
+            "# TYPE findial_shadow_duration_seconds histogram",
+        ]
+        out += self._histogram("findial_shadow_duration_seconds", self.shadow_latency, ("version", "role"))
+        out += [
+            "# HELP findial_shadow_errors_total Shadow scorings that failed, by shadow version.",
+            "# TYPE findial_shadow_errors_total counter",
+        ]
+        out += [
+            f"findial_shadow_errors_total{_labels((('version', v),))} {n}"
+            for v, n in sorted(self.shadow_errors.items())
+        ]
+        out += [
+            "# HELP findial_shadow_dropped_total Turn copies not shadowed because the shadow queue was full.",
+            "# TYPE findial_shadow_dropped_total counter",
+            f"findial_shadow_dropped_total {self.shadow_dropped}",
+            "# HELP findial_release_rollbacks_total Challengers this server rolled back automatically.",
+            "# TYPE findial_release_rollbacks_total counter",
+            f"findial_release_rollbacks_total {self.rollbacks}",
+        ]
+        if self.release is not None:
+            r = self.release
+            labels = tuple((k, r.get(k) or "") for k in ("model_name", "champion", "challenger", "shadow"))
+            out += [
+                "# HELP findial_release_info The release plan in use (1).",
+                "# TYPE findial_release_info gauge",
+                f"findial_release_info{_labels(labels)} 1",
+                "# HELP findial_release_challenger_share The challenger's share of sessions (0 without one).",
+                "# TYPE findial_release_challenger_share gauge",
+                f"findial_release_challenger_share {float(r.get('share') or 0.0) if r.get('challenger') else 0.0}",
+            ]
+        return out

@@ -9,6 +9,10 @@ is ``current`` rebound (one reference assignment, atomic in Python). Work that
 took the old ``LoadedModel`` finishes on it; the next batch takes the new one.
 A version that fails to load is logged, counted and skipped until the alias
 moves again; the old model keeps serving.
+
+An ``optional`` holder (a gray release's ``challenger`` or ``shadow``, ``for_role``) follows an alias that
+may be absent: while no version holds it, nothing is loaded (a model it held is unloaded), and that is no
+error.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ log = logging.getLogger("findial.serving")
 Loader = Callable[[Path, str, "tuple[str, str] | None"], object]
 
 
-def load_nlu(model_dir: Path, device: str, ident: tuple[str, str] | None = None):
-    """The default loader: the NLU pipeline of a bundle."""
+def load_nlu(model_dir: Path, device: str, ident: tuple[str, str] | None = None, runtime: str = "torch"):
+    """The default loader: the NLU pipeline of a bundle (``runtime``: torch or onnx)."""
     from findial.training.inference import NLUPipeline
 
-    return NLUPipeline(model_dir / "intent", model_dir / "ner", device=device)
+    return NLUPipeline(model_dir / "intent", model_dir / "ner", device=device, runtime=runtime)
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,10 @@ class ModelHolder:
         on_change: Callable[["ModelHolder"], None] | None = None,
         loader: Loader = load_nlu,
         kind: str = "nlu",
+        optional: bool = False,
     ):
         self.ref = ref
+        self.optional = optional
         self.loader, self.kind = loader, kind
         self.download_dir = Path(download_dir)
         self.device = resolve_device(device)
@@ -97,17 +103,44 @@ class ModelHolder:
     @classmethod
     def for_nlu(cls, settings) -> "ModelHolder":
         """The NLU model of a ``ServeSettings`` (both backends)."""
-        return cls(settings.model_ref, settings.download_dir, settings.device, settings.poll_interval_s)
+        import functools
+
+        from findial.training.onnx_runtime import OnnxRuntimeUnavailable, check_runtime, providers
+
+        from .settings import SettingsError
+
+        try:  # a bad runtime, or one this machine cannot run, stops findial serve before it starts
+            runtime = check_runtime(getattr(settings, "runtime", "torch"), "serve.yaml: runtime")
+            if runtime != "torch":
+                providers(resolve_device(settings.device))
+        except (ValueError, OnnxRuntimeUnavailable) as exc:
+            raise SettingsError(f"serve.yaml: runtime: {exc}" if "runtime:" not in str(exc) else str(exc)) from None
+        loader = functools.partial(load_nlu, runtime=runtime) if runtime != "torch" else load_nlu
+        return cls(settings.model_ref, settings.download_dir, settings.device, settings.poll_interval_s, loader=loader)
+
+    @classmethod
+    def for_role(cls, settings, role: str) -> "ModelHolder":
+        """The NLU model of a release role (``release.py``): ``champion`` is ``for_nlu``; ``challenger`` and
+        ``shadow`` are those aliases of the same registered model, optional (``model_ref`` is an alias)."""
+        holder = cls.for_nlu(settings)
+        alias = parse_alias(settings.model_ref)
+        if role != "champion" and alias is not None:
+            holder.ref, holder.optional = f"models:/{alias[0]}@{role}", True
+        return holder
 
     # ------------------------------------------------------------------ registry
-    def _target_version(self) -> tuple[str, str] | None:
-        """(name, version) the alias points at now; None when ``ref`` is no alias."""
+    def _target_version(self) -> tuple[str, str | None] | None:
+        """(name, version) the alias points at now (an optional holder: version None while no version holds
+        it); None when ``ref`` is no alias."""
         alias = parse_alias(self.ref)
         if alias is None:
             return None
         from mlflow import MlflowClient
 
         name, alias_name = alias
+        if self.optional:
+            version = (MlflowClient().get_registered_model(name).aliases or {}).get(alias_name)
+            return name, None if version is None else str(version)
         return name, str(MlflowClient().get_model_version_by_alias(name, alias_name).version)
 
     def _load(self, ref: str) -> LoadedModel:
@@ -140,6 +173,8 @@ class ModelHolder:
                 if self.current is not None:
                     return False
                 ref = self.ref
+            elif target[1] is None:  # an optional alias that no version holds now
+                return self._unload()
             else:
                 name, version = target
                 if self.current is not None and self.current.version == version:
@@ -169,6 +204,18 @@ class ModelHolder:
             if self.on_change:
                 self.on_change(self)
             return True
+
+    def _unload(self) -> bool:
+        old, self.current = self.current, None
+        self._failed_version, self.last_error = None, None
+        if old is None:
+            return False
+        log.info("%s is held by no version now: version %s unloaded", self.ref, old.version)
+        if self._owns(old.bundle_dir):  # in-flight work keeps its reference to the loaded model
+            shutil.rmtree(self._download_root(old.bundle_dir), ignore_errors=True)
+        if self.on_change:
+            self.on_change(self)
+        return True
 
     def _download_root(self, bundle_dir: Path) -> Path:
         rel = Path(bundle_dir).resolve().relative_to(self.download_dir.resolve())

@@ -15,6 +15,12 @@ Two deployments in one Serve application (``findial``):
   The API keys (``auth.py``) are read once by ``findial serve``, before Ray starts,
   and handed to the ingress app, so the guard checks them there as in the local backend.
 
+With a gray release (``model_ref`` at ``models:/NAME@champion``, ``release.enabled``) the same plan is served
+as deployments: ``NLUModel`` holds the champion, ``NLUChallenger`` (``release.challenger_replicas``) the
+``challenger`` alias and ``NLUShadow`` (one replica) the ``shadow`` alias, each replica polling its alias;
+the Gateway's ``ReleaseRouter`` reads the plan and routes each session by the same hash as the local
+backend (``release.ReleasePlan.assign``), and sends the shadow copies to ``NLUShadow``.
+
 Ray is imported only here, so the local backend never needs it.
 """
 
@@ -36,12 +42,13 @@ from .understanding import TurnInput
 log = logging.getLogger("findial.serving")
 APP_NAME = "findial"
 MODEL_DEPLOYMENT = "NLUModel"
+ROLE_DEPLOYMENTS = {"champion": MODEL_DEPLOYMENT, "challenger": "NLUChallenger", "shadow": "NLUShadow"}
 
 
 class NLUReplica:
     """One model replica: a holder that polls the alias, and batched understanding."""
 
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, settings: ServeSettings, role: str = "champion"):
         from .process import prepare
 
         prepare(settings)
@@ -51,7 +58,7 @@ class NLUReplica:
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.replicas))
-        self.holder = ModelHolder.for_nlu(settings)
+        self.holder = ModelHolder.for_role(settings, role)
         self.holder.check_once()  # the replica takes traffic once this returns; the poller retries a failure
         self.holder.start()
         self.batched.set_max_batch_size(settings.batching.max_batch_size)
@@ -81,13 +88,14 @@ class NLUReplica:
 class RayUnderstander:
     """The understander of the ingress app: model replicas behind a deployment handle."""
 
-    def __init__(self):
+    def __init__(self, deployment: str = MODEL_DEPLOYMENT):
+        self.deployment = deployment
         self._handle = None
 
     @property
     def handle(self):
         if self._handle is None:
-            self._handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=APP_NAME)
+            self._handle = serve.get_deployment_handle(self.deployment, app_name=APP_NAME)
         return self._handle
 
     async def start(self) -> None:
@@ -111,14 +119,18 @@ class RayUnderstander:
 class Gateway:
     """The ingress deployment's class; the routes come from the app builder."""
 
-    def __init__(self, model_handle=None):
-        self.model_handle = model_handle  # bound so that Serve deploys NLUModel with this app
+    def __init__(self, model_handle=None, challenger_handle=None, shadow_handle=None):
+        self.model_handle = model_handle  # bound so that Serve deploys NLUModel (and the release roles) with this app
+        self.challenger_handle, self.shadow_handle = challenger_handle, shadow_handle
 
 
 def build_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
     """The Serve application: Gateway (FastAPI ingress, 1 replica) -> NLUModel (``replicas`` replicas).
     ``api_keys``: read from the settings here when not given."""
+    from .release_router import release_model_name
+
     api_keys = api_keys or ApiKeys.from_settings(settings)
+    release = release_model_name(settings)
 
     def asgi_app():
         from .app import create_app
@@ -127,15 +139,20 @@ def build_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
         from .process import prepare
 
         prepare(settings)
-        return create_app(settings, RayUnderstander(), build_responder(settings), Metrics(), api_keys=api_keys)
+        metrics = Metrics()
+        understander = RayUnderstander() if release is None else ray_router(settings, metrics, release)
+        return create_app(settings, understander, build_responder(settings), metrics, api_keys=api_keys)
 
-    model = serve.deployment(
-        NLUReplica,
-        name=MODEL_DEPLOYMENT,
-        num_replicas=settings.replicas,
-        max_ongoing_requests=max(8, 2 * settings.batching.max_batch_size),
-        ray_actor_options={"num_cpus": settings.ray.replica_num_cpus},
-    )
+    def deployment(role: str, replicas: int):
+        return serve.deployment(
+            NLUReplica,
+            name=ROLE_DEPLOYMENTS[role],
+            num_replicas=replicas,
+            max_ongoing_requests=max(8, 2 * settings.batching.max_batch_size),
+            ray_actor_options={"num_cpus": settings.ray.replica_num_cpus},
+        )
+
+    model = deployment("champion", settings.replicas)
     gateway = serve.deployment(
         serve.ingress(asgi_app)(Gateway),
         name="Gateway",
@@ -143,7 +160,28 @@ def build_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
         max_ongoing_requests=1000,
         ray_actor_options={"num_cpus": settings.ray.ingress_num_cpus},
     )
-    return gateway.bind(model.bind(settings))
+    if release is None:
+        return gateway.bind(model.bind(settings))
+    challenger = deployment("challenger", settings.release.challenger_replicas)
+    shadow = deployment("shadow", 1)
+    return gateway.bind(
+        model.bind(settings, "champion"), challenger.bind(settings, "challenger"), shadow.bind(settings, "shadow")
+    )
+
+
+def ray_router(settings: ServeSettings, metrics, model_name: str):
+    """The Gateway's ``ReleaseRouter``: one ``RayUnderstander`` per role deployment."""
+    from .audit import AuditLog
+    from .release_router import ReleaseRouter, UnderstanderShadow
+
+    return ReleaseRouter(
+        settings,
+        {role: RayUnderstander(ROLE_DEPLOYMENTS[role]) for role in ("champion", "challenger")},
+        metrics,
+        model_name,
+        shadow=UnderstanderShadow(RayUnderstander(ROLE_DEPLOYMENTS["shadow"])),
+        audit=AuditLog(settings.audit.path, settings.audit.fsync),
+    )
 
 
 def serve_ray(settings: ServeSettings, api_keys: ApiKeys | None = None) -> None:

@@ -2,6 +2,8 @@
 
 The API keys are read first (``auth.ApiKeys.from_settings``): with auth on and no key
 configured, it refuses to start (``SettingsError`` naming ``auth``) before loading anything.
+With ``model_ref`` at ``models:/NAME@champion`` (and ``release.enabled``), the app follows NAME's release
+plan (``release_router.py``): champion, challenger and shadow, each loaded beside the others.
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ def build_local_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
     from .model_store import ModelHolder
     from .responder import build_responder
 
+    from .audit import AuditLog
+    from .release_router import local_router, release_model_name
+
     metrics = Metrics()
-    holder = ModelHolder.for_nlu(settings)
-    understander = LocalUnderstander(holder, settings.batching.max_batch_size, settings.batching.max_wait_ms, metrics)
+    name = release_model_name(settings)
+    if name is not None:
+        understander = local_router(settings, metrics, name, AuditLog(settings.audit.path, settings.audit.fsync))
+    else:
+        holder = ModelHolder.for_nlu(settings)
+        b = settings.batching
+        understander = LocalUnderstander(holder, b.max_batch_size, b.max_wait_ms, metrics)
     return create_app(settings, understander, build_responder(settings), metrics, api_keys)
 
 

@@ -11,6 +11,12 @@ A responder's ``Reply`` (the grounded KB responder) adds ``citations`` and ``kb_
 and the audit record; one that cites articles is fact-checked against them and the dialogue before it is
 sent (``check_grounding``): an unsupported figure withholds it, hand-off reason ``ungrounded``, and the
 audit record keeps the cited ids and the unsupported facts under ``grounding``.
+
+Under a gray release the understander is a ``ReleaseRouter`` (``release_router.py``): the turn is routed
+by its session id (or, stateless, by its masked text and context), the response's ``model`` names the
+version that answered (its ``ref`` the role's alias), the audit record adds ``release`` (role and version),
+and a turn that failed on a version is recorded as a ``model_error`` record naming it (the champion then
+answers a failed challenger's turn).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from .batcher import ModelNotReady
 from .errors import ApiError
 from .handoff import HandoffPolicy
 from .metrics import Metrics
+from .release import stateless_key
+from .release_router import TurnFailed
 from .responder import PromotedResponder, Reply
 from .sessions import Session, SessionIdError, SessionStore, check_session_id
 from .settings import ServeSettings
@@ -96,11 +104,35 @@ class DialogueService:
         return None if r is None else {"ref": None, "name": r.name, "version": r.version, "last_error": None}
 
     # ------------------------------------------------------------------ turns
-    async def _understand(self, item: TurnInput) -> tuple[dict, dict]:
+    @property
+    def routed(self) -> bool:
+        """A gray release: the understander routes turns by session (``ReleaseRouter``)."""
+        return getattr(self.understander, "routes", False) is True
+
+    async def _understand(self, item: TurnInput, route: dict) -> tuple[dict, dict]:
         try:
+            if self.routed:
+                result, model = await self.understander.understand(item, **route)
+                await self._audit_failures(model.get("failed") or (), route["tag"])
+                return result, model
             return await self.understander.understand(item)
         except ModelNotReady as exc:
             raise ApiError(503, "model_not_ready", f"no model is loaded yet: {exc}") from None
+        except TurnFailed as exc:
+            await self._audit_failures(exc.failed, route["tag"])
+            raise exc.cause from None
+
+    async def _audit_failures(self, failed, tag: dict) -> None:
+        for f in failed:
+            await asyncio.to_thread(
+                self.audit.write,
+                {
+                    "event": "model_error",
+                    **tag,
+                    "release": {"role": f["role"], "version": f["version"]},
+                    "error": f["error"],
+                },
+            )
 
     def _context(self, turns) -> tuple[tuple[str, str], ...]:
         if len(turns) > self.limits.max_context_turns:
@@ -160,7 +192,13 @@ class DialogueService:
     ) -> dict:
         lang = lang or (session.lang if session and session.lang else None) or detect_lang(masked)
         previous = tuple(session.intents) if session else ()
-        result, model = await self._understand(TurnInput(masked, lang, history, dict(state), previous))
+        route = {
+            "key": session.id if session else stateless_key(masked, history),
+            "session_id": session.id if session else None,
+            "new_session": session is not None and session.n_turns == 0,
+            "tag": {"request_id": request_id, "session_id": session.id if session else None},
+        }
+        result, model = await self._understand(TurnInput(masked, lang, history, dict(state), previous), route)
         text = result.pop("text")
         reasons = self.policy.reasons(result, masked)  # rules see the text before model-found names are masked
         out = {
@@ -219,11 +257,15 @@ class DialogueService:
                 out.update(citations=grounding["citations"], kb_version=grounding["kb_version"])
         if reasons:
             self.metrics.count_handoff(reasons)
+        seconds = time.perf_counter() - started
+        if self.routed:
+            self.understander.observe(model, reasons, seconds)
         record = {
             "event": endpoint,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "latency_ms": round(seconds * 1000, 2),
             **out,
             **({"grounding": grounding["audit"]} if grounding else {}),
+            **({"release": {"role": model.get("role"), "version": model.get("version")}} if self.routed else {}),
         }
         await asyncio.to_thread(self.audit.write, record)
         return out
@@ -298,6 +340,8 @@ class DialogueService:
     async def delete_session(self, session_id: str, request_id: str) -> dict:
         session = self.existing_session(session_id)
         self.sessions.delete(session.id)
+        if self.routed:
+            self.understander.forget(session.id)
         self.metrics.set_sessions(len(self.sessions))
         await asyncio.to_thread(
             self.audit.write,

@@ -76,6 +76,17 @@ class ResponderSettings:
 
 
 @dataclass(frozen=True)
+class ReleaseSettings:
+    """Gray release (serving/release_router.py): the plan is in the registry; these are how serving follows it."""
+
+    enabled: bool = True  # follow the release plan of model_ref's registered model (model_ref must be an alias)
+    shadow_queue: int = 256  # turns waiting for the shadow model; beyond it a copy is dropped (and counted)
+    monitor_interval_s: float = 5.0  # how often the auto-rollback rule is checked
+    audit_log: str = "findial-runs/audit/promotions.jsonl"  # where an automatic rollback is recorded
+    challenger_replicas: int = 1  # ray: replicas of the challenger deployment (the shadow has one)
+
+
+@dataclass(frozen=True)
 class RaySettings:
     address: str | None = None
     temp_dir: str | None = None
@@ -94,6 +105,7 @@ class ServeSettings:
     download_dir: str = "findial-runs/serving/models"
     poll_interval_s: float = 30.0
     torch_threads: int | None = None
+    runtime: str = "torch"  # torch | onnx (training/onnx_runtime.py)
     log_level: str = "info"
     graceful_shutdown_s: float = 10.0
     tracking_uri: str | None = None
@@ -106,6 +118,7 @@ class ServeSettings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     responder: ResponderSettings = field(default_factory=ResponderSettings)
     ray: RaySettings = field(default_factory=RaySettings)
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
 
     @classmethod
     def from_mapping(cls, cfg: dict[str, Any], source: str = "serve.yaml") -> "ServeSettings":
@@ -139,6 +152,7 @@ class ServeSettings:
             "audit": AuditSettings,
             "responder": ResponderSettings,
             "ray": RaySettings,
+            "release": ReleaseSettings,
         }
         built = {k: _build(t, cfg.get(k) or {}, f"{source}: {k}") for k, t in nested.items()}
         built["handoff"] = _build(HandoffSettings, handoff, f"{source}: handoff")
@@ -178,6 +192,12 @@ class ServeSettings:
             bad("responder.kind", f"must be 'model' or 'grounded', got {self.responder.kind!r}")
         if self.responder.kb_threshold is not None and not 0.0 <= self.responder.kb_threshold <= 1.0:
             bad("responder.kb_threshold", f"must be within [0, 1], got {self.responder.kb_threshold}")
+        if self.release.shadow_queue < 1:
+            bad("release.shadow_queue", f"must be >= 1, got {self.release.shadow_queue}")
+        if not self.release.monitor_interval_s > 0:
+            bad("release.monitor_interval_s", f"must be > 0, got {self.release.monitor_interval_s}")
+        if self.release.challenger_replicas < 1:
+            bad("release.challenger_replicas", f"must be >= 1, got {self.release.challenger_replicas}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             bad("device", f"must be cpu, cuda, cuda:N or auto, got {self.device!r}")
 

@@ -158,8 +158,11 @@ def test_train_package_respond_and_evaluate(compose, tmp_path):
     ev = evaluate_responses(pkg, MINI, eval_set="mini", report_dir=tmp_path / "report", responder=responder, limit=3)
     m = ev.metrics
     assert m["replies"] == 3 and 0.0 <= m["chrf"] <= 100.0 and m["pii_leaked"] == 0 and m["pii_clean_rate"] == 1.0
-    assert set(ev.gates) == {"pii_clean_rate", "compliance_clean_rate", "term_grounding", "chrf"}
-    assert ("chrf" in {f.split(":")[0] for f in ev.failures}) == (m["chrf"] < 25.0)
+    # the policy's response gates are the grounded responder's: an LM reports no citations, so it misses them
+    from findial.policy import load as load_policy
+
+    assert set(ev.gates) == set(load_policy().gates_for("response"))
+    assert {f.split(":")[0] for f in ev.failures} >= {"citation_accuracy", "retrieval_recall_at_5", "groundedness"}
     report = json.loads(ev.report_json.read_text(encoding="utf-8"))
     assert report["metrics"]["bleu"] == pytest.approx(m["bleu"]) and report["eval_set"] == "mini"
     replies = [json.loads(x) for x in (tmp_path / "report" / "replies.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -52,3 +52,12 @@ def test_findial_run_checks_every_task_before_training(tmp_path, monkeypatch, ca
         main(["run", "experiment=smoke", "tasks.ner.term_matching=bogus"])
     assert info.value.code == 1 and "tasks.ner.term_matching: 'bogus' is not one of" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # nothing trained, nothing tracked
+
+
+def test_the_registry_names_each_tasks_data_module_and_predictor():
+    from findial.training.datamodule import TurnDataModule
+    from findial.training.inference import EntityPredictor, IntentPredictor
+
+    assert TASKS["intent"].datamodule is TurnDataModule and TASKS["ner"].datamodule is TurnDataModule
+    assert TASKS["intent"].predictor_class() is IntentPredictor
+    assert TASKS["ner"].predictor_class() is EntityPredictor

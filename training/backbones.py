@@ -53,12 +53,12 @@ def tiny(
     ``extra_chars``; Chinese text is split per character by BERT's basic tokenizer.
     """
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     from findial.data.labelbook import DEFAULT_GLOSSARY
 
-    chars = set(string.printable.strip()) | set(DEFAULT_GLOSSARY.read_text(encoding="utf-8")) | set(extra_chars)
-    chars = sorted(c for c in chars if not c.isspace())
+    alphabet = set(string.printable.strip()) | set(DEFAULT_GLOSSARY.read_text(encoding="utf-8")) | set(extra_chars)
+    chars = sorted(c for c in alphabet if not c.isspace())
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
     spec = dict(h=hidden_size, l=num_layers, a=num_heads, i=intermediate_size, seed=seed, v=vocab)
     key = hashlib.sha256(json.dumps(spec, ensure_ascii=False).encode()).hexdigest()[:12]
@@ -67,7 +67,7 @@ def tiny(
         return target
     with atomic_directory(target, keep_existing=True) as tmp:  # another process may build the same one
         (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        tok = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
+        tok = BertTokenizer(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
         tok.save_pretrained(tmp)
         torch.manual_seed(seed)
         cfg = BertConfig(

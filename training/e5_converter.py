@@ -52,6 +52,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -214,7 +215,9 @@ def _precompiled_charsmap(norm: dict[int, str]) -> bytes:
     ``p ^ o ^ c`` (the leaf at ``p ^ o``). Unused units get label 0xFF, a byte UTF-8 never
     contains, so every lookup of an unmapped character stops at once.
     """
-    strings, values, trie = bytearray(), {}, {}
+    strings = bytearray()
+    values: dict[int, int] = {}
+    trie: dict[int, Any] = {}  # byte -> subtree; 0 -> the leaf value
     for cp, out in sorted(norm.items()):
         if cp == 0:
             raise ValueError("cannot map U+0000")
@@ -302,7 +305,6 @@ def _convert(bin_path: Path, out_dir: Path) -> None:
         max_position_embeddings=meta["MAXP"],
         type_vocab_size=meta["TVS"],
         layer_norm_eps=float(meta["eps"]),
-        position_embedding_type="absolute",
         pad_token_id=meta["pad"],
         bos_token_id=meta["bos"],
         eos_token_id=meta["eos"],

@@ -130,7 +130,7 @@ def stand_labels(offsets, row: dict, state_slots: dict[str, str]) -> list[float]
     value (its ``term_id`` when it has one, else its text) in a slot its label fills, 0.0 when not. IGNORE
     on tokens outside a mention of a slot-filling label, and everywhere when the row has no (or an empty)
     state: an unannotated state says nothing about which mention stands."""
-    state = json.loads(row["state"]) if isinstance(row.get("state"), str) else row.get("state")
+    state: dict = (json.loads(row["state"]) if isinstance(row.get("state"), str) else row.get("state")) or {}
     slots_of: dict[str, list[str]] = {}
     for slot, label in state_slots.items():
         slots_of.setdefault(label, []).append(slot)

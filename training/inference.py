@@ -27,6 +27,42 @@ def for_inference(module):
     return module
 
 
+def serving_module(module, path: str | Path, meta: dict, device: str, runtime: str):
+    """The folded ``module``, or with ``runtime`` onnx its ONNX Runtime stand-in
+    (``onnx_runtime.onnx_module``: same inputs, same named logits)."""
+    if runtime == "torch":
+        return module
+    from .onnx_runtime import check_runtime, onnx_module
+    from .package import resolve_backbone
+
+    check_runtime(runtime)
+    return onnx_module(path, module, resolve_backbone(meta["backbone"]), device, runtime)
+
+
+def member_rows(gate: dict | None, probs: torch.Tensor, rows: list[int]) -> list[int]:
+    """Of ``rows`` (indices into ``probs`` [n, labels]: the main model's probabilities), those the ensemble
+    members read under the package's ``member_gate`` (``{"by": "margin" | "confidence", "below": t}``): the
+    rows whose top-1 minus top-2 probability (margin) or top-1 probability is below ``t``; without a gate,
+    all of them."""
+    if not gate or not rows:
+        return list(rows)
+    top = probs[rows].topk(min(2, probs.shape[-1]), dim=-1).values
+    score = top[:, 0] - top[:, 1] if gate.get("by", "margin") == "margin" and top.shape[-1] > 1 else top[:, 0]
+    return [i for i, s in zip(rows, score.tolist()) if s < float(gate["below"])]
+
+
+def check_gate(gate, where: str) -> dict | None:
+    """A package's ``member_gate`` (see ``member_rows``), checked; None: the members read every turn."""
+    if gate is None:
+        return None
+    if not isinstance(gate, dict) or gate.get("by", "margin") not in ("margin", "confidence"):
+        raise ValueError(f"{where}: member_gate must be {{by: margin|confidence, below: number}}, got {gate!r}")
+    below = gate.get("below")
+    if isinstance(below, bool) or not isinstance(below, (int, float)) or not 0.0 <= below <= 1.0:
+        raise ValueError(f"{where}: member_gate.below must be a number within [0, 1], got {below!r}")
+    return dict(gate)
+
+
 def _batches(items: list, size: int, key):
     order = sorted(range(len(items)), key=lambda i: key(items[i]))
     for i in range(0, len(order), size):
@@ -43,10 +79,13 @@ def _pad(features: list[dict], pad_id: int, device) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def load_members(predictor, path: str | Path, meta: dict, device: str, batch_size: int) -> list:
+def load_members(predictor, path: str | Path, meta: dict, device: str, batch_size: int, runtime: str = "torch") -> list:
     """The ensemble members a package lists (``members/<name>``), each loaded with ``predictor`` (the
     package's own predictor class) and checked against the package (``check_member``)."""
-    members = [predictor(Path(path) / "members" / name, device, batch_size) for name in meta.get("members", ())]
+    members = [
+        predictor(Path(path) / "members" / name, device, batch_size, runtime=runtime)
+        for name in meta.get("members", ())
+    ]
     for name, member in zip(meta.get("members", ()), members):
         check_member(name, member.meta, meta, path)
     return members
@@ -60,11 +99,12 @@ class IntentPredictor:
     probabilities; a follow-up the main model reads as the dialogue's task, and every emotion, are the main
     model's alone."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64, runtime: str = "torch"):
         self.module, self.tokenizer, self.meta = load_package(path, device)
-        self.module = for_inference(self.module)
+        self.module = serving_module(for_inference(self.module), path, self.meta, device, runtime)
         self.device, self.batch_size = device, batch_size
-        self.members = load_members(IntentPredictor, path, self.meta, device, batch_size)
+        self.members = load_members(IntentPredictor, path, self.meta, device, batch_size, runtime)
+        self.member_gate = check_gate(self.meta.get("member_gate"), f"{path}/findial_model.json")
 
     @torch.inference_mode()
     def probabilities(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -103,8 +143,9 @@ class IntentPredictor:
             for i, r in enumerate(rows)
             if not r.get("previous_intent") or m["intents"][int(ip[i].argmax())] != r["previous_intent"]
         ]
-        if self.members and own:
-            ip[own] = (ip[own] + sum(mem.probabilities([rows[i] for i in own])[0] for mem in self.members)) / (
+        ask = member_rows(self.member_gate, ip, own) if self.members else []
+        if ask:
+            ip[ask] = (ip[ask] + sum(mem.probabilities([rows[i] for i in ask])[0] for mem in self.members)) / (
                 1 + len(self.members)
             )
         out: list[dict] = []
@@ -150,13 +191,14 @@ class EntityPredictor:
     probabilities per word are laid on the finest common split of the text into words (a word one model
     cuts in two continues as ``I-`` for that model) and averaged there; the BIO decoding reads the mean."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64, runtime: str = "torch"):
         self.module, self.tokenizer, self.meta = load_package(path, device)
-        self.module = for_inference(self.module)
+        self.module = serving_module(for_inference(self.module), path, self.meta, device, runtime)
         self.device, self.batch_size = device, batch_size
         # terminology mentions may stand side by side; two values of another label never do
         self.side_by_side = LabelBook.load(Path(path) / "ontology.yaml").terminology_labels
-        self.members = load_members(EntityPredictor, path, self.meta, device, batch_size)
+        self.members = load_members(EntityPredictor, path, self.meta, device, batch_size, runtime)
+        self.member_gate = check_gate(self.meta.get("member_gate"), f"{path}/findial_model.json")
 
     @torch.inference_mode()
     def word_outputs(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor | None]]:
@@ -180,6 +222,18 @@ class EntityPredictor:
                 )
         return out
 
+    def member_texts(self, own: list) -> list[int]:
+        """The texts (indices into ``own``, ``word_outputs``) the members read under the package's
+        ``member_gate``: those with a word whose margin (or top-1 probability) is below the gate's ``below``;
+        without a gate, all of them. A text without words needs no member."""
+        if not self.member_gate:
+            return list(range(len(own)))
+        ask = []
+        for i, (_, p, _) in enumerate(own):
+            if len(p) and member_rows(self.member_gate, p, list(range(len(p)))):
+                ask.append(i)
+        return ask
+
     def word_probabilities(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
         """Per text, this package's model alone: its words and their tag probabilities (``word_outputs``)."""
         return [(words, p) for words, p, _ in self.word_outputs(texts)]
@@ -189,13 +243,14 @@ class EntityPredictor:
         this package's model (never a member's) over its words that the entity's span overlaps."""
         tags = self.meta["tags"]
         own = self.word_outputs(texts)
-        others = [m.word_probabilities(texts) for m in self.members]
+        ask = self.member_texts(own) if self.members else []
+        others = {
+            i: parts for i, *parts in zip(ask, *(m.word_probabilities([texts[i] for i in ask]) for m in self.members))
+        }
         out: list[list[dict]] = []
         for i, text in enumerate(texts):
             own_words, own_p, stands = own[i]
-            words, p = (
-                common_words([(own_words, own_p)] + [o[i] for o in others], tags) if others else (own_words, own_p)
-            )
+            words, p = common_words([(own_words, own_p)] + others[i], tags) if i in others else (own_words, own_p)
             tag_ids = bio_viterbi(p.clamp_min(1e-12).log().numpy(), tags, [True] * len(words), self.side_by_side)
             conf = p[torch.arange(len(tag_ids)), torch.tensor(tag_ids, dtype=torch.long)]
             spans = decode_spans(text, None, tag_ids, tags, conf.tolist(), words)
@@ -242,9 +297,11 @@ class NLUPipeline:
         labelbook: LabelBook | None = None,
         glossary: Glossary | None = None,
         term_matching: str | None = None,
+        runtime: str = "torch",
     ):
-        self.intent = IntentPredictor(intent_path, device)
-        self.ner = EntityPredictor(ner_path, device)
+        self.intent = IntentPredictor(intent_path, device, runtime=runtime)
+        self.ner = EntityPredictor(ner_path, device, runtime=runtime)
+        self.runtime = runtime
         self.labelbook = labelbook or LabelBook.load(Path(intent_path) / "ontology.yaml")
         self.glossary = glossary or Glossary.load(Path(intent_path) / "glossary.yaml")
         self.linker = TermLinker(self.glossary)

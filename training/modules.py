@@ -68,24 +68,11 @@ def first_segment_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) ->
     return (positions <= end.unsqueeze(1)).long() * attention_mask
 
 
-class LoRATaskModule(L.LightningModule):
-    """Shared plumbing: encoder + LoRA, optimiser, lean checkpoints."""
+class LeanLoRAModule(L.LightningModule):
+    """What every findial module shares: the optimiser and schedule (adapters at ``optim.lr``, other trainable
+    tensors at ``optim.head_lr``) and lean checkpoints (the trainable tensors only)."""
 
-    def __init__(self, backbone_path: str, lora: dict, optim: dict, encoder: dict | None = None):
-        super().__init__()
-        self.encoder = build_encoder(backbone_path, lora, encoder)
-        self.optim = dict(optim)
-        self.strict_loading = False  # checkpoints carry trainable tensors only
-        hidden = self.encoder.config.hidden_size
-        self.dropout = nn.Dropout(optim.get("head_dropout", 0.1))
-        # Encoder features are small (mean-pooled e5 dims have std ~0.09): normalise them so the
-        # freshly initialised heads learn at the same pace as the adapters.
-        self.norm = nn.LayerNorm(hidden)
-        self.hidden_size = hidden
-        self.encoder.train()  # from_pretrained leaves it in eval mode
-
-    def encode(self, batch) -> torch.Tensor:
-        return self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    optim: dict  # set by the subclass: lr, head_lr, weight_decay, warmup_ratio
 
     def configure_optimizers(self):
         o = self.optim
@@ -113,18 +100,38 @@ class LoRATaskModule(L.LightningModule):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Filter the state dict the strategy already built (complete under FSDP) rather than rebuild it here.
         from .strategies import trainable_names
 
         names = trainable_names(self)
         checkpoint["state_dict"] = {k: v.cpu() for k, v in checkpoint["state_dict"].items() if k in names}
+
+
+class LoRATaskModule(LeanLoRAModule):
+    """An encoder with LoRA adapters and the plumbing of the task heads."""
+
+    def __init__(self, backbone_path: str, lora: dict, optim: dict, encoder: dict | None = None):
+        super().__init__()
+        self.encoder = build_encoder(backbone_path, lora, encoder)
+        self.optim = dict(optim)
+        self.strict_loading = False  # checkpoints carry trainable tensors only
+        hidden = self.encoder.config.hidden_size
+        self.dropout = nn.Dropout(optim.get("head_dropout", 0.1))
+        # Encoder features are small (mean-pooled e5 dims have std ~0.09): normalise them so the
+        # freshly initialised heads learn at the same pace as the adapters.
+        self.norm = nn.LayerNorm(hidden)
+        self.hidden_size = hidden
+        self.encoder.train()  # from_pretrained leaves it in eval mode
+
+    def encode(self, batch) -> torch.Tensor:
+        return self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
 
 
 class IntentModule(LoRATaskModule):

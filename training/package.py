@@ -63,7 +63,7 @@ def check_member(name: str, member_meta: dict, main_meta: dict, where: str | Pat
     """An ensemble member must be a plain package (no members of its own) of the main package's task over
     the same labels (intents, BIO tags); ``where`` names the package in the error."""
     task = main_meta.get("task")
-    key = LABEL_KEYS.get(task)
+    key = LABEL_KEYS.get(task) if isinstance(task, str) else None
     if (
         key is None
         or member_meta.get("task") != task

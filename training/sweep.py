@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from findial import tracking
+from findial.typed_config import resolved
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,11 @@ def search_space(space: DictConfig | dict) -> dict[str, Any]:
     """``sweep.search_space`` -> Ray Tune's param_space, keyed by config path (``model.lora.r``)."""
     from ray import tune
 
-    space = OmegaConf.to_container(space, resolve=True) if isinstance(space, DictConfig) else space
-    if not space:
+    specs = resolved(space) if isinstance(space, DictConfig) else space
+    if not specs:
         raise SweepConfigError("sweep.search_space: empty; name at least one parameter to search")
     out: dict[str, Any] = {}
-    for name, spec in space.items():
+    for name, spec in specs.items():
         where = f"sweep.search_space.{name}"
         if not isinstance(spec, dict) or "path" not in spec:
             raise SweepConfigError(f"{where}: expected {{path: <config key>, <distribution>: ...}}, got {spec!r}")
@@ -66,8 +67,7 @@ def search_space(space: DictConfig | dict) -> dict[str, Any]:
 
 def max_epochs(cfg: DictConfig) -> int:
     """The most epochs any trial can run: ASHA's max_t."""
-    space = OmegaConf.to_container(cfg.sweep.search_space, resolve=True)
-    for name, spec in space.items():
+    for name, spec in resolved(cfg.sweep.search_space).items():
         if spec["path"] != "trainer.max_epochs":
             continue
         if "randint" in spec:
@@ -313,7 +313,7 @@ def run_sweep(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None 
     space = search_space(cfg.sweep.search_space)
     if cfg.sweep.mode not in ("min", "max"):
         raise SweepConfigError(f"sweep.mode: expected 'min' or 'max', got {cfg.sweep.mode!r}")
-    base = OmegaConf.to_container(cfg, resolve=True)
+    base = resolved(cfg)
     max_t = max_epochs(cfg)
     if base["trainer"].get("max_epochs") is None:
         base["trainer"]["max_epochs"] = max_t

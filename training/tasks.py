@@ -1,24 +1,23 @@
 """The understanding tasks, typed: ``configs/task/*.yaml`` as frozen dataclasses, checked before any data or
-model is loaded (``task_settings``: a missing, unknown or bad key is an error naming it), and ``TASKS``, the
-registry from ``task.name`` to its settings class and Lightning module.
+model is loaded (``task_settings``: a missing, unknown or bad key is an error naming it, ``findial.typed_config``),
+and ``TASKS``, the registry from ``task.name`` to its settings class, package meta, encoder, Lightning module,
+data module and predictor.
 
 The YAML files are the one source of defaults: a key without a default here must be in the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
-
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from findial.data.labelbook import LabelBook
+from findial.typed_config import ConfigError, build, one_of, plain
 
-from .datamodule import TURN_SCOPES
+from .datamodule import TURN_SCOPES, TurnDataModule
 from .features import encode_intent, encode_ner
 from .modules import IntentModule, NERModule
 
@@ -28,7 +27,7 @@ POOLINGS = ("mean", "turn_and_all")
 TERM_MATCHING = ("glossary", "confirmed", "model")
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(ConfigError):
     """A bad task setting; the message names the key (``task.pooling: ...``)."""
 
 
@@ -61,9 +60,13 @@ class IntentTask:
     turns: str = "all"  # training rows (training/datamodule.py); members: own_task
     context_turns: int | None = None  # None: data.context_turns
 
+    def context_window(self, data_context_turns: int) -> int:
+        """The preceding turns the model reads: ``task.context_turns``, else ``data.context_turns``."""
+        return data_context_turns if self.context_turns is None else self.context_turns
+
     def check(self, where: str) -> None:
-        _choice(where, "pooling", self.pooling, POOLINGS)
-        _choice(where, "turns", self.turns, TURN_SCOPES)
+        one_of(where, "pooling", self.pooling, POOLINGS, TaskConfigError)
+        one_of(where, "turns", self.turns, TURN_SCOPES, TaskConfigError)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise TaskConfigError(f"{where}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if self.context_turns is not None and self.context_turns < 0:
@@ -80,8 +83,11 @@ class NERTask:
     weight_averaging: WeightAveraging
     stand_head: StandHead = field(default_factory=StandHead)
 
+    def context_window(self, data_context_turns: int) -> int:
+        return 0  # a tagger reads the turn alone
+
     def check(self, where: str) -> None:
-        _choice(where, "term_matching", self.term_matching, TERM_MATCHING)
+        one_of(where, "term_matching", self.term_matching, TERM_MATCHING, TaskConfigError)
         if not 0.0 <= self.stand_head.threshold <= 1.0:
             raise TaskConfigError(f"{where}.stand_head.threshold: must be in [0, 1], got {self.stand_head.threshold}")
 
@@ -109,7 +115,7 @@ def intent_meta(t: IntentTask, labelbook: LabelBook) -> dict:
 
 
 def ner_meta(t: NERTask, labelbook: LabelBook) -> dict:
-    meta = dict(tags=labelbook.bio_tags, term_matching=t.term_matching)
+    meta: dict[str, Any] = {"tags": labelbook.bio_tags, "term_matching": t.term_matching}
     if t.stand_head.enabled:  # kept so that loading rebuilds the head and the tracker reads its threshold
         meta["stand_head"] = {"weight": t.stand_head.weight, "threshold": t.stand_head.threshold}
     return meta
@@ -162,99 +168,52 @@ def ner_module(meta: dict, backbone: str):
 
 @dataclass(frozen=True)
 class TaskKind:
-    settings: type  # the typed config
+    settings: type[IntentTask] | type[NERTask]  # the typed config
     meta: Callable[[Any, LabelBook], dict]  # the task's keys of the package meta
     encoder: Callable[..., Callable[[dict], dict]]  # (tokenizer, settings, meta, labelbook) -> row -> features
     module: Callable[[dict, str], Any]  # (meta, backbone path) -> the Lightning module
-    uses_context: bool  # reads preceding turns (data.context_turns)
+    datamodule: type[TurnDataModule] = TurnDataModule  # corpus files -> batches of the encoder's features
+    # The predictor class, "module:attribute" (training/inference.py imports this module: no import cycle).
+    predictor: str = ""
+
+    def predictor_class(self) -> type:
+        """The predictor ``predictor`` names, imported."""
+        from importlib import import_module
+
+        module, _, name = self.predictor.partition(":")
+        return getattr(import_module(module), name)
 
 
 TASKS = {
-    "intent": TaskKind(IntentTask, intent_meta, intent_encoder, intent_module, uses_context=True),
-    "ner": TaskKind(NERTask, ner_meta, ner_encoder, ner_module, uses_context=False),
+    "intent": TaskKind(
+        IntentTask,
+        intent_meta,
+        intent_encoder,
+        intent_module,
+        predictor="findial.training.inference:IntentPredictor",
+    ),
+    "ner": TaskKind(
+        NERTask,
+        ner_meta,
+        ner_encoder,
+        ner_module,
+        predictor="findial.training.inference:EntityPredictor",
+    ),
 }
 
 
-def task_settings(task: Mapping[str, Any], where: str = "task") -> IntentTask | NERTask:
+def task_settings(task: Any, where: str = "task") -> IntentTask | NERTask:
     """The typed settings of one task config (a DictConfig or a plain mapping)."""
-    raw = _plain(task)
+    raw = plain(task, where, TaskConfigError)
     name = raw.get("name")
     if name not in TASKS:
         raise TaskConfigError(
             f"{where}.name: {name!r} is not an understanding task ({', '.join(TASKS)}); "
             "response generation is trained by findial train task=response"
         )
-    settings = _build(TASKS[name].settings, raw, where)
+    settings = build(TASKS[name].settings, raw, where, TaskConfigError)
     for key in ("epochs", "batch_size", "max_length"):
         if getattr(settings, key) < 1:
             raise TaskConfigError(f"{where}.{key}: must be >= 1, got {getattr(settings, key)}")
     settings.check(where)
     return settings
-
-
-def _plain(task) -> dict:
-    if isinstance(task, Mapping) and not hasattr(task, "_metadata"):
-        return dict(task)
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(task, resolve=True)
-
-
-def _choice(where: str, key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise TaskConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(allowed)}")
-
-
-def _build(cls, raw: Mapping, where: str):
-    if not isinstance(raw, Mapping):
-        raise TaskConfigError(f"{where}: expected a mapping, got {raw!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise TaskConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    missing = [
-        n
-        for n, f in known.items()
-        if n not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise TaskConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-    return cls(**{k: _value(known[k].type, v, f"{where}.{k}") for k, v in raw.items()})
-
-
-NESTED = {"WeightAveraging": WeightAveraging, "StandHead": StandHead}
-
-
-def _value(kind: str, value, where: str):
-    if kind in NESTED:
-        return _build(NESTED[kind], value or {}, where)
-    optional = kind.endswith(" | None")
-    base = kind.removesuffix(" | None")
-    if value is None:
-        if optional:
-            return None
-        raise TaskConfigError(f"{where}: required, got null")
-    try:
-        if base == "bool":
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if base == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if base == "float":
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if base == "str":
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-        if base == "tuple[str, ...]":
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise TypeError
-            return tuple(value)
-    except (TypeError, ValueError):
-        raise TaskConfigError(f"{where}: expected {base}, got {value!r}") from None
-    return value

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
@@ -21,10 +21,11 @@ from findial import tracking
 from findial.data.corpus import fingerprint
 from findial.data.labelbook import Glossary, LabelBook
 from findial.data.term_matcher import GlossaryMatcher, settled_forms
+from findial.typed_config import resolved
 
 from .averaging import TailAveraging
-from .datamodule import TurnDataModule
 from .package import build_module, resolve_backbone, save_package
+from .settings import run_settings
 from .strategies import consolidated_trainable_state, is_launch_rank_zero, is_sharded, rebuilt_module
 from .tasks import TASKS, IntentTask, NERTask, WeightAveraging, task_settings
 
@@ -102,10 +103,10 @@ def _resume_path(resume: str | None, home: str, task: str) -> str | None:
 def _per_task(model: DictConfig, key: str, per_task_key: str, task_name: str) -> dict:
     """``model.<key>`` with the backbone's overrides for this task (``model.<per_task_key>.<task>``,
     optional): module names and step sizes are the backbone's, so per-task choices live in the model config."""
-    out = OmegaConf.to_container(model[key], resolve=True) if model.get(key) else {}
+    out = resolved(model[key]) if model.get(key) else {}
     per_task = (model.get(per_task_key) or {}).get(task_name)
     if per_task:
-        out.update(OmegaConf.to_container(per_task, resolve=True))
+        out.update(resolved(per_task))
     return out
 
 
@@ -134,7 +135,7 @@ def weight_averaging(wa: WeightAveraging) -> list:
 
 def train_task(
     cfg: DictConfig,
-    task: DictConfig,
+    task_config: DictConfig,
     out_dir: str | Path,
     tags: dict[str, str] | None = None,
     callbacks: list | None = None,
@@ -146,19 +147,18 @@ def train_task(
     ``run_id=""``. ``tags`` are added to the run (e.g. a sweep's parent run id),
     ``callbacks`` to the Trainer.
     """
-    task = task_settings(task)  # a bad task setting fails here, before any data or model is loaded
+    task = task_settings(task_config)  # a bad task setting fails here, before any data or model is loaded
+    run_settings(cfg)  # and so does a bad model, data or trainer setting
     kind = TASKS[task.name]
     L.seed_everything(cfg.seed, workers=True)
     labelbook = LabelBook.load(cfg.labels.ontology)
     glossary = Glossary.load(cfg.labels.glossary)
-    context_turns = (
-        0 if not kind.uses_context else (cfg.data.context_turns if task.context_turns is None else task.context_turns)
-    )
+    context_turns = task.context_window(cfg.data.context_turns)
     meta = task_meta(task, cfg.model, labelbook, context_turns)
     backbone = resolve_backbone(meta["backbone"])
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     encode = kind.encoder(tokenizer, task, meta, labelbook)
-    dm = TurnDataModule(
+    dm = kind.datamodule(
         cfg.data.train_file,
         cfg.data.val_file,
         encode,
@@ -177,8 +177,8 @@ def train_task(
         meta["settled_forms"] = settled_forms(dm.train_dialogues, GlossaryMatcher(glossary))
     data_fp = fingerprint(dm.train_dialogues + dm.val_dialogues, cfg.labels.ontology, cfg.labels.glossary)
     module = build_module(meta, backbone)
-    out_dir = Path(out_dir) / task.name
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    task_dir = Path(out_dir) / task.name
+    config = resolved(cfg)
     tags = {
         "findial.task": task.name,
         "findial.data_fingerprint": data_fp,
@@ -197,10 +197,10 @@ def train_task(
         if lead
         else nullcontext()
     ) as active:
-        run_id = active.info.run_id if lead else ""
+        run_id = active.info.run_id if active is not None else ""  # a run on the lead rank only
         if lead:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tracking.atomic_write_text(out_dir / RUN_ID_FILE, run_id)
+            task_dir.mkdir(parents=True, exist_ok=True)
+            tracking.atomic_write_text(task_dir / RUN_ID_FILE, run_id)
         if lead and not resumed:
             tracking.log_params(
                 {
@@ -208,11 +208,11 @@ def train_task(
                     "model": meta["lora"],
                     "model_name": cfg.model.name,
                     "seed": cfg.seed,
-                    "data": resolved["data"],
-                    "trainer": resolved["trainer"],
+                    "data": config["data"],
+                    "trainer": config["trainer"],
                 }
             )
-            tracking.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
+            tracking.log_text(OmegaConf.to_yaml(config), "config/resolved.yaml")
             tracking.log_json(
                 {
                     "data_fingerprint": data_fp,
@@ -226,28 +226,31 @@ def train_task(
 
         # Other ranks never touch the MLflow store (no logger, no LR monitor, which needs one).
         logger = MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=run_id) if lead else False
-        trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+        trainer_cfg = resolved(cfg.trainer)
         if trainer_cfg.get("max_epochs") is None:
             trainer_cfg["max_epochs"] = task.epochs
+        trainer_callbacks: list[Callback] = [
+            *checkpoint_callbacks(task_dir / "checkpoints"),
+            *([LearningRateMonitor(logging_interval="step")] if lead else []),
+            *([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else []),
+            *weight_averaging(task.weight_averaging),
+            *(callbacks or []),
+        ]
         trainer = instantiate(
             trainer_cfg,
             logger=logger,
-            default_root_dir=str(out_dir),
+            default_root_dir=str(task_dir),
             plugins=[AtomicCheckpointIO()],
             use_distributed_sampler=False,  # the data module shards
-            callbacks=checkpoint_callbacks(out_dir / "checkpoints")
-            + ([LearningRateMonitor(logging_interval="step")] if lead else [])
-            + ([RichProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [])
-            + weight_averaging(task.weight_averaging)
-            + list(callbacks or []),
+            callbacks=trainer_callbacks,
         )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        package = out_dir / "package"
+        package = task_dir / "package"
         sharded = is_sharded(module, trainer.strategy)
         state = consolidated_trainable_state(module, trainer.strategy) if sharded else None  # every rank joins
         if trainer.is_global_zero:
-            plain = rebuilt_module(state, lambda: build_module(meta, backbone)) if sharded else module
+            plain = rebuilt_module(state, lambda: build_module(meta, backbone)) if state is not None else module
             save_package(
                 plain,
                 {**meta, "data_fingerprint": data_fp, "train_run_id": run_id},

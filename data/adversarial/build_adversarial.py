@@ -23,6 +23,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 OOS, HUMAN = "out_of_scope", "request_human_agent"
@@ -254,7 +255,7 @@ def parse(marked: str, glossary) -> tuple[str, list[dict]]:
     for m in _MARKUP.finditer(marked):
         text += marked[pos : m.start()]
         surface = m.group(1) or m.group(3)
-        entity = {"start": len(text), "end": len(text) + len(surface)}
+        entity: dict[str, Any] = {"start": len(text), "end": len(text) + len(surface)}
         if m.group(1):
             entity["label"] = m.group(2)
         else:
@@ -305,16 +306,17 @@ def build(out: Path = HERE / "adversarial.jsonl") -> Path:
         counters[lang] += 1
         did = f"adv-{lang}-{counters[lang]:03d}"
         state: dict = {}
-        record = {"id": did, "lang": lang, "branch": BRANCHES[counters[lang] % len(BRANCHES)], "turns": []}
+        record_turns: list[dict] = []
+        record = {"id": did, "lang": lang, "branch": BRANCHES[counters[lang] % len(BRANCHES)], "turns": record_turns}
         for turn in turns:
             if turn[0] == "agent":
-                record["turns"].append({"speaker": "agent", "text": turn[1]})
+                record_turns.append({"speaker": "agent", "text": turn[1]})
                 continue
             marked, intent, emotion = turn
             text, entities = parse(marked, glossary)
             problems += [f"{did}: unannotated glossary form {f!r}" for f in unannotated_terms(text, entities, patterns)]
             state = tracker.update(state, entities, text)
-            record["turns"].append(
+            record_turns.append(
                 {
                     "speaker": "user",
                     "text": text,

@@ -36,7 +36,7 @@ import yaml
 from findial.data.labelbook import Glossary, LabelBook
 from findial.tracking import atomic_write_text
 
-from .fillers import SLOT_LABEL, STATE_SLOT, Fillers
+from .fillers import SLOT_LABEL, STATE_SLOT, Fillers, entity_label
 from .markup import Matcher, Seg, assemble, autotag, consistent, parse
 from .noise import Noiser
 
@@ -125,7 +125,7 @@ class Builder:
         if unknown:
             raise ValueError(f"{HERE / 'corpus.yaml'}: supplement_weights: {sorted(unknown)} not in intents.yaml")
         self.task_intents = [i for i in self.intents if self.meta[i].get("task", True)]
-        self.stats = Counter()
+        self.stats: Counter[str] = Counter()
         self.used_templates: dict[str, set] = {s: set() for s in SPLITS}
         self.term_slots: dict[str, list] = defaultdict(list)  # term_id -> intent templates that can draw it
         for key, temps in self.pools.items():
@@ -134,7 +134,7 @@ class Builder:
             for t in temps:
                 for tok in t.toks:
                     if tok[0] == "slot" and tok[1] in ("product", "term") and tok[3]:
-                        for tid in self.fillers.term_ids(SLOT_LABEL[tok[1]], tok[2]):
+                        for tid in self.fillers.term_ids(entity_label(tok[1]), tok[2]):
                             self.term_slots[tid].append((key, t))
 
     # ------------------------------------------------------------ templates and splits
@@ -325,11 +325,11 @@ class Builder:
             elif not ends:
                 after = "，" + after
         out = ([Seg(before)] if before else []) + segs + ([Seg(after)] if after else [])
-        out = autotag(out, self.matcher, self.not_mentions)
-        if out is not None:
+        tagged = autotag(out, self.matcher, self.not_mentions)
+        if tagged is not None:
             wtmpl.uses += 1
             self.used_templates[wtmpl.split].add(wtmpl.key)
-        return out
+        return tagged
 
     def agent_reply(self, intent: str, lang: str, surf: dict | None = None) -> dict:
         """A reference reply; replies with {=slot} echo the current value of a state slot."""
@@ -346,7 +346,10 @@ class Builder:
 
     def single(self, split: str, lang: str, intent: str, tmpl: Template | None = None) -> list[dict]:
         ctx = Ctx(lang)
-        turns = [self.user_turn(("intent", intent, lang), split, ctx, intent, tmpl=tmpl)]
+        user = self.user_turn(("intent", intent, lang), split, ctx, intent, tmpl=tmpl)
+        if user is None:  # no template left for it: the caller draws another dialogue
+            return []
+        turns = [user]
         if self.rng.random() < self.cfg["single_agent_reply"]:
             turns.append(self.agent_reply(intent, lang, ctx.surf))
         return turns
@@ -356,7 +359,8 @@ class Builder:
         steps = self.rng.choices([s for _, s in scripts], [w for w, _ in scripts])[0]
         ctx = Ctx(lang)
         turns: list[dict] = []
-        prev_step, prev_intent = None, None
+        prev_step: str | None = None
+        prev_intent = ""  # set with the first user turn, before any agent reply needs it
         for step in steps:
             surf = dict(ctx.surf)  # what the agent knows before this user turn
             made = self.step(step, split, ctx)
@@ -415,7 +419,8 @@ class Builder:
             specs = [
                 s
                 for s in meta.get("ask", [])
-                if s.split(":")[0] not in ctx.asked and STATE_SLOT.get(SLOT_LABEL[s.split(":")[0]]) not in ctx.state
+                if s.split(":")[0] not in ctx.asked
+                and STATE_SLOT.get(SLOT_LABEL[s.split(":")[0]] or "") not in ctx.state
             ]
             if not specs:
                 return None
@@ -428,7 +433,7 @@ class Builder:
             if not specs:
                 return None
             slot, _, filt = self.rng.choice(specs).partition(":")
-            state_slot = STATE_SLOT[SLOT_LABEL[slot]]
+            state_slot = STATE_SLOT[entity_label(slot)]
             user = self.user_turn(
                 ("vary", slot, lang),
                 split,
@@ -489,7 +494,7 @@ class Builder:
         """All splits; then the train supplement (``train_supplement`` x the train size, more train
         dialogues that also draw the train-only templates, least used first)."""
         self.used_templates = {s: set() for s in SPLITS}
-        self.counters = Counter()
+        self.counters: Counter[str] = Counter()
         total = max(1, round(self.cfg["dialogues"] * self.scale))
         out = {split: self.dialogues(split, max(1, round(total * self.cfg["split_share"][split]))) for split in SPLITS}
         extra = round(len(out["train"]) * self.supplement_share)
@@ -511,7 +516,7 @@ class Builder:
         self.rng.shuffle(kinds)
         dialogues = []
         for kind in kinds:
-            turns = []
+            turns: list[dict] = []
             while not turns:
                 if kind == "multi":
                     lang = self.rng.choices(langs, lw)[0]

@@ -33,6 +33,16 @@ SLOT_LABEL = {
     "last4": None,
     "num": None,
 }
+
+
+def entity_label(slot: str) -> str:
+    """The entity label of a slot's fillers (``last4`` and ``num`` fill no entity: a KeyError)."""
+    label = SLOT_LABEL[slot]
+    if label is None:
+        raise KeyError(f"slot {slot!r} fills no entity")
+    return label
+
+
 STATE_SLOT = {
     "PRODUCT": "product",
     "TERM": "term",
@@ -310,7 +320,7 @@ class Fillers:
     def draw(self, slot: str, filt: str | None, lang: str) -> tuple[str, str | None]:
         """Return (surface, term_id or None). Glossary usage is committed by the caller."""
         if slot in ("product", "term"):
-            return self.glossary_term(SLOT_LABEL[slot], filt, lang)
+            return self.glossary_term(entity_label(slot), filt, lang)
         r = self.rng
         if slot == "amount":
             return self.amount(lang, filt), None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
 CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
@@ -150,8 +151,8 @@ def extract_facts(text: str, ignore: tuple[str, ...] = ()) -> list[tuple[str, st
         if any(a < m.end() and m.start() < b for a, b in spans) or not m.group(0).strip():
             continue
         num = m.group("pnum") or m.group("pct") or m.group("num")
-        value = _value(num) if num else None
-        if value is None:
+        amount = _value(num) if num else None
+        if amount is None:
             continue
         if m.group("pre"):
             unit = UNIT_OF[m.group("pre")]
@@ -161,8 +162,8 @@ def extract_facts(text: str, ignore: tuple[str, ...] = ()) -> list[tuple[str, st
         else:
             unit = UNIT_OF.get(m.group("unit") or "", "")
             mult = (m.group("mult") or "").strip()
-        value *= MULT.get(mult, 1)
-        out.append((m.start(), (m.group(0).strip(), _norm(value), unit)))
+        amount *= MULT.get(mult, 1)
+        out.append((m.start(), (m.group(0).strip(), _norm(amount), unit)))
     return [f for _, f in sorted(out, key=lambda x: x[0])]
 
 
@@ -177,7 +178,7 @@ def article_text(article: dict) -> str:
     return f"{article.get('title', '')}\n{article.get('body', '')}"
 
 
-def check_grounding(reply: str, cited_articles: list[dict], dialogue_texts: list[str] = ()) -> list[str]:
+def check_grounding(reply: str, cited_articles: list[dict], dialogue_texts: Sequence[str] = ()) -> list[str]:
     """The facts of ``reply`` (as written) that neither a cited article nor a dialogue text states."""
     ids = tuple(a["id"] for a in cited_articles if a.get("id"))
     sources = [f for a in cited_articles for f in extract_facts(article_text(a))]

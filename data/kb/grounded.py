@@ -22,6 +22,7 @@ with ``facts.check_grounding`` against the cited article and the dialogue; an un
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .bm25 import BM25
@@ -115,7 +116,7 @@ class GroundedAnswerer:
         text: str,
         lang: str | None,
         state: dict | None = None,
-        history: list[str] = (),
+        history: Sequence[str] = (),
         threshold: float | None = None,
     ) -> Answer:
         query = enrich(text, lang or "en", state, self.glossary)

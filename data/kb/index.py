@@ -19,8 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
 
 from findial.tracking import atomic_directory
 
@@ -83,9 +87,9 @@ class Retriever:
         self.fusion, self.weight, self.batch_size = fusion, weight, batch_size
         self._encoder: Encoder | None = None
         self._bm25: dict = {}
-        self.manifest: dict | None = None
+        self.manifest: dict = {}  # empty until index() or Retriever.load()
         self.docs: list[dict] = []
-        self.vectors = None
+        self.vectors: faiss.Index | None = None
 
     # -- building ---------------------------------------------------------------------------------------------
     def _path(self) -> Path:
@@ -157,29 +161,32 @@ class Retriever:
     @classmethod
     def load(cls, index_dir: str | Path, encoder_path: str | Path | None = None, **kw) -> "Retriever":
         r = cls(encoder_path, **kw)
-        r._open(Path(index_dir))
+        manifest = r._open(Path(index_dir))
         if r.encoder_path is None:
-            r.encoder_path = Path(r.manifest["model_path"])
-        if model_id(r.encoder_path) != r.manifest["model_id"]:
+            r.encoder_path = Path(manifest["model_path"])
+        if model_id(r.encoder_path) != manifest["model_id"]:
             raise ValueError(
-                f"{index_dir}: built with {r.manifest['model_id']}, not {model_id(r.encoder_path)}; "
+                f"{index_dir}: built with {manifest['model_id']}, not {model_id(r.encoder_path)}; "
                 "rebuild it (findial kb index)"
             )
         return r
 
-    def _open(self, index_dir: Path) -> None:
+    def _open(self, index_dir: Path) -> dict:
+        """Read the index in ``index_dir``; its manifest."""
         import faiss
 
         if not (index_dir / "manifest.json").is_file():
             raise FileNotFoundError(f"{index_dir}: no index here (build one: findial kb index)")
-        self.manifest = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
+        self.manifest = manifest
         self.docs = [json.loads(line) for line in (index_dir / "docs.jsonl").open(encoding="utf-8")]
         self.vectors = faiss.read_index(str(index_dir / "vectors.faiss"))
         self._bm25 = {}
+        return manifest
 
     def candidates(self, query: str, lang: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
         """The ids of the articles in ``lang`` (all without it), with their dense and BM25 scores."""
-        if self.manifest is None:
+        if not self.manifest or self.vectors is None:
             raise RuntimeError("no index: call index() or Retriever.load() first")
         rows = [i for i, d in enumerate(self.docs) if lang is None or d["lang"] == lang]
         if not rows:

@@ -123,7 +123,8 @@ class AuthoringConverter:
         if d.get("lang") not in self.lb.languages:
             err("lang", f"{d.get('lang')!r} is not one of {list(self.lb.languages)}")
         sur = Surrogates(d["id"], d.get("lang", "zh"), self.gl, self.lexicon)
-        turns, state = [], {}
+        turns: list[dict] = []
+        state: dict = {}
         for i, t in enumerate(d["turns"]):
             where = f"turns[{i}]"
             if not isinstance(t, dict) or (("user" in t) == ("agent" in t)):

@@ -92,8 +92,9 @@ def convert_gguf(
         packed = [n for n, m in model.named_modules() if "gguf" in type(m).__name__.lower()]
         if packed:
             raise RuntimeError(f"{gguf.name}: transformers left {len(packed)} modules in GGUF blocks ({packed[0]})")
-        if getattr(model, "hf_quantizer", None) is not None:  # every weight is a plain tensor now
-            model.hf_quantizer.remove_quantization_config(model)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:  # every weight is a plain tensor now
+            quantizer.remove_quantization_config(model)
         model.config.name_or_path = name
         out = tmp / "model"
         model.save_pretrained(str(out), safe_serialization=True)

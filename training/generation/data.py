@@ -94,4 +94,5 @@ class ResponseDataModule(TurnDataModule):
         sampler = LengthBucketSampler(
             lengths, batch_size, shuffle=shuffle, seed=self.seed, pool=50 if self.bucket else 1
         )
-        return DataLoader(features, batch_sampler=sampler, collate_fn=lambda b: collate_lm(b, pad))
+        # a list is a map-style dataset (len and getitem), which DataLoader's annotation does not say
+        return DataLoader(features, batch_sampler=sampler, collate_fn=lambda b: collate_lm(b, pad))  # type: ignore[arg-type]

@@ -76,7 +76,7 @@ class RuleSet:
             if r["id"] in seen:
                 raise RuleError(f"{where}.id: duplicate rule id {r['id']!r}")
             seen.add(r["id"])
-            patterns = {}
+            patterns: dict[str, list[re.Pattern[str]]] = {}
             for lang in LANGS:
                 items = r.get(lang) or []
                 if not isinstance(items, list):

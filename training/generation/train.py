@@ -20,6 +20,8 @@ from findial import tracking
 from findial.data.corpus import fingerprint
 from findial.data.labelbook import Glossary, LabelBook
 from findial.training.package import resolve_backbone
+from findial.training.settings import run_settings
+from findial.typed_config import resolved
 from findial.training.train import AtomicCheckpointIO, TrainResult, _resume_path, checkpoint_callbacks
 
 from .data import ResponseDataModule, response_records
@@ -56,10 +58,11 @@ def response_meta(task: DictConfig, model: DictConfig) -> dict:
 
 def train_response(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> TrainResult:
     """Fine-tune LoRA adapters of a causal LM on the corpus's agent turns; save and log the package."""
+    run_settings(cfg)  # a bad model, data or trainer setting fails here, before any data or model is loaded
     L.seed_everything(cfg.seed, workers=True)
     labelbook = LabelBook.load(cfg.labels.ontology)
     glossary = Glossary.load(cfg.labels.glossary)
-    rules = RuleSet.from_dict(OmegaConf.to_container(task.rules, resolve=True), source="task.rules")
+    rules = RuleSet.from_dict(resolved(task.rules), source="task.rules")
     meta = response_meta(task, cfg.model)
     backbone = resolve_backbone(meta["backbone"])
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
@@ -89,23 +92,23 @@ def train_response(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> Tr
     dm.setup()
     data_fp = fingerprint(dm.train_dialogues + dm.val_dialogues, cfg.labels.ontology, cfg.labels.glossary)
     module = ResponseLMModule(str(backbone), meta["lora"], meta["optim"])
-    out_dir = Path(out_dir) / task.name
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    task_dir = Path(out_dir) / task.name
+    config = resolved(cfg)
     tags = {"findial.task": task.name, "findial.data_fingerprint": data_fp, "findial.backbone": cfg.model.name}
     with tracking.run(
         cfg.logger.experiment_prefix + task.name, f"train-{task.name}-{cfg.model.name}", tags=tags
     ) as active:
         tracking.log_params(
             {
-                "task": {k: v for k, v in resolved["task"].items() if k != "rules"},
+                "task": {k: v for k, v in config["task"].items() if k != "rules"},
                 "model": meta["lora"],
                 "model_name": cfg.model.name,
                 "seed": cfg.seed,
-                "data": resolved["data"],
-                "trainer": resolved["trainer"],
+                "data": config["data"],
+                "trainer": config["trainer"],
             }
         )
-        tracking.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
+        tracking.log_text(OmegaConf.to_yaml(config), "config/resolved.yaml")
         n_target = sum(sum(x != -100 for x in f["labels"]) for f in dm.train_features)
         tracking.log_json(
             {
@@ -120,19 +123,19 @@ def train_response(cfg: DictConfig, task: DictConfig, out_dir: str | Path) -> Tr
         from lightning.pytorch.loggers import MLFlowLogger
 
         logger = MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=active.info.run_id)
-        trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+        trainer_cfg = resolved(cfg.trainer)
         if trainer_cfg.get("max_epochs") is None:
             trainer_cfg["max_epochs"] = task.epochs
         trainer = instantiate(
             trainer_cfg,
             logger=logger,
-            default_root_dir=str(out_dir),
+            default_root_dir=str(task_dir),
             plugins=[AtomicCheckpointIO()],
-            callbacks=[*checkpoint_callbacks(out_dir / "checkpoints"), LearningRateMonitor(logging_interval="step")],
+            callbacks=[*checkpoint_callbacks(task_dir / "checkpoints"), LearningRateMonitor(logging_interval="step")],
         )
         trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg.get("resume"), cfg.paths.home, task.name))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        package = out_dir / "package"
+        package = task_dir / "package"
         if trainer.is_global_zero:
             save_response_package(
                 module,
