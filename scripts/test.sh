@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec .venv/bin/python -m pytest -q "$@"
+# tests marked `isolated` run in a second pytest process (see the marker in pyproject.toml)
+.venv/bin/python -m pytest -q -m "not isolated" "$@"
+exec .venv/bin/python -m pytest -q -m isolated "$@"

@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytestmark = pytest.mark.isolated  # run in a pytest process of its own: see the marker in pyproject.toml
+
 MINI = Path(__file__).parent / "fixtures" / "mini.jsonl"
 NAME = "findial-nlu"
 EVAL_SET, FINGERPRINT = "release-test", "fp-release-test"
