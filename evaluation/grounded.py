@@ -18,6 +18,10 @@ settings over the KB's index). Metrics, pooled over the languages and per langua
   as ``kb_rule_hits`` (article:rule) for the KB's owners to review, not counted against the responder;
   serving still withholds any reply that trips its own ``handoff.compliance_rules``.
 
+The same metrics per intent (``by_intent.<intent>``, for queries labelled with one) and per category of the
+first answer article (``by_category.<category>``: product, fee, rate, procedure, policy), in report.md and
+report.html as one table each. Like ``by_lang``, they are nested: neither gates nor MLflow metrics read them.
+
 There are no reference replies in the query set, so chrF is not computed here: it is a metric of the LM path
 (``evaluation/responses.py`` on the corpus's agent turns). The eval set's fingerprint covers the KB version and
 the split's queries; ``configs/policy.yaml`` binds ``bundled-test`` of the response kind to the bundled ones.
@@ -42,9 +46,33 @@ from findial.data.labelbook import Glossary
 from findial.data.pii import default_masker, redact_json
 from findial.policy import load as load_policy
 
+from .html_report import _gates_section, _metric_cell, esc, page, table
 from .responses import ResponseEvalResult, record_response_eval
 
 LANGS = ("zh", "en")
+BREAKDOWNS = {"by_intent": "intent", "by_category": "category"}  # metrics prefix -> what a row is
+# Columns of a breakdown table: metric -> header. Those after answer_rate are over answered queries only.
+BREAKDOWN_COLUMNS = {
+    "queries": "queries",
+    "retrieval_recall_at_1": "recall@1",
+    "retrieval_recall_at_5": "recall@5",
+    "retrieval_mrr_at_5": "MRR",
+    "answer_rate": "answer rate",
+    "citation_accuracy": "citation accuracy",
+    "groundedness": "groundedness",
+}
+OF_ANSWERED = ("citation_accuracy", "groundedness")
+POOLED = (
+    "retrieval_recall_at_1",
+    "retrieval_recall_at_5",
+    "retrieval_mrr_at_5",
+    "answer_rate",
+    "citation_accuracy",
+    "correct_answer_rate",
+    "groundedness",
+    "compliance_clean_rate",
+    "pii_clean_rate",
+)
 
 
 def queries_fingerprint(articles: list[dict], queries: list[dict]) -> str:
@@ -63,6 +91,7 @@ def answer_queries(answerer: GroundedAnswerer, queries: list[dict]) -> list[dict
                 "id": q["id"],
                 "lang": q["lang"],
                 "query": q["query"],
+                "intent": q.get("intent"),
                 "answers": list(q["answers"]),
                 "ranking": [i for i, _ in a.ranking],
                 "confidence": round(a.confidence, 6),
@@ -109,6 +138,43 @@ def score(rows: list[dict], articles: dict[str, dict], rules) -> dict:
     }
 
 
+def breakdown(rows: list[dict], key, articles: dict[str, dict], rules) -> dict[str, dict]:
+    """``score`` per group of rows, groups in name order; ``key(row)`` names a row's group (None: in none)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        group = key(r)
+        if group is not None:
+            groups.setdefault(group, []).append(r)
+    return {group: score(groups[group], articles, rules) for group in sorted(groups)}
+
+
+def breakdown_metrics(rows: list[dict], articles: dict[str, dict], rules) -> dict[str, dict]:
+    """``by_intent.<intent>`` (rows with an intent) and ``by_category.<category>`` (of a row's first answer
+    article): each the ``score`` of its rows."""
+    keys = {"by_intent": lambda r: r.get("intent"), "by_category": lambda r: articles[r["answers"][0]]["category"]}
+    assert set(keys) == set(BREAKDOWNS)
+    return {
+        f"{prefix}.{group}": m
+        for prefix, key in keys.items()
+        for group, m in breakdown(rows, key, articles, rules).items()
+    }
+
+
+def breakdown_rows(metrics: dict, prefix: str) -> list[tuple[str, dict]]:
+    """(group, {column: value}) per ``<prefix>.<group>`` of ``metrics``; the columns over answered queries are
+    None for a group with none answered."""
+    out = []
+    for name, m in metrics.items():
+        if name.startswith(prefix + ".") and isinstance(m, dict):
+            out.append(
+                (
+                    name[len(prefix) + 1 :],
+                    {k: None if k in OF_ANSWERED and not m["answered"] else m[k] for k in BREAKDOWN_COLUMNS},
+                )
+            )
+    return out
+
+
 def evaluate_grounded(
     package: str | Path,
     eval_set: str = "bundled-test",
@@ -153,6 +219,7 @@ def evaluate_grounded(
         mine = [r for r in rows if r["lang"] == lang]
         if mine:
             metrics[f"by_lang.{lang}"] = score(mine, by_id, rules)
+    metrics.update(breakdown_metrics(rows, by_id, rules))
     gate_table = gate_check.check(policy.gates_for("response") if gates is None else gates, metrics)
     result = ResponseEvalResult(metrics, gate_table, gate_check.failures(gate_table), data_fingerprint=data_fp)
     report = {
@@ -178,8 +245,12 @@ def evaluate_grounded(
         tracking.atomic_write_text(
             out / "replies.jsonl", "".join(json.dumps(redact_json(r), ensure_ascii=False) + "\n" for r in rows)
         )
-        result.report_md = tracking.atomic_write_text(out / "report.md", render_markdown(report))
-        result.files = {"report_json": result.report_json, "report_md": result.report_md}
+        result.report_md = tracking.atomic_write_text(out / "report.md", render_markdown(redact_json(report)))
+        result.files = {
+            "report_json": result.report_json,
+            "report_md": result.report_md,
+            "report_html": tracking.atomic_write_text(out / "report.html", render_html(report)),
+        }
     if log_mlflow:
         record_response_eval(result, report, eval_set, registered)
     return result
@@ -196,17 +267,7 @@ def render_markdown(report: dict) -> str:
         "| metric | all | " + " | ".join(lang for lang in LANGS if f"by_lang.{lang}" in m) + " |",
         "|---|---|" + "---|" * sum(f"by_lang.{lang}" in m for lang in LANGS),
     ]
-    for k in (
-        "retrieval_recall_at_1",
-        "retrieval_recall_at_5",
-        "retrieval_mrr_at_5",
-        "answer_rate",
-        "citation_accuracy",
-        "correct_answer_rate",
-        "groundedness",
-        "compliance_clean_rate",
-        "pii_clean_rate",
-    ):
+    for k in POOLED:
         cells = [m[k]] + [m[f"by_lang.{lang}"][k] for lang in LANGS if f"by_lang.{lang}" in m]
         lines.append(f"| {k} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
     lines += [
@@ -223,4 +284,62 @@ def render_markdown(report: dict) -> str:
         lines.append(
             f"| {k} | {'-' if v is None else f'{v:.4f}'} | {g['bound']} | {'pass' if g['passed'] else 'FAIL'} |"
         )
+    for prefix, what in BREAKDOWNS.items():
+        rows = breakdown_rows(m, prefix)
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"## By {what}",
+            "",
+            f"| {what} | " + " | ".join(BREAKDOWN_COLUMNS.values()) + " |",
+            "|---" * (len(BREAKDOWN_COLUMNS) + 1) + "|",
+        ]
+        for group, values in rows:
+            shown = ["-" if v is None else v if isinstance(v, int) else f"{v:.4f}" for v in values.values()]
+            lines.append(f"| {group} | " + " | ".join(map(str, shown)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def render_html(report: dict) -> str:
+    """The report as one self-contained page (``html_report``'s building blocks): the pooled and per-language
+    metrics, the gates, then a table per breakdown; every text masked and escaped."""
+    report = redact_json(report)
+    m, gates = report["metrics"], report["gates"]
+    langs = [lang for lang in LANGS if f"by_lang.{lang}" in m]
+    reg = report.get("registered")
+    parts = [
+        f"<h1>Grounded responses: {esc(report['eval_set'])}</h1>",
+        '<p class="meta">package <code>'
+        + esc(report["package"])
+        + "</code>"
+        + (f" (registered {esc(reg[0])} v{esc(reg[1])})" if reg else "")
+        + f"<br>{esc(m['queries'])} queries of <code>{esc(report['data_file'])}</code>, fingerprint "
+        + f"<code>{esc(report['data_fingerprint'])}</code><br>KB <code>{esc(report['articles_file'])}</code> "
+        + f"version <code>{esc(report['kb_version'])}</code><br>settings <code>{esc(report['settings'])}</code>"
+        + f"<br>hand-offs {esc(m['handoffs'])}</p>",
+        _gates_section(gates),
+        '<h2 id="metrics">Metrics</h2>',
+        table(
+            ["metric", "all", *langs],
+            [
+                [k, *(_metric_cell(k, mm[k], gates) for mm in (m, *(m[f"by_lang.{lang}"] for lang in langs)))]
+                for k in POOLED
+            ],
+        ),
+    ]
+    for prefix, what in BREAKDOWNS.items():
+        rows = breakdown_rows(m, prefix)
+        if rows:
+            parts += [
+                f'<h2 id="{esc(prefix)}">By {esc(what)}</h2>',
+                '<p class="meta">citation accuracy and groundedness are over the answered queries ("-": none '
+                "answered); cells of gated metrics are coloured against the gate</p>",
+                table(
+                    [what, *BREAKDOWN_COLUMNS.values()],
+                    [[group, *(_metric_cell(k, v, gates) for k, v in cells.items())] for group, cells in rows],
+                    prefix,
+                    wrap_headers=True,
+                ),
+            ]
+    return page(f"Grounded responses: {report['eval_set']}", "\n".join(parts))

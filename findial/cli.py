@@ -36,11 +36,16 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from findial.runtime import data_path, setup
+
+if TYPE_CHECKING:
+    from findial.training.train import TrainResult
 
 log = logging.getLogger("findial")
 
@@ -65,10 +70,13 @@ def _configure_tracking(cfg: DictConfig) -> None:
 def cmd_train(cfg: DictConfig) -> None:
     from findial.training.train import train_task
 
+    train: Callable[[DictConfig, DictConfig, Path], TrainResult] = train_task
     if cfg.task.name == "response":  # response generation: a causal LM (model=smollm2|gemma3|local_lm|tiny_lm)
-        from findial.training.generation.train import train_response as train_task
+        from findial.training.generation.train import train_response
+
+        train = train_response
     _configure_tracking(cfg)
-    result = train_task(cfg, cfg.task, _out_dir())
+    result = train(cfg, cfg.task, _out_dir())
     print(f"trained {result.task}: package {result.package_dir} (MLflow run {result.run_id})")
     name = cfg.registry.response_model_name
     if cfg.task.name == "response" and result.run_id and name:  # rank 0 only (run_id "" on the others)
@@ -90,6 +98,7 @@ def _member_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     from omegaconf import open_dict
 
     from findial.training.package import resolve_backbone
+    from findial.typed_config import resolved
 
     out = {}
     for name, spec in (cfg.get("members") or {}).items():
@@ -100,7 +109,7 @@ def _member_configs(cfg: DictConfig) -> dict[str, DictConfig]:
         mcfg = cfg.copy()
         with open_dict(mcfg):
             mcfg.model = spec.model
-        resolve_backbone(OmegaConf.to_container(mcfg.model.backbone, resolve=True))
+        resolve_backbone(resolved(mcfg.model.backbone))
         if spec.model.get("licence"):
             print(
                 f"ensemble member {name}: {spec.model.name} weights under the {spec.model.licence} "
@@ -134,7 +143,7 @@ def cmd_run(cfg: DictConfig) -> None:
     }
     if not results["intent"].run_id:  # a non-zero rank of a multi-device launch: rank 0 registers and evaluates
         return
-    info = {name: {"train_run_id": r.run_id, "metrics": r.metrics} for name, r in results.items()}
+    info: dict[str, Any] = {name: {"train_run_id": r.run_id, "metrics": r.metrics} for name, r in results.items()}
     info["members"] = {
         name: {"backbone": members[name].model.name, "train_run_id": r.run_id, "metrics": r.metrics}
         for name, r in member_results.items()
@@ -197,7 +206,8 @@ def _grounded_responder(cfg: DictConfig, out: Path) -> None:
         report_dir=out / "report-response",
         index_dir=Path(cfg.paths.home) / "kb-index",  # the index findial serve reuses
     )
-    print(Path(ev.report_md).read_text(encoding="utf-8"))
+    assert ev.report_md is not None  # a report directory is given
+    print(ev.report_md.read_text(encoding="utf-8"))
     decision = registry.promote(
         name, version, cfg.registry.alias, "bundled-test", audit_log=Path(cfg.paths.home) / "audit" / "promotions.jsonl"
     )
@@ -258,12 +268,13 @@ def cmd_promote(cfg: DictConfig) -> None:
 
 def cmd_robustness(cfg: DictConfig) -> None:
     from findial.evaluation.robustness import robustness
+    from findial.typed_config import resolved
 
     _configure_tracking(cfg)
     _, _, md, run_id = robustness(
         cfg.model_ref,
         cfg.data_file,
-        OmegaConf.to_container(cfg.perturbations, resolve=True),
+        resolved(cfg.perturbations),
         cfg.seed,
         cfg.adversarial_file,
         list(cfg.safe_intents),
@@ -277,8 +288,9 @@ def cmd_robustness(cfg: DictConfig) -> None:
 
 def cmd_serve(cfg: DictConfig) -> None:
     from findial.serving.server import serve_from_config
+    from findial.typed_config import resolved
 
-    serve_from_config(OmegaConf.to_container(cfg, resolve=True))
+    serve_from_config(resolved(cfg))
 
 
 def cmd_compare(cfg: DictConfig) -> None:
@@ -370,8 +382,8 @@ def cmd_data(argv: list[str]) -> int:
     status = 0
     for f in args.files:
         try:
-            n = len(load_corpus(f, lb, gl))
-            print(f"{f}: OK ({n} dialogues)")
+            count = len(load_corpus(f, lb, gl))
+            print(f"{f}: OK ({count} dialogues)")
         except CorpusError as exc:
             print(str(exc), file=sys.stderr)
             status = 1

@@ -55,6 +55,7 @@ def make_bundle(
             task = member.get("task")
             main = tmp / ("ner" if task == "ner" else "intent")  # check_member names a wrong task
             check_member(name, member, read_meta(main), path)
+            assert isinstance(task, str)  # check_member refuses a member without the main package's task
             shutil.copytree(path, main / "members" / name)
             added.setdefault(task, []).append(name)
         for task, names in added.items():
@@ -89,7 +90,7 @@ def register_bundle(bundle: str | Path, name: str, run_id: str, tags: dict[str, 
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description=DESCRIPTIONS.get(model_kind(bundle), "findial model"))
+        client.create_registered_model(name, description=DESCRIPTIONS.get(model_kind(bundle) or "", "findial model"))
     run = client.get_run(run_id)
     mv = client.create_model_version(name, f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT}", run_id=run_id, tags=tags or {})
     return str(mv.version)
@@ -291,10 +292,11 @@ def promote(
 ) -> Decision:
     """Move ``alias`` to ``version`` only if ``decide`` lets it. Always audited; the promoter is
     ``policy.promoter()``."""
-    decision = decide(name, version, alias, eval_set, policy)
-    _audit(decision, audit_log)  # the record exists before the alias moves
-    if decision.promoted:
-        move_alias(decision)
+    with audit.step_lock(audit_log):  # concurrent promotions decide on the alias one at a time
+        decision = decide(name, version, alias, eval_set, policy)
+        _audit(decision, audit_log)  # the record exists before the alias moves
+        if decision.promoted:
+            move_alias(decision)
     return decision
 
 

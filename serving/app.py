@@ -14,6 +14,7 @@ declares the two ways of sending a key.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -52,7 +53,15 @@ SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
-NO_KEY = {"security": []}  # the probes need no key (auth.OPEN)
+NO_KEY: dict[str, Any] = {"security": []}  # the probes need no key (auth.OPEN)
+
+
+def _request_id(request: Request) -> str:
+    """The request's id: ``RequestGuard``, in front of every route, gives each request one."""
+    rid = request_id(request)
+    if rid is None:
+        raise RuntimeError("the request has no id: the app's routes run behind RequestGuard")
+    return rid
 
 
 def create_app(
@@ -108,7 +117,7 @@ def create_app(
     )
     async def understand(body: UnderstandRequest, request: Request):
         return await service.user_turn(
-            body.text, body.lang, request_id(request), "understand", session_id=body.session_id, context=body.context
+            body.text, body.lang, _request_id(request), "understand", session_id=body.session_id, context=body.context
         )
 
     @app.post(
@@ -124,7 +133,7 @@ def create_app(
         return await service.user_turn(
             body.text,
             body.lang,
-            request_id(request),
+            _request_id(request),
             "respond",
             session_id=body.session_id,
             context=body.context,
@@ -139,8 +148,8 @@ def create_app(
     )
     async def dialogue_turn(session_id: str, body: DialogueTurnRequest, request: Request):
         if body.speaker == "agent":
-            return await service.agent_turn(session_id, body.text, request_id(request))
-        return await service.user_turn(body.text, body.lang, request_id(request), "dialogue", session_id=session_id)
+            return await service.agent_turn(session_id, body.text, _request_id(request))
+        return await service.user_turn(body.text, body.lang, _request_id(request), "dialogue", session_id=session_id)
 
     @app.get(
         "/v1/dialogue/{session_id}",
@@ -155,7 +164,7 @@ def create_app(
         "/v1/dialogue/{session_id}", responses=SESSION_RESPONSES, summary="End a session and forget its history"
     )
     async def delete_dialogue(session_id: str, request: Request):
-        return await service.delete_session(session_id, request_id(request))
+        return await service.delete_session(session_id, _request_id(request))
 
     @app.get("/healthz", openapi_extra=NO_KEY, summary="Liveness: the process answers; says which models it serves")
     async def healthz():
@@ -202,11 +211,12 @@ def _declare_security(app: FastAPI) -> None:
     """Add the key schemes to the OpenAPI schema (an Authorize button in /docs)."""
     build = app.openapi
 
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = build()
+    def openapi() -> dict[str, Any]:
+        schema = app.openapi_schema
+        if schema is None:
+            schema = build()  # FastAPI.openapi keeps what it builds as app.openapi_schema
             schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
             schema["security"] = [{"bearer": []}, {"apiKey": []}]
-        return app.openapi_schema
+        return schema
 
-    app.openapi = openapi
+    setattr(app, "openapi", openapi)  # FastAPI's documented way to extend the schema: replace app.openapi

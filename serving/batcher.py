@@ -39,7 +39,7 @@ def understand_each(pipeline, items: list[TurnInput]) -> list:
         log.warning(
             "inference failed on a batch of %d (%s): running its items one by one", len(items), type(exc).__name__
         )
-    out = []
+    out: list[dict | Exception] = []
     for item in items:
         try:
             out.append(understand_batch(pipeline, [item])[0])
@@ -80,6 +80,11 @@ class LocalUnderstander:
     async def status(self) -> dict:
         return {"ready": self.holder.current is not None, **self.holder.info()}
 
+    def _started_queue(self) -> asyncio.Queue:
+        if self._queue is None:
+            raise RuntimeError("LocalUnderstander is not started (await start() first)")
+        return self._queue
+
     async def understand(self, item: TurnInput) -> tuple[dict, dict]:
         """(result, model info) for one turn; raises ModelNotReady when no model is loaded."""
         if self.holder.current is None:
@@ -87,7 +92,7 @@ class LocalUnderstander:
         fut = asyncio.get_running_loop().create_future()
         self._outstanding += 1
         try:
-            await self._queue.put((item, fut))
+            await self._started_queue().put((item, fut))
             return await fut
         finally:
             self._outstanding -= 1
@@ -99,12 +104,13 @@ class LocalUnderstander:
         return self.metrics.in_flight - self._outstanding
 
     async def _gather(self) -> list:
-        batch = [await self._queue.get()]
+        queue = self._started_queue()
+        batch = [await queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
         while len(batch) < self.max_batch_size:
             try:
-                batch.append(self._queue.get_nowait())
+                batch.append(queue.get_nowait())
                 continue
             except asyncio.QueueEmpty:
                 pass
@@ -112,7 +118,7 @@ class LocalUnderstander:
             if remaining <= 0 or self._arriving() <= 0:  # nobody else is coming: no point waiting
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
             except asyncio.TimeoutError:
                 break
         return [(item, fut) for item, fut in batch if not fut.done()]  # drop requests whose client went away

@@ -20,8 +20,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .responder import PromotedResponder, Reply
+
+if TYPE_CHECKING:
+    from findial.data.kb.encoder import Encoder
 
 log = logging.getLogger("findial.serving")
 NAME = "findial-kb-grounded"
@@ -74,7 +78,7 @@ class KBHolder:
         self.last_error: str | None = None
         self.reloads: Counter = Counter()
         self._seen = None
-        self._encoder = None
+        self._encoder: Encoder | None = None  # the first reload's loaded model, kept across reloads
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

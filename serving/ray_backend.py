@@ -30,6 +30,7 @@ import asyncio
 import logging
 import signal
 import threading
+from typing import Any
 
 from ray import serve
 
@@ -61,8 +62,9 @@ class NLUReplica:
         self.holder = ModelHolder.for_role(settings, role)
         self.holder.check_once()  # the replica takes traffic once this returns; the poller retries a failure
         self.holder.start()
-        self.batched.set_max_batch_size(settings.batching.max_batch_size)
-        self.batched.set_batch_wait_timeout_s(settings.batching.max_wait_ms / 1000.0)
+        # ray's types for serve.batch leave out these setters (its documentation uses them)
+        self.batched.set_max_batch_size(settings.batching.max_batch_size)  # type: ignore[attr-defined]
+        self.batched.set_batch_wait_timeout_s(settings.batching.max_wait_ms / 1000.0)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def batched(self, items: list[TurnInput]) -> list[tuple]:
@@ -145,21 +147,19 @@ def build_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
 
     def deployment(role: str, replicas: int):
         return serve.deployment(
-            NLUReplica,
             name=ROLE_DEPLOYMENTS[role],
             num_replicas=replicas,
             max_ongoing_requests=max(8, 2 * settings.batching.max_batch_size),
             ray_actor_options={"num_cpus": settings.ray.replica_num_cpus},
-        )
+        )(NLUReplica)
 
     model = deployment("champion", settings.replicas)
     gateway = serve.deployment(
-        serve.ingress(asgi_app)(Gateway),
         name="Gateway",
         num_replicas=1,
         max_ongoing_requests=1000,
         ray_actor_options={"num_cpus": settings.ray.ingress_num_cpus},
-    )
+    )(serve.ingress(asgi_app)(Gateway))
     if release is None:
         return gateway.bind(model.bind(settings))
     challenger = deployment("challenger", settings.release.challenger_replicas)
@@ -188,7 +188,7 @@ def serve_ray(settings: ServeSettings, api_keys: ApiKeys | None = None) -> None:
     import ray
 
     api_keys = api_keys or ApiKeys.from_settings(settings)  # no key with auth on: refused before Ray starts
-    init = {"address": settings.ray.address, "include_dashboard": False, "log_to_driver": False}
+    init: dict[str, Any] = {"address": settings.ray.address, "include_dashboard": False, "log_to_driver": False}
     if settings.ray.address is None:
         if settings.ray.num_cpus:
             init["num_cpus"] = settings.ray.num_cpus

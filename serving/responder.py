@@ -41,7 +41,7 @@ class Responder(Protocol):
     name: str
     version: str
 
-    def respond(self, understanding: dict, history: list[dict]) -> str: ...
+    def respond(self, understanding: dict, history: list[dict]) -> str | Reply: ...  # Reply: a grounded one
 
 
 class ResponderError(ValueError):

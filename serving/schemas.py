@@ -161,12 +161,15 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
-def _error(description: str) -> dict:
+Responses = dict[int | str, dict[str, Any]]  # the ``responses`` of a FastAPI route: status -> OpenAPI response
+
+
+def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": description}
 
 
-UNAUTHORIZED = {401: _error("missing or invalid API key (when auth is on); WWW-Authenticate: Bearer")}
-ERROR_RESPONSES = {  # the routes that take a body
+UNAUTHORIZED: Responses = {401: _error("missing or invalid API key (when auth is on); WWW-Authenticate: Bearer")}
+ERROR_RESPONSES: Responses = {  # the routes that take a body
     400: _error("body is not valid UTF-8, not valid JSON, or nested too deeply"),
     **UNAUTHORIZED,
     408: _error("the body did not arrive within limits.body_timeout_s"),
@@ -175,4 +178,4 @@ ERROR_RESPONSES = {  # the routes that take a body
     422: _error("missing, unknown or invalid fields; empty text; control characters"),
     503: _error("no model loaded yet (/v1/respond: no response model promoted)"),
 }
-SESSION_RESPONSES = {**UNAUTHORIZED, 404: _error("no such session"), 422: _error("invalid session id")}
+SESSION_RESPONSES: Responses = {**UNAUTHORIZED, 404: _error("no such session"), 422: _error("invalid session id")}

@@ -25,10 +25,11 @@ def build_local_app(settings: ServeSettings, api_keys: ApiKeys | None = None):
     from .responder import build_responder
 
     from .audit import AuditLog
-    from .release_router import local_router, release_model_name
+    from .release_router import ReleaseRouter, local_router, release_model_name
 
     metrics = Metrics()
     name = release_model_name(settings)
+    understander: ReleaseRouter | LocalUnderstander
     if name is not None:
         understander = local_router(settings, metrics, name, AuditLog(settings.audit.path, settings.audit.fsync))
     else:
@@ -59,7 +60,8 @@ def serve(settings: ServeSettings) -> None:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        # uvicorn annotates this int but hands it to asyncio.wait_for, which takes fractional seconds
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
         access_log=True,
         ws="none",
     )

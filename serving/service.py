@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 import unicodedata
+from typing import Any
 
 from .audit import AuditLog
 from .batcher import ModelNotReady
@@ -212,7 +213,8 @@ class DialogueService:
             **result,
             "entities": [{**e, "text": text[e["start"] : e["end"]]} for e in result["entities"]],
         }
-        response, grounding = None, {}
+        response: str | None = None
+        grounding: dict[str, Any] = {}
         if responder is not None:
             response, reasons, grounding = await self._respond(responder, out, history, reasons)
         out.update(handoff=bool(reasons), handoff_reasons=reasons)
@@ -280,7 +282,7 @@ class DialogueService:
         turns = [{"speaker": s, "text": t} for s, t in history]
         reply = await asyncio.to_thread(responder.respond, understanding, turns)
         grounded = reply if isinstance(reply, Reply) else None
-        grounding = (
+        grounding: dict[str, Any] = (
             {}
             if grounded is None
             else {

@@ -219,7 +219,7 @@ def _build(cls, values: dict, where: str):
     return cls(**out)
 
 
-def _coerce(value, kind: str):
+def _coerce(value, kind: object):  # a field's annotation: a string under postponed evaluation
     if not isinstance(kind, str):
         return value
     base = kind.replace(" | None", "")

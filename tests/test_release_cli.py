@@ -12,7 +12,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from test_release import NAME, loaded, mlflow_client, registry_home, serving, settings_for, wait_for  # noqa: F401
+
+# in the isolated process with test_release.py: after its servers, an in-process response-model load in a later
+# test failed with meta tensors (cause not found; see the marker in pyproject.toml)
+pytestmark = pytest.mark.isolated
 
 
 def findial(home, *args: str) -> subprocess.CompletedProcess:

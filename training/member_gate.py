@@ -163,7 +163,7 @@ def choose(
     log(f"members always: {always}")
     never = run(off, off)
     log(f"members never:  {never}")
-    rows = {"intent": [], "ner": []}
+    rows: dict[str, list[dict]] = {"intent": [], "ner": []}
     for t in grid:
         g = {"by": "margin", "below": t}
         rows["intent"].append(run(g, None))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..corpus import Problem, ProblemsError, json_lines
-from ..labelbook import Glossary
+from ..labelbook import Glossary, LabelBook
 
 KB_DIR = Path(__file__).resolve().parent
 DEFAULT_ARTICLES = KB_DIR / "articles.jsonl"
@@ -136,17 +136,24 @@ def load_kb(path: str | Path = DEFAULT_ARTICLES, glossary: Glossary | None = Non
 
 
 def load_queries(
-    path: str | Path = DEFAULT_QUERIES, articles: list[dict] | None = None, split: str | None = None
+    path: str | Path = DEFAULT_QUERIES,
+    articles: list[dict] | None = None,
+    split: str | None = None,
+    labels: LabelBook | None = None,
 ) -> list[dict]:
     """Read and validate a labelled query file against ``articles`` (default: the bundled KB); with
-    ``split``, only that split's queries."""
+    ``split``, only that split's queries. An ``intent``, where a query has one, must be an intent of
+    ``labels`` (default: the bundled label book, ``data/spec/ontology.yaml``)."""
     articles = load_kb() if articles is None else articles
     lang_of = {a["id"]: a["lang"] for a in articles}
     if split is not None and split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {list(SPLITS)}")
+    labels = LabelBook.load() if labels is None else labels
 
     def check(q: dict, fail) -> None:
         _text(q, "query", MAX_QUERY, fail)
+        if "intent" in q and q["intent"] not in labels.intents:
+            fail("intent", f"unknown intent {q['intent']!r} (not in the label book {labels.path})")
         if q.get("split") not in SPLITS:
             fail("split", f"{q.get('split')!r} is not one of {list(SPLITS)}")
         answers: Any = q.get("answers")

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from findial.training.modules import LoRATaskModule
+from findial.training.modules import LeanLoRAModule
 
 
 def build_causal_lm(backbone_path: str | Path, lora: dict):
@@ -40,13 +39,10 @@ def build_causal_lm(backbone_path: str | Path, lora: dict):
     return get_peft_model(base, cfg)
 
 
-class ResponseLMModule(L.LightningModule):
-    """Causal LM + LoRA; the loss is the LM loss on the response tokens (labels != -100)."""
+class ResponseLMModule(LeanLoRAModule):
+    """Causal LM + LoRA; the loss is the LM loss on the response tokens (labels != -100).
 
-    # the same optimiser, schedule and lean checkpoints as the NLU task modules
-    configure_optimizers = LoRATaskModule.configure_optimizers
-    trainable_state_dict = LoRATaskModule.trainable_state_dict
-    on_save_checkpoint = LoRATaskModule.on_save_checkpoint
+    The same optimiser, schedule and lean checkpoints as the NLU task modules (``LeanLoRAModule``)."""
 
     def __init__(self, backbone_path: str, lora: dict, optim: dict):
         super().__init__()
