@@ -29,14 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HEADLINE = (
-    "terminology_f1",
-    "multi_turn_accuracy",
-    "intent_accuracy",
-    "entity_micro_f1",
-    "joint_state_accuracy",
-    "emotion_accuracy",
-)
+from findial.training.member_gate import HEADLINE  # the metrics a serving path must keep
+
 KINDS = {
     "qkv": ("/attention/self/query/", "/attention/self/key/", "/attention/self/value/"),
     "attn_out": ("/attention/output/dense/",),
